@@ -1,0 +1,112 @@
+"""FashionFlow: train, compare and ship a Fashion-MNIST CNN.
+
+    python flows/fashion_flow.py run                                          # configs/default.yaml
+    python flows/fashion_flow.py --config config configs/smoke.yaml run      # another profile
+    python flows/fashion_flow.py resume                                       # rerun what failed
+"""
+
+from __future__ import annotations
+
+import logging
+
+from metaflow import Config, FlowSpec, card, current, step
+
+from fmnist.config import DEFAULT_PROFILE_PATH, parse_profile
+from fmnist.data import Splits
+from fmnist.pipeline import evaluate_selected, plan_run, prepare_data, train_split
+from fmnist.selection import leaderboard
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class FashionFlow(FlowSpec):
+    """Train, compare and ship a Fashion-MNIST CNN.
+
+    Steps:
+      start     validate the profile, expand the hyper-parameter grid, record seed and code/library versions
+      load      the real Fashion-MNIST, verified; a seeded stratified validation split off the training set
+      train     one split per grid point (foreach): a CNN trained on the device it finds
+      join      pick the best split on validation accuracy; leaderboard card
+      evaluate  the chosen model on the test set, its first and only use
+      end       print the summary
+    """
+
+    config = Config(
+        "config",
+        default=str(DEFAULT_PROFILE_PATH),
+        parser=parse_profile,
+        help="Run profile (YAML), e.g. configs/smoke.yaml; validated before any step runs.",
+    )
+
+    @step
+    def start(self):
+        plan = plan_run(dict(self.config))
+        self.profile, self.grid, self.environment = plan.profile, plan.grid, plan.environment
+        self.seed = self.profile["seed"]
+        self.next(self.load)
+
+    @step
+    def load(self):
+        data = prepare_data(self.profile)
+        self.train_images, self.train_labels = data.splits.train_images, data.splits.train_labels
+        self.val_images, self.val_labels = data.splits.val_images, data.splits.val_labels
+        self.data_fingerprint, self.data_summary = data.fingerprint, data.summary
+        self.next(self.train, foreach="grid")
+
+    @card(type="blank")
+    @step
+    def train(self):
+        self.split_index, self.hparams = self.index, self.input
+        splits = Splits(self.train_images, self.train_labels, self.val_images, self.val_labels)
+        outcome = train_split(self.profile, self.hparams, self.split_index, splits, parallel_tasks=len(self.grid))
+        self.model_record, self.split_summary, self.history = outcome.record, outcome.summary, outcome.history
+        self.next(self.join)
+
+    @card(type="blank")
+    @step
+    def join(self, inputs):
+        self.leaderboard = leaderboard([inp.split_summary for inp in inputs])
+        best = next(inp for inp in inputs if inp.split_index == self.leaderboard[0]["index"])
+        self.best_index, self.best_hparams = best.split_index, best.hparams
+        self.best_val_accuracy, self.model_record = best.split_summary["val_accuracy"], best.model_record
+        self.merge_artifacts(inputs, include=["profile", "grid", "environment", "seed", "data_fingerprint",
+                                              "data_summary", "val_images", "val_labels"])
+        current.card.extend(leaderboard_card(self.leaderboard))
+        self.next(self.evaluate)
+
+    @step
+    def evaluate(self):
+        provenance = {**self.environment, "run": current.pathspec.rsplit("/", 2)[0], "profile": self.profile["name"]}
+        result = evaluate_selected(self.model_record, self.profile, self.data_fingerprint, provenance)
+        self.model, self.test_metrics = result.record, result.metrics
+        self.test_accuracy = self.test_metrics["accuracy"]
+        self.next(self.end)
+
+    @step
+    def end(self):
+        run = f"{current.flow_name}/{current.run_id}"
+        print(f"best split {self.best_index}: {self.best_hparams}")
+        print(f"validation accuracy {self.best_val_accuracy:.4f}, test accuracy {self.test_accuracy:.4f}")
+        print(f"run {run}; leaderboard card: python flows/fashion_flow.py card view {run}/join")
+
+
+def leaderboard_card(rows):
+    """Metaflow card components for the join step's leaderboard."""
+    from metaflow.cards import Markdown, Table
+
+    swept = sorted({k for r in rows for k, v in r["hparams"].items() if any(o["hparams"][k] != v for o in rows)})
+    header = ["rank", "split", *swept, "val accuracy", "val loss", "train s", "device"]
+    body = [
+        [r["rank"], r["index"], *(r["hparams"][k] for k in swept), f"{r['val_accuracy']:.4f}",
+         f"{r['val_loss']:.4f}", f"{r['train_seconds']:.1f}", r["device"]]
+        for r in rows
+    ]
+    best = rows[0]
+    return [
+        Markdown(f"# Leaderboard\nBest: split {best['index']} at {best['val_accuracy']:.2%} validation accuracy."),
+        Table(body, headers=header),
+    ]
+
+
+if __name__ == "__main__":
+    FashionFlow()

@@ -1,0 +1,89 @@
+"""The model record: one self-describing blob shared by the flow (which writes it) and the service (which reads it).
+
+It is a safetensors file: CPU weights plus JSON metadata (network arguments, normalisation, class names,
+calibration temperature, metrics, provenance). Loading it never unpickles, so a record cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .data import CLASS_NAMES, PIXEL_MEAN, PIXEL_STD
+from .model import FashionCNN, ModelArgs, build_model
+
+FORMAT = "fashionflow.model/1"
+
+
+class RecordError(ValueError):
+    """Bytes that are not a valid model record; the message says what is wrong."""
+
+
+@dataclass
+class ModelRecord:
+    """Everything needed to rebuild, run and describe a trained model."""
+
+    state_dict: dict[str, torch.Tensor]  # CPU tensors
+    model_args: ModelArgs
+    class_names: tuple[str, ...] = CLASS_NAMES
+    mean: float = PIXEL_MEAN
+    std: float = PIXEL_STD
+    # Softmax temperature fitted on the validation split; 1.0 until calibration has run.
+    temperature: float = 1.0
+    hparams: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        """The record without its weights, as plain data."""
+        return {
+            "format": FORMAT,
+            "model_args": self.model_args.to_dict(),
+            "class_names": list(self.class_names),
+            "mean": self.mean,
+            "std": self.std,
+            "temperature": self.temperature,
+            "hparams": self.hparams,
+            "metrics": self.metrics,
+            "provenance": self.provenance,
+        }
+
+    def to_bytes(self) -> bytes:
+        """Serialise to safetensors bytes, metadata as JSON under the key 'fashionflow'."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()}
+        return save_safetensors(tensors, metadata={"fashionflow": json.dumps(self.metadata())})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> ModelRecord:
+        """Parse bytes written by `to_bytes`; raises RecordError on anything else."""
+        try:
+            tensors = load_safetensors(blob)
+            header_len = int.from_bytes(blob[:8], "little")
+            header = json.loads(blob[8 : 8 + header_len])
+            meta = json.loads(header["__metadata__"]["fashionflow"])
+        except Exception as err:  # noqa: BLE001 - any parse failure means: not a model record
+            raise RecordError(f"not a FashionFlow model record: {err}") from None
+        if meta.get("format") != FORMAT:
+            raise RecordError(f"unsupported model record format {meta.get('format')!r}, expected {FORMAT!r}")
+        return cls(
+            state_dict=tensors,
+            model_args=ModelArgs(**meta["model_args"]),
+            class_names=tuple(meta["class_names"]),
+            mean=meta["mean"],
+            std=meta["std"],
+            temperature=meta["temperature"],
+            hparams=meta["hparams"],
+            metrics=meta["metrics"],
+            provenance=meta["provenance"],
+        )
+
+    def build(self, device: torch.device | str = "cpu") -> FashionCNN:
+        """The network with these weights, in eval mode on `device`."""
+        model = build_model(self.model_args)
+        model.load_state_dict(self.state_dict)
+        return model.to(device).eval()

@@ -1,0 +1,249 @@
+"""Find, verify and load the real Fashion-MNIST IDX files; split off a stratified validation set.
+
+The files are looked for where the user points ($FMNIST_DATA_DIR, then the profile's `data.dir`), then in the
+Debian package's location, then in the user cache; if none has them they are downloaded from the official
+mirror into the cache. Whatever the source, the decompressed bytes are checked against the published dataset
+(SHA-256), the IDX headers, the shapes and the per-class label counts, so a corrupt or foreign file is an error
+that names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SIZE = 28
+# Mean and standard deviation of the 60000 training images' pixels scaled to [0, 1]. Training and serving both
+# normalise with these, so they travel in the model record.
+PIXEL_MEAN = 0.2860
+PIXEL_STD = 0.3530
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+)
+
+
+@dataclass(frozen=True)
+class IdxSpec:
+    """What one IDX file must contain."""
+
+    stem: str  # file name without ".gz"
+    magic: int  # 0x00000803: uint8 3-d images; 0x00000801: uint8 1-d labels
+    shape: tuple[int, ...]
+    sha256: str  # of the decompressed bytes, as published upstream
+
+
+FILES = {
+    "train_images": IdxSpec(
+        "train-images-idx3-ubyte", 0x803, (60000, 28, 28),
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
+    "train_labels": IdxSpec(
+        "train-labels-idx1-ubyte", 0x801, (60000,),
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    "test_images": IdxSpec(
+        "t10k-images-idx3-ubyte", 0x803, (10000, 28, 28),
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
+    "test_labels": IdxSpec(
+        "t10k-labels-idx1-ubyte", 0x801, (10000,),
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
+}
+# Fashion-MNIST is balanced: every class has exactly this many images in each part.
+CLASS_COUNTS = {"train_labels": 6000, "test_labels": 1000}
+
+
+class DataError(RuntimeError):
+    """A Fashion-MNIST file is missing, unreadable or not what it should be; the message names the file."""
+
+
+@dataclass(frozen=True)
+class FashionMNIST:
+    """The verified dataset as compact uint8 arrays."""
+
+    train_images: np.ndarray  # (60000, 28, 28) uint8
+    train_labels: np.ndarray  # (60000,) uint8
+    test_images: np.ndarray  # (10000, 28, 28) uint8
+    test_labels: np.ndarray  # (10000,) uint8
+    source: str  # directory the files were read from
+    fingerprint: str  # SHA-256 over the four files' decompressed digests
+
+
+def cache_dir() -> Path:
+    """The per-user download cache ($XDG_CACHE_HOME/fashionflow/fashion-mnist)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "fashionflow" / "fashion-mnist"
+
+
+def candidate_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Directories searched for the files, in order of preference."""
+    dirs = [os.environ.get("FMNIST_DATA_DIR"), data_dir, DEBIAN_DIR, cache_dir()]
+    return [Path(d).expanduser() for d in dirs if d]
+
+
+def _file_in(directory: Path, spec: IdxSpec) -> Path | None:
+    for name in (spec.stem + ".gz", spec.stem):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def find_data_dir(data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
+    """The first candidate directory holding all four files; downloads into the cache if none does."""
+    searched = candidate_dirs(data_dir)
+    for directory in searched:
+        if all(_file_in(directory, spec) for spec in FILES.values()):
+            return directory
+    # A directory the user named explicitly but that lacks files is most likely a mistake: say so, don't download.
+    explicit = [d for d in searched[:2] if d.exists()] if data_dir or os.environ.get("FMNIST_DATA_DIR") else []
+    for directory in explicit:
+        missing = [s.stem + "[.gz]" for s in FILES.values() if not _file_in(directory, s)]
+        raise DataError(f"{directory} is missing Fashion-MNIST file(s): {', '.join(missing)}")
+    if not download:
+        raise DataError(
+            "Fashion-MNIST not found in " + ", ".join(map(str, searched))
+            + " and downloading is switched off (data.download: false)"
+        )
+    return download_files(cache_dir())
+
+
+def download_files(target: Path) -> Path:
+    """Download the four .gz files from the official mirrors into `target`; they are verified on load."""
+    from torchvision.datasets.utils import download_url  # torchvision retries and writes atomically
+
+    target.mkdir(parents=True, exist_ok=True)
+    for spec in FILES.values():
+        if _file_in(target, spec):
+            continue
+        errors = []
+        for mirror in MIRRORS:
+            try:
+                log.info("downloading %s from %s", spec.stem, mirror)
+                download_url(mirror + spec.stem + ".gz", str(target), spec.stem + ".gz")
+                break
+            except Exception as err:  # noqa: BLE001 - any failure means: try the next mirror
+                errors.append(f"{mirror}: {err}")
+        else:
+            raise DataError(f"could not download {spec.stem}.gz: " + "; ".join(errors))
+    return target
+
+
+def read_idx(path: Path, spec: IdxSpec) -> tuple[np.ndarray, str]:
+    """Read and verify one IDX file (gzipped or not); returns the array and its decompressed SHA-256."""
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: cannot decompress ({err}); the file is truncated or corrupt") from None
+
+    ndim = len(spec.shape)
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: only {len(data)} bytes, shorter than an IDX header; the file is truncated")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != spec.magic:
+        raise DataError(f"{path}: wrong IDX magic number {magic:#010x}, expected {spec.magic:#010x}")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if shape != spec.shape:
+        raise DataError(f"{path}: header says shape {shape}, expected {spec.shape}")
+    expected_bytes = header + int(np.prod(shape))
+    if len(data) != expected_bytes:
+        raise DataError(f"{path}: {len(data)} bytes after decompression, expected {expected_bytes}; truncated?")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != spec.sha256:
+        raise DataError(
+            f"{path}: content checksum {digest[:16]}... does not match Fashion-MNIST's {spec.sha256[:16]}...; "
+            "the file is corrupt or is a different dataset"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy(), digest
+
+
+def _check_labels(path: Path, labels: np.ndarray, per_class: int) -> None:
+    if labels.max() >= NUM_CLASSES:
+        raise DataError(f"{path}: label {labels.max()} outside 0-{NUM_CLASSES - 1}")
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    if not (counts == per_class).all():
+        raise DataError(f"{path}: class counts {counts.tolist()}, expected {per_class} of each class")
+
+
+def load_dataset(data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> FashionMNIST:
+    """Locate, verify and load the real Fashion-MNIST train and test sets."""
+    directory = find_data_dir(data_dir, download)
+    arrays: dict[str, np.ndarray] = {}
+    digests = []
+    for key, spec in FILES.items():
+        path = _file_in(directory, spec) or directory / (spec.stem + ".gz")
+        arrays[key], digest = read_idx(path, spec)
+        digests.append(digest)
+        if key in CLASS_COUNTS:
+            _check_labels(path, arrays[key], CLASS_COUNTS[key])
+    log.info("loaded and verified Fashion-MNIST from %s", directory)
+    return FashionMNIST(
+        **arrays, source=str(directory), fingerprint=hashlib.sha256("".join(digests).encode()).hexdigest()
+    )
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, stratified split of indices into (train, validation); each class keeps its share in both.
+
+    Returns sorted int64 index arrays. The same labels, size and seed always give the same split.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    # Per-class validation counts proportional to class frequency, rounded so they sum to val_size exactly.
+    exact = counts * val_size / len(labels)
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - take), kind="stable")[: val_size - take.sum()]:
+        take[i] += 1
+    val = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
+    val_idx = np.sort(np.concatenate(val))
+    train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
+    return train_idx.astype(np.int64), val_idx.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The arrays a training split needs: training and validation parts of the training set."""
+
+    train_images: np.ndarray  # (N_train, 28, 28) uint8
+    train_labels: np.ndarray  # (N_train,) uint8
+    val_images: np.ndarray  # (N_val, 28, 28) uint8
+    val_labels: np.ndarray  # (N_val,) uint8
+
+
+def make_splits(data: FashionMNIST, val_size: int, seed: int, train_subset: int | None = None) -> Splits:
+    """Optionally take a stratified subset of the training set, then split off the validation set."""
+    images, labels = data.train_images, data.train_labels
+    if train_subset is not None and train_subset < len(labels):
+        _, keep = stratified_split(labels, train_subset, seed)
+        images, labels = images[keep], labels[keep]
+    train_idx, val_idx = stratified_split(labels, val_size, seed + 1)
+    return Splits(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx])

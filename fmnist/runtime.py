@@ -1,0 +1,69 @@
+"""The machine a step runs on: device choice, threads, seeding, mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """CUDA when asked for or when present under "auto"; CPU otherwise. Called once per step."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("the profile asks for compute.device: cuda, but no CUDA device is available")
+    if preference in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def configure_threads(threads: int | None, parallel_tasks: int = 1) -> int:
+    """Set torch's intra-op threads: `threads` if given, else the cores shared among tasks running at once.
+
+    Local foreach splits run as parallel processes; each using every core would oversubscribe the machine.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = threads or max(1, cores // max(1, parallel_tasks))
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from one seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA devices that support it (or when forced), None for full fp32."""
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Mixed precision for the forward pass when `dtype` is set; a no-op otherwise."""
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield
+
+
+def describe_device(device: torch.device) -> str:
+    """A human-readable name for the device, e.g. 'cuda (NVIDIA H100 80GB HBM3)' or 'cpu (2 threads)'."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

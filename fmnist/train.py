@@ -1,0 +1,206 @@
+"""Device-resident training: the whole split lives on the device as uint8, augmented a batch at a time there.
+
+No DataLoader and no per-sample Python: each step gathers a batch of randomly shifted and flipped images with
+one indexing operation, which is what keeps a 2-core CPU and a large GPU both busy with the model itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .config import HParams
+from .data import PIXEL_MEAN, PIXEL_STD, Splits
+from .evaluate import predict_logits
+from .model import ModelArgs, build_model, count_parameters, normalize
+from .runtime import autocast, seed_everything
+
+log = logging.getLogger(__name__)
+
+# Test hook: a comma-separated list of split indices whose training raises InjectedFault before the first epoch.
+FAULT_ENV = "FASHIONFLOW_FAIL_SPLITS"
+
+EpochCallback = Callable[[dict[str, float]], None]
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by the FASHIONFLOW_FAIL_SPLITS test hook, to exercise failure and resume."""
+
+
+def check_injected_fault(split_index: int) -> None:
+    """Raise InjectedFault if $FASHIONFLOW_FAIL_SPLITS names this split."""
+    targets = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
+    if split_index in targets:
+        raise InjectedFault(f"split {split_index} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
+
+
+def model_args(hp: HParams) -> ModelArgs:
+    """The network shape a split's hyper-parameters ask for."""
+    return ModelArgs(width=hp.width, depth=hp.depth, dropout=hp.dropout)
+
+
+@dataclass
+class TrainResult:
+    """What one training split produces; weights are CPU tensors so they can be stored and served anywhere."""
+
+    state_dict: dict[str, torch.Tensor]
+    model_args: ModelArgs
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_accuracy: float = 0.0
+    val_loss: float = 0.0
+    train_seconds: float = 0.0  # optimisation only: per-epoch validation is excluded
+    images_per_second: float = 0.0
+    parameters: int = 0
+
+
+class BatchAugmenter:
+    """Random shifts (pad-and-crop) and horizontal flips for whole batches, by one gather on the device."""
+
+    def __init__(self, images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> None:
+        # images: (N, 28, 28) uint8 on the training device; padded once here, not per batch.
+        self.pad, self.flip, self.generator = pad, flip, generator
+        self.padded = nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images  # (N, 28+2p, 28+2p)
+        self.size = images.shape[-1]
+        self.offsets = torch.arange(self.size, device=images.device)  # (28,)
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B,) indices -> (B, 28, 28) uint8 augmented images."""
+        b, dev = idx.shape[0], idx.device
+        if self.pad:
+            dy, dx = torch.randint(0, 2 * self.pad + 1, (2, b, 1), device=dev, generator=self.generator)
+        else:
+            dy = dx = torch.zeros(b, 1, dtype=torch.long, device=dev)
+        rows = dy + self.offsets  # (B, 28)
+        cols = dx + self.offsets  # (B, 28)
+        if self.flip:
+            flipped = torch.rand(b, 1, device=dev, generator=self.generator) < 0.5  # (B, 1)
+            cols = torch.where(flipped, cols.flip(1), cols)
+        return self.padded[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def one_cycle(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """Learning-rate multiplier: linear warm-up from 10% to 100%, then linear decay to zero."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.1 + 0.9 * step / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, hp: HParams) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; weight decay only on conv and linear weights, not on norms and biases."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": hp.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if hp.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=hp.lr)
+    return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
+
+
+def train_model(
+    hp: HParams,
+    splits: Splits,
+    device: torch.device,
+    seed: int,
+    amp: torch.dtype | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train one FashionCNN on `splits` with hyper-parameters `hp`; validate after every epoch."""
+    seed_everything(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    args = model_args(hp)
+    model = build_model(args).to(device, memory_format=torch.channels_last)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay), use_buffers=True) if hp.ema_decay else None
+
+    train_x = torch.from_numpy(np.ascontiguousarray(splits.train_images)).to(device)  # (N, 28, 28) uint8
+    train_y = torch.from_numpy(splits.train_labels.astype(np.int64)).to(device)  # (N,)
+    augment = BatchAugmenter(train_x, hp.crop_pad, hp.flip, generator)
+    n = len(train_y)
+    # Drop a last batch that would be too small for batch norm statistics.
+    steps_per_epoch = max(1, n // hp.batch_size if n % hp.batch_size < 2 else math.ceil(n / hp.batch_size))
+    optimizer = make_optimizer(model, hp)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle(hp.epochs * steps_per_epoch, hp.warmup_fraction))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+
+    result = TrainResult(state_dict={}, model_args=args, parameters=count_parameters(model))
+    log.info("training %s (%d parameters) on %d images, %d steps/epoch", args, result.parameters, n, steps_per_epoch)
+    started = time.perf_counter()
+    for epoch in range(1, hp.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(n, device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for step in range(steps_per_epoch):
+            idx = order[step * hp.batch_size : (step + 1) * hp.batch_size]  # (B,)
+            x = normalize(augment(idx), PIXEL_MEAN, PIXEL_STD).contiguous(memory_format=torch.channels_last)
+            y = train_y[idx]
+            with autocast(device, amp):
+                logits = model(x)  # (B, 10)
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            # Accumulate on the device: a .item() per step would stall a GPU on every batch.
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(idx)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_seconds = time.perf_counter() - t0
+        result.train_seconds += epoch_seconds
+
+        val_loss, val_acc = validate(ema.module if ema is not None else model, splits, device, amp)
+        stats = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / seen,
+            "train_accuracy": correct.item() / seen,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": schedule.get_last_lr()[0],
+            "images_per_second": seen / epoch_seconds,
+            "epoch_seconds": epoch_seconds,
+            "elapsed_seconds": time.perf_counter() - started,
+        }
+        result.history.append(stats)
+        log.info(
+            "epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.0f img/s  %.1fs elapsed",
+            epoch, hp.epochs, stats["train_loss"], stats["train_accuracy"], val_acc,
+            stats["images_per_second"], stats["elapsed_seconds"],
+        )
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    final = ema.module if ema is not None else model
+    result.state_dict = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in final.state_dict().items()}
+    result.val_loss, result.val_accuracy = result.history[-1]["val_loss"], result.history[-1]["val_accuracy"]
+    result.images_per_second = sum(h["images_per_second"] for h in result.history) / len(result.history)
+    return result
+
+
+def validate(model: nn.Module, splits: Splits, device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on the validation split."""
+    logits = predict_logits(model, splits.val_images, device, amp=amp)  # (N_val, 10) on CPU
+    labels = torch.from_numpy(splits.val_labels.astype(np.int64))
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    return loss, (logits.argmax(1) == labels).float().mean().item()
