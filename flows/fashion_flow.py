@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from fashion_cloud import cloud_compute
 from metaflow import Config, FlowSpec, card, current, step
 
 from fmnist.config import DEFAULT_PROFILE_PATH, parse_profile
@@ -19,6 +20,7 @@ from fmnist.selection import leaderboard
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+@cloud_compute
 class FashionFlow(FlowSpec):
     """Train, compare and ship a Fashion-MNIST CNN.
 
