@@ -1,0 +1,58 @@
+"""`fmnist-serve`: start the prediction service with uvicorn; options override the FASHIONFLOW_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from pydantic import ValidationError
+
+from .settings import Settings
+
+OPTIONS = {  # option -> setting (and FASHIONFLOW_<SETTING> variable)
+    "run": "Run pathspec to serve, e.g. FashionFlow/1795693605953813.",
+    "tag": "Serve the newest successful run with this tag.",
+    "flow": "Flow name (default FashionFlow).",
+    "metadata": "Metaflow metadata provider, e.g. local@/path/to/dir or service@https://...",
+    "host": "Interface to listen on (default 127.0.0.1; 0.0.0.0 in a container).",
+    "port": "Port (default 8000).",
+    "workers": "uvicorn worker processes (default 1).",
+    "device": "auto, cpu or cuda (default auto).",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse options, validate the settings, and run uvicorn on serving.app:app."""
+    parser = argparse.ArgumentParser(
+        prog="fmnist-serve",
+        description="Serve the FashionFlow model over REST. Without --run or --tag, the latest successful run.",
+    )
+    for name, text in OPTIONS.items():
+        parser.add_argument(f"--{name}", help=text)
+    parser.add_argument("--log-level", default="info", help="uvicorn log level (default info).")
+    args = parser.parse_args(argv)
+    # Options become environment variables so that every uvicorn worker process sees the same settings.
+    for name in OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            os.environ[f"FASHIONFLOW_{name.upper()}"] = str(value)
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    uvicorn.run(
+        "serving.app:app",
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=args.log_level,
+    )
+
+
+if __name__ == "__main__":
+    main()

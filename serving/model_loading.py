@@ -1,0 +1,132 @@
+"""Find the model record a FashionFlow run produced, through Metaflow's Client API, and build it for inference.
+
+The record is the `model` artifact of the run's end step: safetensors bytes, parsed by `ModelRecord.from_bytes`,
+so loading it never unpickles anything. The datastore (local folder or S3) is found as Metaflow finds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fmnist.checkpoint import ModelRecord, RecordError
+from fmnist.model import FashionCNN
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says which run was looked for and what went wrong."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model record ready for inference, plus what `/model` reports about it."""
+
+    record: ModelRecord
+    network: FashionCNN
+    device: torch.device
+    run_pathspec: str
+    info: dict[str, Any]  # run id, creation time, tags, hyper-parameters, fingerprint, test metrics
+
+
+def pick_device(requested: str) -> torch.device:
+    """'auto' is CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+def _select_metadata(settings: Settings) -> None:
+    """Point the Client API at the configured metadata provider.
+
+    Metaflow reads METAFLOW_DATASTORE_SYSROOT_LOCAL once, when it is imported; re-reading it here means the
+    variable set before the service loads the model is the one that counts, however early Metaflow was imported.
+    """
+    from metaflow import get_metadata, metadata
+
+    if settings.metadata:
+        metadata(settings.metadata)
+    elif os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL") and get_metadata().startswith("local@"):
+        metadata("local@" + os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"])
+
+
+def find_run(settings: Settings) -> Any:
+    """The Metaflow Run to serve: `settings.run`, else the newest successful run tagged `settings.tag`, else the
+    flow's latest successful run. Looks across all users' namespaces."""
+    from metaflow import Flow, Run, namespace
+    from metaflow.exception import MetaflowException
+
+    try:
+        _select_metadata(settings)
+    except (MetaflowException, ValueError) as err:
+        raise ModelLoadError(f"cannot use metadata provider {settings.metadata!r}: {err}") from None
+    namespace(None)
+    try:
+        if settings.run:
+            pathspec = settings.run if "/" in settings.run else f"{settings.flow}/{settings.run}"
+            run = Run(pathspec)
+            if not run.successful:
+                raise ModelLoadError(f"run {pathspec} did not finish successfully; it has no final model")
+            return run
+        flow = Flow(settings.flow)
+        if settings.tag:
+            for run in flow.runs(settings.tag):  # newest first
+                if run.successful:
+                    return run
+            raise ModelLoadError(f"no successful {settings.flow} run is tagged {settings.tag!r}")
+        run = flow.latest_successful_run
+        if run is None:
+            raise ModelLoadError(f"flow {settings.flow} has no successful run yet; train one first")
+        return run
+    except MetaflowException as err:
+        what = settings.run or (f"tag {settings.tag!r}" if settings.tag else f"latest successful {settings.flow}")
+        raise ModelLoadError(f"cannot find {what} in Metaflow ({_describe_metadata()}): {err}") from None
+
+
+def _describe_metadata() -> str:
+    from metaflow import get_metadata
+
+    return f"metadata {get_metadata()}"
+
+
+def load_model(settings: Settings) -> ServedModel:
+    """Load, validate and build the selected run's model record on the configured device, in eval mode."""
+    device = pick_device(settings.device)
+    torch.set_num_threads(settings.torch_threads)
+    run = find_run(settings)
+    data = run["end"].task.data  # the end step carries every artifact the flow produced
+    try:
+        blob = data.model
+    except AttributeError:
+        raise ModelLoadError(f"run {run.pathspec} has no 'model' artifact; was it produced by FashionFlow?") from None
+    try:
+        record = ModelRecord.from_bytes(blob)
+        network = record.build(device)
+    except (RecordError, RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"run {run.pathspec}: model record cannot be used: {err}") from None
+    info = {
+        "run": run.pathspec,
+        "created_at": run.created_at.isoformat() if hasattr(run.created_at, "isoformat") else str(run.created_at),
+        "tags": sorted(run.tags),
+        "hparams": _artifact(data, "best_hparams", record.hparams),
+        "data_fingerprint": _artifact(data, "data_fingerprint", record.provenance.get("data_fingerprint")),
+        "test_metrics": _artifact(data, "test_metrics", {}),
+    }
+    log.info("loaded model of %s on %s (temperature %.3f)", run.pathspec, device, record.temperature)
+    return ServedModel(record=record, network=network, device=device, run_pathspec=run.pathspec, info=info)
+
+
+def _artifact(data: Any, name: str, default: Any) -> Any:
+    try:
+        return getattr(data, name)
+    except AttributeError:
+        return default
