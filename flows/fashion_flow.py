@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from fashion_cloud import cloud_compute
+from flow_cards import LiveTrainingCard, dataset_card, leaderboard_card, report_card
 from metaflow import Config, FlowSpec, card, current, step
 
 from fmnist.config import DEFAULT_PROFILE_PATH, parse_profile
@@ -47,21 +48,26 @@ class FashionFlow(FlowSpec):
         self.seed = self.profile["seed"]
         self.next(self.load)
 
+    @card(type="blank")
     @step
     def load(self):
         data = prepare_data(self.profile)
         self.train_images, self.train_labels = data.splits.train_images, data.splits.train_labels
         self.val_images, self.val_labels = data.splits.val_images, data.splits.val_labels
         self.data_fingerprint, self.data_summary = data.fingerprint, data.summary
+        current.card.extend(dataset_card(self.data_summary, self.train_images, self.train_labels))
         self.next(self.train, foreach="grid")
 
-    @card(type="blank")
+    @card(type="blank", refresh_interval=5)
     @step
     def train(self):
         self.split_index, self.hparams = self.index, self.input
         splits = Splits(self.train_images, self.train_labels, self.val_images, self.val_labels)
-        outcome = train_split(self.profile, self.hparams, self.split_index, splits, parallel_tasks=len(self.grid))
+        live = LiveTrainingCard(self.split_index, self.hparams)
+        outcome = train_split(self.profile, self.hparams, self.split_index, splits, parallel_tasks=len(self.grid),
+                              on_epoch=live.on_epoch, run_id=current.run_id)
         self.model_record, self.split_summary, self.history = outcome.record, outcome.summary, outcome.history
+        live.finish(self.split_summary)
         self.next(self.join)
 
     @card(type="blank")
@@ -76,12 +82,15 @@ class FashionFlow(FlowSpec):
         current.card.extend(leaderboard_card(self.leaderboard))
         self.next(self.evaluate)
 
+    @card(type="blank")
     @step
     def evaluate(self):
         provenance = {**self.environment, "run": current.pathspec.rsplit("/", 2)[0], "profile": self.profile["name"]}
-        result = evaluate_selected(self.model_record, self.profile, self.data_fingerprint, provenance)
-        self.model, self.test_metrics = result.record, result.metrics
-        self.test_accuracy = self.test_metrics["accuracy"]
+        result = evaluate_selected(self.model_record, self.profile, self.data_fingerprint, provenance,
+                                   self.val_images, self.val_labels, run_id=current.run_id)
+        self.model, self.test_metrics, self.report = result.record, result.metrics, result.report
+        self.test_accuracy, self.temperature = self.test_metrics["accuracy"], self.report["calibration"]["temperature"]
+        current.card.extend(report_card(self.report))
         self.next(self.end)
 
     @step
@@ -89,25 +98,10 @@ class FashionFlow(FlowSpec):
         run = f"{current.flow_name}/{current.run_id}"
         print(f"best split {self.best_index}: {self.best_hparams}")
         print(f"validation accuracy {self.best_val_accuracy:.4f}, test accuracy {self.test_accuracy:.4f}")
+        cal = self.report["calibration"]
+        print(f"temperature {cal['temperature']:.3f}: test ECE {cal['test_before']['ece']:.2%} -> "
+              f"{cal['test_after']['ece']:.2%}; report card: python flows/fashion_flow.py card view {run}/evaluate")
         print(f"run {run}; leaderboard card: python flows/fashion_flow.py card view {run}/join")
-
-
-def leaderboard_card(rows):
-    """Metaflow card components for the join step's leaderboard."""
-    from metaflow.cards import Markdown, Table
-
-    swept = sorted({k for r in rows for k, v in r["hparams"].items() if any(o["hparams"][k] != v for o in rows)})
-    header = ["rank", "split", *swept, "val accuracy", "val loss", "train s", "device"]
-    body = [
-        [r["rank"], r["index"], *(r["hparams"][k] for k in swept), f"{r['val_accuracy']:.4f}",
-         f"{r['val_loss']:.4f}", f"{r['train_seconds']:.1f}", r["device"]]
-        for r in rows
-    ]
-    best = rows[0]
-    return [
-        Markdown(f"# Leaderboard\nBest: split {best['index']} at {best['val_accuracy']:.2%} validation accuracy."),
-        Table(body, headers=header),
-    ]
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ import numpy as np
 from .checkpoint import ModelRecord
 from .config import HParams, Profile, expand_grid, load_profile
 from .data import CLASS_NAMES, Splits, load_dataset, make_splits
-from .evaluate import classification_metrics, predict_logits
 from .provenance import environment
+from .report import build_report, report_summary
 from .runtime import amp_dtype, configure_threads, describe_device, pick_device
+from .tracking import Tracker, log_report
 from .train import EpochCallback, check_injected_fault, train_model
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,12 @@ def train_split(
     splits: Splits,
     parallel_tasks: int = 1,
     on_epoch: EpochCallback | None = None,
+    run_id: str = "local",
 ) -> SplitOutcome:
-    """Train split `index` of the grid on the device this process finds; weights come back as a model record."""
+    """Train split `index` of the grid on the device this process finds; weights come back as a model record.
+
+    With tracking on, the split is a W&B run named `train-<index>` in group `run_id` (config + per-epoch metrics).
+    """
     check_injected_fault(index)
     profile = load_profile(profile_data)
     hp = HParams(**hparams)
@@ -96,7 +101,29 @@ def train_split(
     log.info("split %d on %s (%d torch threads, amp %s): %s", index, describe_device(device), threads, amp, hparams)
     # Each split gets its own seed, derived from the run's, so that splits differ only in their hyper-parameters
     # and initialisation noise is not mistaken for a hyper-parameter effect across reruns.
-    result = train_model(hp, splits, device, seed=profile.seed * 1000 + index, amp=amp, on_epoch=on_epoch)
+    tracker = Tracker.start(
+        profile.tracking.model_dump(),
+        group=run_id,
+        name=f"train-{index}",
+        job_type="train",
+        config={**hparams, "split_index": index, "profile": profile.name, "seed": profile.seed},
+    )
+
+    def epoch_done(stats: dict[str, float]) -> None:
+        tracker.log(stats, step=int(stats["epoch"]))
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    with tracker:
+        result = train_model(hp, splits, device, seed=profile.seed * 1000 + index, amp=amp, on_epoch=epoch_done)
+        tracker.summarize(
+            {
+                "val_accuracy": result.val_accuracy,
+                "val_loss": result.val_loss,
+                "train_seconds": result.train_seconds,
+                "parameters": result.parameters,
+            }
+        )
     summary = {
         "index": index,
         "hparams": hparams,
@@ -119,30 +146,65 @@ def train_split(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The evaluate step's output: test metrics, and the final model record that carries them."""
+    """The evaluate step's output: the final model record, its test metrics and the whole evaluation report."""
 
     record: bytes
     metrics: dict[str, Any]
+    report: dict[str, Any]
 
 
 def evaluate_selected(
-    record_bytes: bytes, profile_data: dict[str, Any], fingerprint: str, provenance: dict[str, Any]
+    record_bytes: bytes,
+    profile_data: dict[str, Any],
+    fingerprint: str,
+    provenance: dict[str, Any],
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    run_id: str = "local",
 ) -> Evaluation:
-    """The chosen model on the test set: the first and only time the test set is read in a run."""
+    """The chosen model on the test set (its first and only read in a run), calibrated on the validation split.
+
+    The fitted temperature, the headline numbers and the provenance go into the returned model record, so the
+    service serves calibrated probabilities and can say where its model came from.
+    """
     profile: Profile = load_profile(profile_data)
     data = load_dataset(profile.data.dir, profile.data.download)
     if data.fingerprint != fingerprint:
         raise RuntimeError(
-            f"dataset changed during the run: fingerprint {data.fingerprint[:12]} at evaluate, {fingerprint[:12]} at load"
+            f"dataset changed during the run: fingerprint {data.fingerprint[:12]} at evaluate, "
+            f"{fingerprint[:12]} at load"
         )
     device = pick_device(profile.compute.device)
     configure_threads(profile.compute.threads_per_task)
     record = ModelRecord.from_bytes(record_bytes)
     model = record.build(device)
-    logits = predict_logits(model, data.test_images, device, mean=record.mean, std=record.std)  # (10000, 10)
-    metrics = classification_metrics(logits, data.test_labels)
-    log.info("test accuracy %.4f on %d images", metrics["accuracy"], metrics["num_examples"])
-    record.metrics = {**record.metrics, "test_accuracy": metrics["accuracy"]}
-    record.provenance = {**record.provenance, **provenance, "data_fingerprint": fingerprint}
-    return Evaluation(record=record.to_bytes(), metrics=metrics)
-
+    record.provenance = {
+        **record.provenance,  # split index, training device and time, from the train step
+        **provenance,  # run, profile, code and library versions, from the flow
+        "data_fingerprint": fingerprint,
+        "seed": profile.seed,
+        "hparams": record.hparams,
+        "evaluation_device": describe_device(device),
+    }
+    report = build_report(
+        model,
+        data.test_images,
+        data.test_labels,
+        val_images,
+        val_labels,
+        device,
+        record.provenance,
+        mean=record.mean,
+        std=record.std,
+    )
+    record.temperature = report["calibration"]["temperature"]
+    record.metrics = {**record.metrics, **report_summary(report)}
+    with Tracker.start(
+        profile.tracking.model_dump(),
+        group=run_id,
+        name="evaluate",
+        job_type="evaluate",
+        config={**record.hparams, "profile": profile.name, "data_fingerprint": fingerprint},
+    ) as tracker:
+        log_report(tracker, report)
+    return Evaluation(record=record.to_bytes(), metrics=report["test"], report=report)
