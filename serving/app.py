@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .inference import Predictor
+from .inference import MicroBatcher, Predictor
 from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .model_loading import ModelLoadError, load_model
@@ -84,6 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         seconds = predictor.warm_up(settings.max_batch)
         prepare_image(_WARM_UP_PNG, settings.max_image_pixels)
         log.info("model of %s warm in %.2fs; serving", served.run_pathspec, seconds)
+        if settings.batching:
+            app.state.batcher = MicroBatcher(predictor, settings.max_batch)
+            app.state.batcher.start()
         app.state.predictor, app.state.not_ready = predictor, None
         metrics.model_loaded.set(1)
         try:
@@ -91,6 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.predictor, app.state.not_ready = None, "shutting down"
             metrics.model_loaded.set(0)
+            if app.state.batcher is not None:
+                await app.state.batcher.stop()
+                app.state.batcher = None
 
     app = FastAPI(
         title="FashionFlow prediction service",
@@ -99,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings, app.state.metrics = settings, metrics
+    app.state.batcher = None
     app.state.predictor, app.state.not_ready = None, "the model is loaded when the service starts (lifespan not run)"
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -159,14 +166,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses={k: ERRORS[k] for k in (400, 413, 415, 422, 503)},
     )
     async def predict(
+        request: Request,
         model: Model,
         file: Annotated[UploadFile, File(description="One image: PNG, JPEG, GIF, BMP, TIFF, WebP; any size/mode.")],
         top_k: TopK = None,
     ) -> Prediction:
         """Classify one uploaded image; probabilities are calibrated (softmax of logits / temperature)."""
         prepared = await prepare_upload(file)
-        probs = model.probabilities(prepared.pixels[None])
-        row = model.describe(probs[0], top_k or settings.default_top_k)
+        batcher = request.app.state.batcher
+        if batcher is not None:
+            probs = await batcher.probabilities(prepared.pixels)
+        else:
+            probs = model.probabilities(prepared.pixels[None])[0]
+        row = model.describe(probs, top_k or settings.default_top_k)
         count(model, [row])
         return Prediction(**row, inverted=prepared.inverted, filename=file.filename)
 

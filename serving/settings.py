@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     # One intra-op thread: a single 28x28 image is far too small for torch's thread pool to pay for itself, and
     # the event loop needs the other core.
     torch_threads: int = Field(1, ge=1, le=256)
+    # Off by default: with the small CNN on 2 CPU cores, benchmarks/serve_load.py --compare-batching measured no
+    # gain (a forward pass of one image costs well under the HTTP handling around it). On a GPU or with a wider
+    # model the forward pass dominates and batching pays.
+    batching: bool = Field(
+        False, description="Batch concurrent single-image requests into one forward pass on a model thread."
+    )
 
     # Limits. An upload of a full-resolution phone photo is a few MB; 10 MB leaves room without inviting abuse.
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
