@@ -218,11 +218,11 @@ def print_report(results: dict[str, PhaseResult], concurrency: int, batch_size: 
         f"batch of {batch_size}: {batch.images_per_s:.0f} images/s "
         f"({batch.images_per_s / single.requests_per_s if single.requests_per_s else 0:.1f}x single-image)"
     )
-    if "unbatched" in results and results["unbatched"].requests_per_s:
-        unbatched = results["unbatched"]
+    if "batched" in results and single.requests_per_s:
+        batched = results["batched"]
         print(
-            f"server-side batching: {single.requests_per_s / unbatched.requests_per_s:.2f}x the single-image "
-            f"throughput without it (p99 {single.percentile(99):.1f} vs {unbatched.percentile(99):.1f} ms)"
+            f"server-side batching: {batched.requests_per_s / single.requests_per_s:.2f}x the single-image "
+            f"throughput without it (p99 {batched.percentile(99):.1f} vs {single.percentile(99):.1f} ms)"
         )
     for r in (single, batch):
         if r.images:
