@@ -69,6 +69,8 @@ class Tracker:
                 job_type=job_type,
                 config=config or {},
                 mode=mode,
+                # Read per run, not once per process as W&B's settings singleton would.
+                dir=os.environ.get("WANDB_DIR") or None,
                 reinit="create_new",
                 # Metaflow captures the step's stdout itself; W&B's console capture would only duplicate it.
                 settings=wandb.Settings(console="off", silent=True),
