@@ -117,14 +117,17 @@ def _file_in(directory: Path, spec: IdxSpec) -> Path | None:
 def find_data_dir(data_dir: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
     """The first candidate directory holding all four files; downloads into the cache if none does."""
     searched = candidate_dirs(data_dir)
+    # A directory the user named that holds only some of the files is a mistake to report, not to skip past.
+    explicit = searched[: len([d for d in (os.environ.get("FMNIST_DATA_DIR"), data_dir) if d])]
     for directory in searched:
-        if all(_file_in(directory, spec) for spec in FILES.values()):
+        found = [spec for spec in FILES.values() if _file_in(directory, spec)]
+        if len(found) == len(FILES):
             return directory
-    # A directory the user named explicitly but that lacks files is most likely a mistake: say so, don't download.
-    explicit = [d for d in searched[:2] if d.exists()] if data_dir or os.environ.get("FMNIST_DATA_DIR") else []
-    for directory in explicit:
-        missing = [s.stem + "[.gz]" for s in FILES.values() if not _file_in(directory, s)]
-        raise DataError(f"{directory} is missing Fashion-MNIST file(s): {', '.join(missing)}")
+        if directory in explicit and directory.is_dir():
+            missing = [s.stem + "[.gz]" for s in FILES.values() if s not in found]
+            raise DataError(f"{directory} is missing Fashion-MNIST file(s): {', '.join(missing)}")
+        if directory in explicit:
+            log.warning("%s does not exist; looking further", directory)
     if not download:
         raise DataError(
             "Fashion-MNIST not found in " + ", ".join(map(str, searched))

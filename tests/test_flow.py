@@ -1,0 +1,103 @@
+"""The whole flow on the smoke profile, through Metaflow's Runner and Client APIs, and resume after a failure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import FLOW_FILE, resume_flow, run_flow
+
+from fmnist.checkpoint import ModelRecord
+from fmnist.data import CLASS_NAMES
+
+STEPS = ["start", "load", "train", "join", "evaluate", "end"]
+
+
+def test_smoke_run_stores_every_result_as_an_artifact(smoke_run):
+    assert smoke_run.successful
+    assert [s.id for s in smoke_run.steps()][::-1] == STEPS
+    data = smoke_run.data
+    assert data.profile["name"] == "smoke"
+    assert len(data.grid) == 2 and data.seed == 0
+    assert data.environment["libraries"]["torch"] != "not installed"
+    assert len(data.data_fingerprint) == 64
+    assert data.data_summary["train_size"] == 2500 and data.data_summary["val_size"] == 500
+    assert 0.3 < data.test_accuracy <= 1.0
+    assert sum(map(sum, data.test_metrics["confusion_matrix"])) == 10000
+
+    record = ModelRecord.from_bytes(data.model)
+    assert record.class_names == CLASS_NAMES
+    assert record.metrics["test_accuracy"] == data.test_accuracy
+    assert record.provenance["data_fingerprint"] == data.data_fingerprint
+    assert record.hparams == data.best_hparams
+
+
+def test_each_split_keeps_weights_history_and_metrics(smoke_run):
+    tasks = list(smoke_run["train"])
+    assert len(tasks) == 2
+    for task in tasks:
+        summary = task["split_summary"].data
+        assert len(task["history"].data) == task["hparams"].data["epochs"]
+        assert summary["val_accuracy"] == task["history"].data[-1]["val_accuracy"]
+        assert ModelRecord.from_bytes(task["model_record"].data).metrics["val_accuracy"] == summary["val_accuracy"]
+
+
+def test_join_picks_the_best_validation_split(smoke_run):
+    splits = [t["split_summary"].data for t in smoke_run["train"]]
+    best = max(splits, key=lambda s: (s["val_accuracy"], -s["val_loss"], -s["index"]))
+    join = smoke_run["join"].task.data
+    assert join.best_index == best["index"]
+    assert [row["rank"] for row in join.leaderboard] == [1, 2]
+    assert join.leaderboard[0]["val_accuracy"] >= join.leaderboard[1]["val_accuracy"]
+
+
+def test_test_set_is_first_touched_in_evaluate(smoke_run):
+    for name in ["start", "load", "join"]:
+        artifacts = {a.id for a in smoke_run[name].task}
+        assert not {"test_metrics", "test_accuracy", "model"} & artifacts, name
+        assert not any(a.startswith("test_") for a in artifacts), name
+    for task in smoke_run["train"]:
+        assert not any(a.id.startswith("test_") for a in task)
+    assert "test_metrics" in {a.id for a in smoke_run["evaluate"].task}
+
+
+def test_leaderboard_card_is_viewable(smoke_run):
+    from metaflow.cards import get_cards
+
+    cards = get_cards(smoke_run["join"].task)
+    assert len(cards) >= 1
+    assert "Leaderboard" in cards[0].get()
+
+
+@pytest.mark.parametrize("profile_text,message", [("hparams: {widht: 8}", "widht"), ("grid: {lr: [0]}", "lr")])
+def test_bad_profile_fails_before_any_step(tmp_path, profile_text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(profile_text)
+    from metaflow import Runner
+
+    with Runner(str(FLOW_FILE), show_output=False, config=[("config", str(bad))]) as runner:
+        with pytest.raises(Exception):  # noqa: B017 - the CLI exits non-zero before a run exists
+            runner.run()
+    # The profile error names the field.
+    out = subprocess.run([sys.executable, str(FLOW_FILE), "--config", "config", str(bad), "show"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and message in out.stdout + out.stderr
+
+
+def test_failed_split_resumes_reusing_finished_splits():
+    failed = run_flow(env={"FASHIONFLOW_FAIL_SPLITS": "1"}, max_workers=1)
+    assert failed.status == "failed"
+    assert not failed.run.successful
+    assert "split 1 failed on purpose" in failed.stderr + failed.stdout
+
+    # resume takes no --config: Metaflow reuses the original run's profile.
+    resumed = resume_flow(failed.run.id, max_workers=1)
+    assert resumed.status == "successful", resumed.stderr[-3000:]
+    run = resumed.run
+    by_split = {t["split_index"].data: t for t in run["train"]}
+    assert set(by_split) == {0, 1}
+    assert by_split[0].origin_pathspec is not None and by_split[0].origin_pathspec.startswith(f"FashionFlow/{failed.run.id}/")
+    assert by_split[1].origin_pathspec is None
+    assert run.data.profile["name"] == "smoke"
+    assert 0.3 < run.data.test_accuracy <= 1.0

@@ -1,0 +1,71 @@
+"""The trainer learns on real images, augments correctly on the device, and is reproducible."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fmnist.config import HParams
+from fmnist.data import load_dataset, make_splits
+from fmnist.train import BatchAugmenter, InjectedFault, check_injected_fault, one_cycle, train_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def small_splits():
+    return make_splits(load_dataset(download=False), val_size=1000, seed=0, train_subset=5000)
+
+
+def test_short_training_lowers_loss_and_beats_chance(small_splits):
+    hp = HParams(width=8, epochs=3, batch_size=128, lr=0.05)
+    result = train_model(hp, small_splits, CPU, seed=0)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert result.val_accuracy > 0.6  # chance is 0.1
+    assert all(t.device.type == "cpu" for t in result.state_dict.values())
+    assert {"epoch", "val_accuracy", "images_per_second", "elapsed_seconds"} <= set(result.history[0])
+
+
+def test_same_seed_same_result(small_splits):
+    hp = HParams(width=4, epochs=1, batch_size=256)
+    first, second = (train_model(hp, small_splits, CPU, seed=3) for _ in range(2))
+    assert abs(first.val_accuracy - second.val_accuracy) <= 0.001
+    assert all(torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)
+
+
+def test_augmenter_without_shift_or_flip_is_identity():
+    images = torch.randint(0, 256, (6, 28, 28), dtype=torch.uint8)
+    aug = BatchAugmenter(images, pad=0, flip=False, generator=torch.Generator().manual_seed(0))
+    idx = torch.tensor([4, 0, 2])
+    assert torch.equal(aug(idx), images[idx])
+
+
+def test_augmenter_outputs_are_shifted_or_mirrored_copies():
+    images = torch.randint(1, 256, (64, 28, 28), dtype=torch.uint8)
+    aug = BatchAugmenter(images, pad=2, flip=True, generator=torch.Generator().manual_seed(0))
+    out = aug(torch.arange(64))
+    assert out.shape == (64, 28, 28) and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    flips = 0
+    for i in range(64):
+        crops = {(dy, dx, f): torch.equal(out[i], (padded[i, dy : dy + 28, dx : dx + 28].flip(-1) if f else padded[i, dy : dy + 28, dx : dx + 28]))
+                 for dy in range(5) for dx in range(5) for f in (0, 1)}
+        matches = [k for k, ok in crops.items() if ok]
+        assert matches, f"image {i} is not a shifted/flipped copy"
+        flips += matches[0][2]
+    assert 10 < flips < 54  # about half are mirrored
+
+
+def test_one_cycle_warms_up_then_decays_to_zero():
+    f = one_cycle(100, 0.2)
+    assert f(0) == pytest.approx(0.1) and f(20) == pytest.approx(1.0) and f(100) == 0.0
+    assert all(f(s) >= f(s + 1) for s in range(20, 100))
+
+
+def test_fault_hook_only_hits_named_splits(monkeypatch):
+    monkeypatch.setenv("FASHIONFLOW_FAIL_SPLITS", "1, 3")
+    check_injected_fault(0)
+    with pytest.raises(InjectedFault, match="split 3 failed on purpose"):
+        check_injected_fault(3)
+
