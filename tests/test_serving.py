@@ -1,0 +1,322 @@
+"""The prediction service end to end: the model of a real smoke run, loaded through Metaflow, behind every endpoint.
+
+`smoke_run` (tests/conftest.py) trains the smoke profile once with the real flow, through the Runner API, in the
+session's temporary datastore; the service finds it through the same METAFLOW_DATASTORE_SYSROOT_LOCAL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from serving_fixtures import encode, png_bomb, real_test_images
+
+from fmnist.checkpoint import ModelRecord
+from fmnist.data import CLASS_NAMES
+from fmnist.model import normalize
+from serving.app import create_app
+from serving.model_loading import ModelLoadError
+from serving.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMITS = {"max_body_bytes": 300_000, "max_batch": 8, "max_image_pixels": 4_000_000}
+TAG = "serving-test"
+
+
+@pytest.fixture(scope="module")
+def settings(smoke_run) -> Settings:
+    return Settings(run=smoke_run.pathspec, device="cpu", **LIMITS)
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def record(smoke_run) -> ModelRecord:
+    return ModelRecord.from_bytes(smoke_run.data.model)
+
+
+def reference_probabilities(record: ModelRecord, pixels: np.ndarray) -> np.ndarray:
+    """What the model says, computed here independently of the service: softmax(logits / temperature)."""
+    with torch.no_grad():
+        logits = record.build("cpu")(normalize(torch.from_numpy(pixels), record.mean, record.std))
+    return torch.softmax(logits / record.temperature, dim=1).numpy()
+
+
+def upload(client, data: bytes, name: str = "image.png", **params):
+    return client.post("/predict", files={"file": (name, data, "image/png")}, params=params)
+
+
+# --- status and model endpoints -------------------------------------------------------------------------------------
+
+
+def test_health_and_ready(client, smoke_run):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"ready": True, "run": smoke_run.pathspec}
+
+
+def test_model_describes_the_served_run(client, smoke_run, record):
+    info = client.get("/model").json()
+    data = smoke_run.data
+    assert info["run"] == smoke_run.pathspec
+    assert info["hparams"] == data.best_hparams
+    assert info["data_fingerprint"] == data.data_fingerprint
+    assert info["test_metrics"]["accuracy"] == pytest.approx(data.test_metrics["accuracy"])
+    assert info["class_names"] == list(CLASS_NAMES)
+    assert info["temperature"] == pytest.approx(record.temperature)
+    assert info["normalization"] == {"mean": record.mean, "std": record.std}
+    assert info["device"] == "cpu"
+
+
+def test_not_ready_without_a_loaded_model_says_why(settings):
+    client = TestClient(create_app(settings))  # not entered: the lifespan that loads the model has not run
+    response = client.get("/ready")
+    assert response.status_code == 503 and "lifespan" in response.json()["detail"]
+    images, _ = real_test_images()
+    assert upload(client, encode(images[0])).status_code == 503
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        ({"run": "FashionFlow/123456"}, "does not exist"),
+        ({"tag": "no-run-has-this-tag"}, "no successful FashionFlow run is tagged 'no-run-has-this-tag'"),
+        ({"flow": "NoSuchFlow"}, "NoSuchFlow"),
+    ],
+)
+def test_service_does_not_start_when_the_model_cannot_be_loaded(selector, message):
+    app = create_app(Settings(device="cpu", **selector))
+    with pytest.raises(ModelLoadError, match=message), TestClient(app):
+        pass
+
+
+def test_default_is_the_latest_successful_run_and_a_tag_selects_a_run(smoke_run):
+    from metaflow import Flow, namespace
+
+    namespace(None)
+    latest = Flow("FashionFlow").latest_successful_run.pathspec
+    with TestClient(create_app(Settings(device="cpu"))) as client:
+        assert client.get("/model").json()["run"] == latest
+    smoke_run.add_tag(TAG)
+    with TestClient(create_app(Settings(tag=TAG, device="cpu"))) as client:
+        assert client.get("/model").json()["run"] == smoke_run.pathspec
+
+
+def test_fmnist_serve_refuses_to_start_without_a_model_and_says_why():
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "--run", "FashionFlow/123456", "--port", "8999"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "FashionFlow/123456" in result.stderr and "does not exist" in result.stderr
+
+
+# --- predictions ----------------------------------------------------------------------------------------------------
+
+
+def test_predict_matches_the_model_on_real_test_images(client, record):
+    images, labels = real_test_images()
+    expected = reference_probabilities(record, images[:40])
+    correct = 0
+    for pixels, label, probs in zip(images[:40], labels[:40], expected, strict=True):
+        body = upload(client, encode(pixels)).json()
+        assert body["probabilities"] == pytest.approx(probs.tolist(), abs=1e-5)
+        assert sum(body["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        assert body["class_index"] == int(probs.argmax())
+        assert body["class_name"] == CLASS_NAMES[body["class_index"]]
+        assert [t["class_index"] for t in body["top_k"]] == np.argsort(-probs)[:3].tolist()
+        assert body["inverted"] is False and body["filename"] == "image.png"
+        correct += body["class_index"] == label
+    assert correct / 40 > 0.5  # the smoke model is weak but far above chance
+
+
+def test_top_k_parameter(client):
+    images, _ = real_test_images()
+    body = upload(client, encode(images[0]), top_k=5).json()
+    probabilities = [t["probability"] for t in body["top_k"]]
+    assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+
+
+def test_a_product_photo_is_inverted_and_classified_like_the_original(client):
+    from PIL import Image
+
+    images, _ = real_test_images()
+    agree = 0
+    for pixels in images[:10]:
+        original = upload(client, encode(pixels)).json()
+        photo = Image.fromarray(255 - pixels).resize((224, 224), Image.Resampling.BICUBIC).convert("RGB")
+        body = upload(client, encode(photo, "JPEG", quality=90), name="photo.jpg").json()
+        assert body["inverted"] is True
+        agree += body["class_index"] == original["class_index"]
+    assert agree >= 8
+
+
+def test_batch_of_files_and_pixel_arrays_agree_with_single_predictions(client, smoke_run):
+    images, _ = real_test_images()
+    singles = [upload(client, encode(p)).json()["class_index"] for p in images[:6]]
+    files = [("files", (f"{i}.png", encode(p), "image/png")) for i, p in enumerate(images[:6])]
+    batch = client.post("/predict/batch", files=files).json()
+    assert batch["run"] == smoke_run.pathspec
+    assert [p["class_index"] for p in batch["predictions"]] == singles
+    assert [p["filename"] for p in batch["predictions"]] == [f"{i}.png" for i in range(6)]
+    square = client.post("/predict/pixels", json={"images": [p.tolist() for p in images[:3]]}).json()
+    flat = client.post("/predict/pixels", json={"images": [p.ravel().tolist() for p in images[3:6]], "top_k": 1})
+    assert [p["class_index"] for p in square["predictions"] + flat.json()["predictions"]] == singles
+    assert all(len(p["top_k"]) == 1 for p in flat.json()["predictions"])
+
+
+def test_metrics_count_requests_latencies_and_classes(client):
+    images, _ = real_test_images()
+    predicted = upload(client, encode(images[0])).json()["class_name"]
+    text = client.get("/metrics").text
+    assert 'fashionflow_http_requests_total{method="POST",route="/predict",status="200"}' in text
+    assert 'fashionflow_http_request_duration_seconds_bucket{le="0.005",route="/predict"}' in text
+    assert f'fashionflow_predictions_total{{class_name="{predicted}"}}' in text
+    assert "fashionflow_model_loaded 1.0" in text
+
+
+def test_demo_page_and_docs(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="file"' in page.text and "<canvas" in page.text and "predict" in page.text
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/health", "/ready", "/model", "/predict", "/predict/batch", "/predict/pixels", "/metrics"} <= set(paths)
+
+
+# --- malformed requests: always a 4xx naming the problem --------------------------------------------------------------
+
+
+def _bad_requests():
+    images, _ = real_test_images()
+    png = encode(images[0])
+    big_png = encode(np.random.default_rng(0).integers(0, 256, (400, 400), dtype=np.uint8))  # ~160 kB of noise
+    huge = encode(np.random.default_rng(1).integers(0, 256, (600, 600), dtype=np.uint8))  # ~360 kB > the limit
+    pixels = images[0].tolist()
+    json_headers = {"content-type": "application/json"}
+
+    def file(data, name="x.png"):
+        return {"files": {"file": (name, data, "image/png")}}
+
+    return {
+        "not an image": ("/predict", file(b"GIF89a? no, just text"), 422, "not an image"),
+        "truncated image": ("/predict", file(big_png[: len(big_png) // 2]), 422, "truncated"),
+        "decompression bomb": ("/predict", file(png_bomb()), 413, "decompression bomb"),
+        "empty file": ("/predict", file(b""), 422, "empty file"),
+        "empty body": ("/predict", {"content": b""}, 415, "multipart/form-data"),
+        "multipart without the file field": ("/predict", {"files": {"image": ("x.png", png)}}, 422, "file"),
+        "wrong content type": ("/predict", {"json": {"images": [pixels]}}, 415, "multipart/form-data"),
+        "multipart to the JSON endpoint": ("/predict/pixels", file(png), 415, "application/json"),
+        "invalid JSON": ("/predict/pixels", {"content": b"{images: [", "headers": json_headers}, 422, "JSON"),
+        "wrong JSON shape": ("/predict/pixels", {"json": {"images": [[1, 2, 3]]}}, 422, "shape [3]"),
+        "JSON without images": ("/predict/pixels", {"json": {"pixels": [pixels]}}, 422, "images"),
+        "JSON not an object": ("/predict/pixels", {"json": [pixels]}, 422, "dict"),
+        "empty image list": ("/predict/pixels", {"json": {"images": []}}, 422, "at least 1"),
+        "NaN pixels": (
+            "/predict/pixels",
+            {"content": json.dumps({"images": [[float("nan")] * 784]}).encode(), "headers": json_headers},
+            422,
+            "NaN",
+        ),
+        "infinite pixels": (
+            "/predict/pixels",
+            {"content": json.dumps({"images": [[float("inf")] * 784]}).encode(), "headers": json_headers},
+            422,
+            "infinite",
+        ),
+        "out-of-range pixels": ("/predict/pixels", {"json": {"images": [[256] * 784]}}, 422, "0-255"),
+        "too many files": (
+            "/predict/batch",
+            {"files": [("files", (f"{i}.png", png, "image/png")) for i in range(9)]},
+            413,
+            "too many images",
+        ),
+        "too many pixel images": ("/predict/pixels", {"json": {"images": [pixels] * 9}}, 413, "too many images"),
+        "a bad file in a batch": (
+            "/predict/batch",
+            {"files": [("files", ("a.png", png)), ("files", ("b.png", b"junk"))]},
+            422,
+            "files[1]",
+        ),
+        "body over the size limit": ("/predict", file(huge), 413, "over the limit"),
+        "chunked body over the size limit": (
+            "/predict",
+            {"content": iter([b"x" * 100_000] * 4), "headers": {"content-type": "multipart/form-data; boundary=b"}},
+            413,
+            "over the limit",
+        ),
+        "top_k out of range": ("/predict?top_k=0", file(png), 422, "top_k"),
+    }
+
+
+BAD_REQUESTS = _bad_requests()
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_malformed_requests_get_a_4xx_naming_the_problem(client, case):
+    path, request, status, message = BAD_REQUESTS[case]
+    response = client.post(path, **request)
+    assert response.status_code == status, response.text
+    assert message in response.text
+    assert client.get("/health").status_code == 200  # and the service lives on
+
+
+# --- generated requests from the OpenAPI schema -----------------------------------------------------------------------
+
+
+def test_schemathesis_finds_no_server_errors(client):
+    import schemathesis
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+    failures = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @hypothesis_settings(
+            max_examples=30,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def call(case):
+            response = case.call(session=client)
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.path}: {response.status_code} {response.text[:200]}")
+
+        call()
+    assert not failures, failures
+
+
+# --- the load benchmark ---------------------------------------------------------------------------------------------
+
+
+def test_load_benchmark_quick_mode_runs_without_errors(smoke_run):
+    result = subprocess.run(
+        [sys.executable, "benchmarks/serve_load.py", "--quick", "--concurrency", "8", "--run", smoke_run.pathspec],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for phase in ("bare", "single", "batch"):
+        assert f"\n{phase} " in result.stdout
+    assert "[met] errors: 0" in result.stdout
