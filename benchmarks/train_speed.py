@@ -35,8 +35,17 @@ class BaselineCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
-            nn.Flatten(), nn.Linear(64 * 12 * 12, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10),
+            nn.Conv2d(1, 32, 3),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.25),
+            nn.Flatten(),
+            nn.Linear(64 * 12 * 12, 128),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(128, 10),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,8 +102,15 @@ def run_baseline(device: torch.device, epochs: int, limit: int | None) -> dict:
         with torch.no_grad():
             for x, y in test_loader:
                 correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
-        history.append({"epoch": epoch, "epoch_seconds": train_s, "images_per_second": len(train) / train_s,
-                        "test_accuracy": correct / len(test), "eval_seconds": time.perf_counter() - t1})
+        history.append(
+            {
+                "epoch": epoch,
+                "epoch_seconds": train_s,
+                "images_per_second": len(train) / train_s,
+                "test_accuracy": correct / len(test),
+                "eval_seconds": time.perf_counter() - t1,
+            }
+        )
         logging.info("baseline epoch %d: %.1fs, test %.4f", epoch, train_s, history[-1]["test_accuracy"])
     return summarise("baseline (DataLoader, Adam, fp32)", history)
 
@@ -106,14 +122,22 @@ def run_profile(name: str, device: torch.device, limit: int | None, epochs: int 
     data = load_dataset()
     n = limit or len(data.train_labels)
     # Train on all training images and score the test set each epoch: the same protocol as the baseline.
-    splits = Splits(data.train_images[:n], data.train_labels[:n], data.test_images[: n // 3 if limit else None],
-                    data.test_labels[: n // 3 if limit else None])
+    splits = Splits(
+        data.train_images[:n],
+        data.train_labels[:n],
+        data.test_images[: n // 3 if limit else None],
+        data.test_labels[: n // 3 if limit else None],
+    )
     t0 = time.perf_counter()
     result = train_model(hp, splits, device, seed=profile.seed, amp=amp_dtype(device, profile.compute.amp))
     total = time.perf_counter() - t0
     history = [
-        {"epoch": h["epoch"], "epoch_seconds": h["epoch_seconds"], "images_per_second": h["images_per_second"],
-         "test_accuracy": h["val_accuracy"]}
+        {
+            "epoch": h["epoch"],
+            "epoch_seconds": h["epoch_seconds"],
+            "images_per_second": h["images_per_second"],
+            "test_accuracy": h["val_accuracy"],
+        }
         for h in result.history
     ]
     out = summarise(f"fmnist {name} profile", history)
@@ -147,11 +171,15 @@ def print_table(results: list[dict]) -> None:
     cols = "".join(f"{'t->' + t[2:] + '%':>9}" for t in (f"{x:.2f}" for x in THRESHOLDS))
     print(f"\n{'trainer':38}{'img/s':>9}{'s/epoch':>9}{'best acc':>9}{cols}{'img/s x':>9}")
     for r in results:
-        tta = "".join(f"{r['time_to_accuracy'][t]:>9.1f}" if t in r["time_to_accuracy"] else f"{'-':>9}"
-                      for t in (f"{x:.2f}" for x in THRESHOLDS))
+        tta = "".join(
+            f"{r['time_to_accuracy'][t]:>9.1f}" if t in r["time_to_accuracy"] else f"{'-':>9}"
+            for t in (f"{x:.2f}" for x in THRESHOLDS)
+        )
         ratio = r["images_per_second"] / base["images_per_second"]
-        print(f"{r['label']:38}{r['images_per_second']:>9.0f}{r['epoch_seconds']:>9.1f}"
-              f"{r['best_test_accuracy']:>9.4f}{tta}{ratio:>9.2f}")
+        print(
+            f"{r['label']:38}{r['images_per_second']:>9.0f}{r['epoch_seconds']:>9.1f}"
+            f"{r['best_test_accuracy']:>9.4f}{tta}{ratio:>9.2f}"
+        )
     for r in results[1:]:
         for t, s in r["time_to_accuracy"].items():
             if t in base["time_to_accuracy"]:

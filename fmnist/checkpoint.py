@@ -66,7 +66,7 @@ class ModelRecord:
             header_len = int.from_bytes(blob[:8], "little")
             header = json.loads(blob[8 : 8 + header_len])
             meta = json.loads(header["__metadata__"]["fashionflow"])
-        except Exception as err:  # noqa: BLE001 - any parse failure means: not a model record
+        except Exception as err:
             raise RecordError(f"not a FashionFlow model record: {err}") from None
         if meta.get("format") != FORMAT:
             raise RecordError(f"unsupported model record format {meta.get('format')!r}, expected {FORMAT!r}")

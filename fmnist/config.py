@@ -73,9 +73,7 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _subset_fits_validation(self) -> DataConfig:
         if self.train_subset is not None and self.val_size >= self.train_subset:
-            raise ValueError(
-                f"val_size ({self.val_size}) must be smaller than train_subset ({self.train_subset})"
-            )
+            raise ValueError(f"val_size ({self.val_size}) must be smaller than train_subset ({self.train_subset})")
         return self
 
 
@@ -136,9 +134,7 @@ class Profile(_Strict):
     def _grid_names_hparams(cls, grid: dict[str, list[GridValue]]) -> dict[str, list[GridValue]]:
         unknown = sorted(set(grid) - set(HParams.model_fields))
         if unknown:
-            raise ValueError(
-                f"unknown hyper-parameter(s) {unknown}; choose from {sorted(HParams.model_fields)}"
-            )
+            raise ValueError(f"unknown hyper-parameter(s) {unknown}; choose from {sorted(HParams.model_fields)}")
         empty = sorted(name for name, values in grid.items() if not values)
         if empty:
             raise ValueError(f"grid entries {empty} have no values")

@@ -59,19 +59,27 @@ class IdxSpec:
 
 FILES = {
     "train_images": IdxSpec(
-        "train-images-idx3-ubyte", 0x803, (60000, 28, 28),
+        "train-images-idx3-ubyte",
+        0x803,
+        (60000, 28, 28),
         "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     ),
     "train_labels": IdxSpec(
-        "train-labels-idx1-ubyte", 0x801, (60000,),
+        "train-labels-idx1-ubyte",
+        0x801,
+        (60000,),
         "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
     ),
     "test_images": IdxSpec(
-        "t10k-images-idx3-ubyte", 0x803, (10000, 28, 28),
+        "t10k-images-idx3-ubyte",
+        0x803,
+        (10000, 28, 28),
         "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     ),
     "test_labels": IdxSpec(
-        "t10k-labels-idx1-ubyte", 0x801, (10000,),
+        "t10k-labels-idx1-ubyte",
+        0x801,
+        (10000,),
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     ),
 }
@@ -130,7 +138,8 @@ def find_data_dir(data_dir: str | os.PathLike[str] | None = None, download: bool
             log.warning("%s does not exist; looking further", directory)
     if not download:
         raise DataError(
-            "Fashion-MNIST not found in " + ", ".join(map(str, searched))
+            "Fashion-MNIST not found in "
+            + ", ".join(map(str, searched))
             + " and downloading is switched off (data.download: false)"
         )
     return download_files(cache_dir())
@@ -150,7 +159,7 @@ def download_files(target: Path) -> Path:
                 log.info("downloading %s from %s", spec.stem, mirror)
                 download_url(mirror + spec.stem + ".gz", str(target), spec.stem + ".gz")
                 break
-            except Exception as err:  # noqa: BLE001 - any failure means: try the next mirror
+            except Exception as err:
                 errors.append(f"{mirror}: {err}")
         else:
             raise DataError(f"could not download {spec.stem}.gz: " + "; ".join(errors))

@@ -26,9 +26,7 @@ class ModelArgs:
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
     """3x3 convolution, batch norm, ReLU; the conv has no bias because batch norm supplies one."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 class Residual(nn.Module):
@@ -54,11 +52,15 @@ class FashionCNN(nn.Module):
         w, d = args.width, args.depth
         self.args = args
         self.features = nn.Sequential(
-            conv_bn(1, w), *(Residual(w) for _ in range(d)),
+            conv_bn(1, w),
+            *(Residual(w) for _ in range(d)),
             nn.MaxPool2d(2),  # 28 -> 14
-            conv_bn(w, 2 * w), *(Residual(2 * w) for _ in range(d)),
+            conv_bn(w, 2 * w),
+            *(Residual(2 * w) for _ in range(d)),
             nn.MaxPool2d(2),  # 14 -> 7
-            conv_bn(2 * w, 4 * w), *(Residual(4 * w) for _ in range(d)), conv_bn(4 * w, 4 * w),
+            conv_bn(2 * w, 4 * w),
+            *(Residual(4 * w) for _ in range(d)),
+            conv_bn(4 * w, 4 * w),
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(),
         )

@@ -126,7 +126,11 @@ def train_model(
     generator = torch.Generator(device=device).manual_seed(seed)
     args = model_args(hp)
     model = build_model(args).to(device, memory_format=torch.channels_last)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay), use_buffers=True) if hp.ema_decay else None
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay), use_buffers=True)
+        if hp.ema_decay
+        else None
+    )
 
     train_x = torch.from_numpy(np.ascontiguousarray(splits.train_images)).to(device)  # (N, 28, 28) uint8
     train_y = torch.from_numpy(splits.train_labels.astype(np.int64)).to(device)  # (N,)
@@ -185,8 +189,13 @@ def train_model(
         result.history.append(stats)
         log.info(
             "epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  %.0f img/s  %.1fs elapsed",
-            epoch, hp.epochs, stats["train_loss"], stats["train_accuracy"], val_acc,
-            stats["images_per_second"], stats["elapsed_seconds"],
+            epoch,
+            hp.epochs,
+            stats["train_loss"],
+            stats["train_accuracy"],
+            val_acc,
+            stats["images_per_second"],
+            stats["elapsed_seconds"],
         )
         if on_epoch is not None:
             on_epoch(stats)

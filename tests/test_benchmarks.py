@@ -14,7 +14,9 @@ def test_train_speed_quick_reports_baseline_and_profile(tmp_path):
     out = tmp_path / "speed.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "img/s x" in proc.stdout and "per-epoch test accuracy" in proc.stdout

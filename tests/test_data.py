@@ -96,7 +96,7 @@ def test_nothing_found_without_download_says_where_it_looked(tmp_path, monkeypat
     monkeypatch.setattr("fmnist.data.DEBIAN_DIR", tmp_path / "nowhere")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match="not found in .*nowhere.*downloading is switched off"):
+    with pytest.raises(DataError, match=r"not found in .*nowhere.*downloading is switched off"):
         load_dataset(download=False)
 
 

@@ -88,7 +88,7 @@ def test_build_report_on_a_tiny_model():
     report = build_report(model, images, labels, images[:30], labels[:30], torch.device("cpu"), {"run": "x"})
     assert set(report) == {"test", "calibration", "robustness", "misclassified", "provenance"}
     assert report["calibration"]["temperature"] > 0
-    assert [r["name"] for r in report["robustness"]][0] == "clean"
+    assert report["robustness"][0]["name"] == "clean"
     confidences = [m["confidence"] for m in report["misclassified"]]
     assert confidences == sorted(confidences, reverse=True)
     assert all(np.asarray(m["image"]).shape == (28, 28) for m in report["misclassified"])

@@ -74,14 +74,10 @@ def test_leaderboard_card_is_viewable(smoke_run):
 def test_bad_profile_fails_before_any_step(tmp_path, profile_text, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(profile_text)
-    from metaflow import Runner
-
-    with Runner(str(FLOW_FILE), show_output=False, config=[("config", str(bad))]) as runner:
-        with pytest.raises(Exception):  # noqa: B017 - the CLI exits non-zero before a run exists
-            runner.run()
-    # The profile error names the field.
-    out = subprocess.run([sys.executable, str(FLOW_FILE), "--config", "config", str(bad), "show"],
-                         capture_output=True, text=True)
+    # The CLI refuses the profile before a run starts, and the error names the field.
+    out = subprocess.run(
+        [sys.executable, str(FLOW_FILE), "--config", "config", str(bad), "run"], capture_output=True, text=True
+    )
     assert out.returncode != 0 and message in out.stdout + out.stderr
 
 
@@ -97,7 +93,9 @@ def test_failed_split_resumes_reusing_finished_splits():
     run = resumed.run
     by_split = {t["split_index"].data: t for t in run["train"]}
     assert set(by_split) == {0, 1}
-    assert by_split[0].origin_pathspec is not None and by_split[0].origin_pathspec.startswith(f"FashionFlow/{failed.run.id}/")
+    assert by_split[0].origin_pathspec is not None and by_split[0].origin_pathspec.startswith(
+        f"FashionFlow/{failed.run.id}/"
+    )
     assert by_split[1].origin_pathspec is None
     assert run.data.profile["name"] == "smoke"
     assert 0.3 < run.data.test_accuracy <= 1.0

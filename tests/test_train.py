@@ -49,8 +49,14 @@ def test_augmenter_outputs_are_shifted_or_mirrored_copies():
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     flips = 0
     for i in range(64):
-        crops = {(dy, dx, f): torch.equal(out[i], (padded[i, dy : dy + 28, dx : dx + 28].flip(-1) if f else padded[i, dy : dy + 28, dx : dx + 28]))
-                 for dy in range(5) for dx in range(5) for f in (0, 1)}
+        crops = {
+            (dy, dx, f): torch.equal(
+                out[i], (padded[i, dy : dy + 28, dx : dx + 28].flip(-1) if f else padded[i, dy : dy + 28, dx : dx + 28])
+            )
+            for dy in range(5)
+            for dx in range(5)
+            for f in (0, 1)
+        }
         matches = [k for k, ok in crops.items() if ok]
         assert matches, f"image {i} is not a shifted/flipped copy"
         flips += matches[0][2]
@@ -68,4 +74,3 @@ def test_fault_hook_only_hits_named_splits(monkeypatch):
     check_injected_fault(0)
     with pytest.raises(InjectedFault, match="split 3 failed on purpose"):
         check_injected_fault(3)
-
