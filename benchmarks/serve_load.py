@@ -132,7 +132,7 @@ def test_images(count: int) -> tuple[list[bytes], np.ndarray]:
     encoded = []
     for pixels in data.test_images[:count]:
         buffer = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+        Image.fromarray(pixels).save(buffer, format="PNG")
         encoded.append(buffer.getvalue())
     return encoded, data.test_labels[:count].astype(int)
 

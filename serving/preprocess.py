@@ -130,7 +130,7 @@ def fit_to_28(gray: np.ndarray) -> np.ndarray:
     square = np.full((side, side), background, dtype=np.uint8)
     top, left = (side - h) // 2, (side - w) // 2
     square[top : top + h, left : left + w] = gray
-    resized = Image.fromarray(square, mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+    resized = Image.fromarray(square).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
     return np.asarray(resized, dtype=np.uint8)
 
 

@@ -1,0 +1,134 @@
+"""The demo page in a real headless Chromium: upload a real Fashion-MNIST test image, see its class in the top 3."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from serving_fixtures import encode, real_test_images
+
+from fmnist.checkpoint import ModelRecord
+from fmnist.data import CLASS_NAMES
+from fmnist.model import normalize
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
+)
+
+
+@pytest.fixture(scope="module")
+def service_url(smoke_run, tmp_path_factory):
+    """The real service under uvicorn on loopback, serving the smoke run's model."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path_factory.mktemp("serve") / "uvicorn.log").open("wb")
+    env = {**os.environ, "FASHIONFLOW_RUN": smoke_run.pathspec, "FASHIONFLOW_DEVICE": "cpu"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()[-2000:]
+            try:
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def confidently_right(smoke_run) -> tuple[np.ndarray, int]:
+    """A real test image the smoke model classifies correctly with a clear margin, and its label."""
+    record = ModelRecord.from_bytes(smoke_run.data.model)
+    images, labels = real_test_images()
+    with torch.no_grad():
+        logits = record.build("cpu")(normalize(torch.from_numpy(images), record.mean, record.std))
+    probs = torch.softmax(logits / record.temperature, dim=1).numpy()
+    for i in np.argsort(-probs.max(axis=1)):
+        if probs[i].argmax() == labels[i]:
+            return images[i], int(labels[i])
+    raise AssertionError("the smoke model gets none of the test images right")
+
+
+def test_demo_page_uploads_a_real_test_image_and_shows_its_class(service_url, browser, smoke_run, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pixels, label = confidently_right(smoke_run)
+    path = tmp_path / "test-image.png"
+    path.write_bytes(encode(pixels))
+
+    browser.get(service_url + "/")
+    assert "FashionFlow" in browser.title
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#result li")) == 3)
+    items = browser.find_elements(By.CSS_SELECTOR, "#result li")
+    assert items[0].text.startswith(CLASS_NAMES[label] + ":"), [i.text for i in items]
+    assert items[0].get_attribute("data-class-index") == str(label)
+    percentages = [float(i.text.rsplit(":", 1)[1].strip(" %")) for i in items]
+    assert percentages == sorted(percentages, reverse=True) and 0 < sum(percentages) <= 100.1
+    assert browser.find_element(By.ID, "error").text == ""
+    WebDriverWait(browser, 10).until(lambda d: smoke_run.pathspec in d.find_element(By.ID, "model").text)
+
+
+def test_demo_page_shows_the_problem_with_a_bad_upload(service_url, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path = tmp_path / "notes.png"
+    path.write_bytes(b"these are not pixels")
+    browser.get(service_url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
+    assert "422" in browser.find_element(By.ID, "error").text
+    assert "not an image" in browser.find_element(By.ID, "error").text
