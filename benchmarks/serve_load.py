@@ -165,14 +165,15 @@ async def run_phase(
         async def one(record: bool) -> None:
             request, picks = next_request()
             start = time.perf_counter()
+            response: httpx.Response | Exception
+            body: dict = {}
             try:
                 response = await client.post(path, **request)
                 elapsed = (time.perf_counter() - start) * 1000
                 ok = response.status_code == 200
-                body = response.json() if ok else None
+                body = response.json() if ok else {}
             except (httpx.HTTPError, ValueError) as err:
-                elapsed, ok, body = (time.perf_counter() - start) * 1000, False, None
-                response = err
+                elapsed, ok, response = (time.perf_counter() - start) * 1000, False, err
             if not record:
                 return
             result.requests += 1
@@ -267,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
 
     images, labels = test_images(512)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
-    servers = {"service": ("serving.app:app", REPO, {}), "bare": ("bare_app:app", REPO / "benchmarks", {})}
+    servers: dict[str, tuple[str, Path, dict[str, str]]] = {
+        "service": ("serving.app:app", REPO, {}),
+        "bare": ("bare_app:app", REPO / "benchmarks", {}),
+    }
     phases = [
         ("bare", "bare", "/predict", 1),
         ("single", "service", "/predict", 1),

@@ -83,10 +83,10 @@ def find_run(settings: Settings) -> Any:
                 if run.successful:
                     return run
             raise ModelLoadError(f"no successful {settings.flow} run is tagged {settings.tag!r}")
-        run = flow.latest_successful_run
-        if run is None:
+        latest = flow.latest_successful_run
+        if latest is None:
             raise ModelLoadError(f"flow {settings.flow} has no successful run yet; train one first")
-        return run
+        return latest
     except MetaflowException as err:
         what = settings.run or (f"tag {settings.tag!r}" if settings.tag else f"latest successful {settings.flow}")
         raise ModelLoadError(f"cannot find {what} in Metaflow ({_describe_metadata()}): {err}") from None

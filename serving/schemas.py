@@ -17,7 +17,7 @@ class Readiness(BaseModel):
     """Whether the model is loaded and warmed up; the 503 form carries the reason in `detail`."""
 
     ready: bool
-    run: str | None = Field(None, description="Run pathspec of the model served.")
+    run: str | None = Field(default=None, description="Run pathspec of the model served.")
 
 
 class Problem(BaseModel):
@@ -83,4 +83,4 @@ class PixelBatch(BaseModel):
     )
 
     images: list[list[Any]] = Field(min_length=1, description="One entry per image: [28][28] or [784] numbers.")
-    top_k: int = Field(3, ge=1, le=10, description="How many of the most probable classes to list.")
+    top_k: int = Field(default=3, ge=1, le=10, description="How many of the most probable classes to list.")
