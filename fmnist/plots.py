@@ -166,7 +166,7 @@ def class_sample_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 8
     axes = fig.subplots(n, per_class)
     for c, name in enumerate(CLASS_NAMES):
         idx = np.flatnonzero(labels == c)
-        pick = rng.choice(idx, size=min(per_class, len(idx)), replace=False) if len(idx) else []
+        pick = rng.choice(idx, size=min(per_class, len(idx)), replace=False)  # (<= per_class,)
         for j in range(per_class):
             ax = axes[c, j]
             ax.set_xticks([])

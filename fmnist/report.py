@@ -60,7 +60,7 @@ def build_report(
     test_logits = predict_logits(model, test_images, device, mean=mean, std=std)  # (N_test, 10)
     temperature = fit_temperature(val_logits, val_labels)
     test = report_metrics(test_logits, test_labels)
-    calibration = {
+    calibration: dict[str, Any] = {
         "temperature": temperature,
         "fitted_on": f"validation split ({len(val_labels)} images)",
         "validation_before": _brief(calibration_summary(val_logits, val_labels, 1.0)),

@@ -12,19 +12,28 @@ import io
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 log = logging.getLogger(__name__)
 
-_ENV_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline", "disabled": None}
+Mode = Literal["online", "offline"]
+_ENV_MODES: dict[str, Mode | None] = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": None,
+}
 
 
-def resolve_mode(profile_setting: str = "off") -> str | None:
+def resolve_mode(profile_setting: str = "off") -> Mode | None:
     """'online', 'offline', or None (tracking off), from $WANDB_MODE if set, else the profile's setting."""
     env = os.environ.get("WANDB_MODE", "").strip().lower()
     if env in _ENV_MODES:
         return _ENV_MODES[env]
-    return None if profile_setting == "off" else profile_setting
+    if profile_setting in ("online", "offline"):
+        return cast(Mode, profile_setting)
+    return None
 
 
 class Tracker:
