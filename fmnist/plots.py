@@ -64,8 +64,9 @@ def sweep_chart(rows: Sequence[dict[str, Any]]) -> bytes:
             labels = sorted(set(map(str, values)))
             ax.set_xticks(range(len(labels)), labels)
         ax.set(xlabel=name, ylabel="validation accuracy")
+        ax.margins(x=0.15, y=0.25)  # keep the markers off the frame and clear of the legend
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right")
+    axes[0].legend(loc="best")
     fig.suptitle("validation accuracy across the sweep")
     return to_png(fig)
 
