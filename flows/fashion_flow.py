@@ -27,10 +27,11 @@ class FashionFlow(FlowSpec):
 
     Steps:
       start     validate the profile, expand the hyper-parameter grid, record seed and code/library versions
-      load      the real Fashion-MNIST, verified; a seeded stratified validation split off the training set
-      train     one split per grid point (foreach): a CNN trained on the device it finds
+      load      the real Fashion-MNIST, verified; a seeded stratified validation split; dataset card
+      train     one split per grid point (foreach): a CNN trained on the device it finds; live card per epoch
       join      pick the best split on validation accuracy; leaderboard card
-      evaluate  the chosen model on the test set, its first and only use
+      evaluate  the chosen model on the test set, its first and only use; temperature fitted on validation;
+                report card (accuracy interval, per-class scores, confusions, calibration, robustness, provenance)
       end       print the summary
     """
 
