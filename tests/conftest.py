@@ -16,9 +16,11 @@ SMOKE_PROFILE = ROOT / "configs" / "smoke.yaml"
 
 # Metaflow reads its configuration when it is first imported, so the datastore is chosen here, before any test
 # imports it: every run of the session lands in a throw-away directory, never in the user's .metaflow.
-_DATASTORE = os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", tempfile.mkdtemp(prefix="fashionflow-test-"))
-# Cards do not follow the datastore root on their own: Metaflow looks for them under the working directory.
-os.environ.setdefault("METAFLOW_CARD_LOCALROOT", os.path.join(_DATASTORE, ".metaflow", "mf.cards"))
+_root = os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", tempfile.mkdtemp(prefix="fashionflow-test-"))
+DATASTORE = Path(_root)
+# A task writes its cards under the first `.metaflow` folder above its working directory, while `get_cards` reads
+# them from the datastore root: flows therefore run from the datastore's directory, which holds `.metaflow`.
+(DATASTORE / ".metaflow").mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("USERNAME", "test")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -41,7 +43,9 @@ def run_flow(profile: Path = SMOKE_PROFILE, env: dict[str, str] | None = None, *
     """Run FashionFlow through Metaflow's Runner API with a profile; returns the outcome, failed or not."""
     from metaflow import Runner
 
-    with Runner(str(FLOW_FILE), show_output=False, env=env, config=[("config", str(profile))]) as runner:
+    with Runner(
+        str(FLOW_FILE), show_output=False, env=env, cwd=str(DATASTORE), config=[("config", str(profile))]
+    ) as runner:
         return _finished(runner.run(**run_options))
 
 
@@ -49,7 +53,7 @@ def resume_flow(origin_run_id: str, env: dict[str, str] | None = None, **options
     """Resume a run; no profile is passed, as Metaflow reuses the original run's."""
     from metaflow import Runner
 
-    with Runner(str(FLOW_FILE), show_output=False, env=env) as runner:
+    with Runner(str(FLOW_FILE), show_output=False, env=env, cwd=str(DATASTORE)) as runner:
         return _finished(runner.resume(origin_run_id=origin_run_id, **options))
 
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,35 +66,12 @@ def assert_self_contained(html: str, components: list[dict[str, Any]]) -> None:
     assert all(src.startswith("data:image/png;base64,") for src in images_of(components))
 
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def run():
-    """A successful smoke run whose cards land where `get_cards` looks for them.
-
-    For a local datastore, a task writes its cards under the first `.metaflow` directory above its working
-    directory (unless METAFLOW_CARD_LOCALROOT is set), while `get_cards` reads them from the run's datastore
-    root; so the flow runs from the datastore's directory with METAFLOW_CARD_LOCALROOT unset.
-    """
-    from metaflow import Runner
-
-    root = os.environ.get("METAFLOW_DATASTORE_SYSROOT_LOCAL") or tempfile.mkdtemp(prefix="fashionflow-cards-")
-    (Path(root) / ".metaflow").mkdir(parents=True, exist_ok=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("METAFLOW_DATASTORE_SYSROOT_LOCAL", root)
-        mp.delenv("METAFLOW_CARD_LOCALROOT", raising=False)
-        mp.setenv("USERNAME", os.environ.get("USERNAME", "test"))
-        mp.setenv("WANDB_MODE", "disabled")
-        with Runner(
-            str(ROOT / "flows" / "fashion_flow.py"),
-            show_output=False,
-            cwd=root,
-            config=[("config", str(ROOT / "configs" / "smoke.yaml"))],
-        ) as runner:
-            executing = runner.run()
-            assert executing.status == "successful", executing.stderr[-3000:]
-            yield executing.run
+def run(smoke_run):
+    """The session's smoke run (tests/conftest.py): its tasks write their cards where `get_cards` reads them."""
+    return smoke_run
 
 
 def test_load_card_summarises_the_dataset(run):

@@ -62,14 +62,6 @@ def test_test_set_is_first_touched_in_evaluate(smoke_run):
     assert "test_metrics" in {a.id for a in smoke_run["evaluate"].task}
 
 
-def test_leaderboard_card_is_viewable(smoke_run):
-    from metaflow.cards import get_cards
-
-    cards = get_cards(smoke_run["join"].task)
-    assert len(cards) >= 1
-    assert "Leaderboard" in cards[0].get()
-
-
 @pytest.mark.parametrize("profile_text,message", [("hparams: {widht: 8}", "widht"), ("grid: {lr: [0]}", "lr")])
 def test_bad_profile_fails_before_any_step(tmp_path, profile_text, message):
     bad = tmp_path / "bad.yaml"
