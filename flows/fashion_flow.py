@@ -1,8 +1,8 @@
 """FashionFlow: train, compare and ship a Fashion-MNIST CNN.
 
-    python flows/fashion_flow.py run                                          # configs/default.yaml
-    python flows/fashion_flow.py --config config configs/smoke.yaml run      # another profile
-    python flows/fashion_flow.py resume                                       # rerun what failed
+python flows/fashion_flow.py run                                          # configs/default.yaml
+python flows/fashion_flow.py --config config configs/smoke.yaml run      # another profile
+python flows/fashion_flow.py resume                                       # rerun what failed
 """
 
 from __future__ import annotations
@@ -65,8 +65,15 @@ class FashionFlow(FlowSpec):
         self.split_index, self.hparams = self.index, self.input
         splits = Splits(self.train_images, self.train_labels, self.val_images, self.val_labels)
         live = LiveTrainingCard(self.split_index, self.hparams)
-        outcome = train_split(self.profile, self.hparams, self.split_index, splits, parallel_tasks=len(self.grid),
-                              on_epoch=live.on_epoch, run_id=current.run_id)
+        outcome = train_split(
+            self.profile,
+            self.hparams,
+            self.split_index,
+            splits,
+            parallel_tasks=len(self.grid),
+            on_epoch=live.on_epoch,
+            run_id=current.run_id,
+        )
         self.model_record, self.split_summary, self.history = outcome.record, outcome.summary, outcome.history
         live.finish(self.split_summary)
         self.next(self.join)
@@ -78,8 +85,19 @@ class FashionFlow(FlowSpec):
         best = next(inp for inp in inputs if inp.split_index == self.leaderboard[0]["index"])
         self.best_index, self.best_hparams = best.split_index, best.hparams
         self.best_val_accuracy, self.model_record = best.split_summary["val_accuracy"], best.model_record
-        self.merge_artifacts(inputs, include=["profile", "grid", "environment", "seed", "data_fingerprint",
-                                              "data_summary", "val_images", "val_labels"])
+        self.merge_artifacts(
+            inputs,
+            include=[
+                "profile",
+                "grid",
+                "environment",
+                "seed",
+                "data_fingerprint",
+                "data_summary",
+                "val_images",
+                "val_labels",
+            ],
+        )
         current.card.extend(leaderboard_card(self.leaderboard))
         self.next(self.evaluate)
 
@@ -87,8 +105,15 @@ class FashionFlow(FlowSpec):
     @step
     def evaluate(self):
         provenance = {**self.environment, "run": current.pathspec.rsplit("/", 2)[0], "profile": self.profile["name"]}
-        result = evaluate_selected(self.model_record, self.profile, self.data_fingerprint, provenance,
-                                   self.val_images, self.val_labels, run_id=current.run_id)
+        result = evaluate_selected(
+            self.model_record,
+            self.profile,
+            self.data_fingerprint,
+            provenance,
+            self.val_images,
+            self.val_labels,
+            run_id=current.run_id,
+        )
         self.model, self.test_metrics, self.report = result.record, result.metrics, result.report
         self.test_accuracy, self.temperature = self.test_metrics["accuracy"], self.report["calibration"]["temperature"]
         current.card.extend(report_card(self.report))
@@ -100,8 +125,10 @@ class FashionFlow(FlowSpec):
         print(f"best split {self.best_index}: {self.best_hparams}")
         print(f"validation accuracy {self.best_val_accuracy:.4f}, test accuracy {self.test_accuracy:.4f}")
         cal = self.report["calibration"]
-        print(f"temperature {cal['temperature']:.3f}: test ECE {cal['test_before']['ece']:.2%} -> "
-              f"{cal['test_after']['ece']:.2%}; report card: python flows/fashion_flow.py card view {run}/evaluate")
+        print(
+            f"temperature {cal['temperature']:.3f}: test ECE {cal['test_before']['ece']:.2%} -> "
+            f"{cal['test_after']['ece']:.2%}; report card: python flows/fashion_flow.py card view {run}/evaluate"
+        )
         print(f"run {run}; leaderboard card: python flows/fashion_flow.py card view {run}/join")
 
 

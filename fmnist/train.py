@@ -125,7 +125,7 @@ def train_model(
     seed_everything(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     args = model_args(hp)
-    model = build_model(args).to(device, memory_format=torch.channels_last)
+    model = build_model(args).to(device).to(memory_format=torch.channels_last)
     ema = (
         AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay), use_buffers=True)
         if hp.ema_decay
@@ -181,7 +181,7 @@ def train_model(
             "train_accuracy": correct.item() / seen,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
-            "lr": schedule.get_last_lr()[0],
+            "lr": float(schedule.get_last_lr()[0]),
             "images_per_second": seen / epoch_seconds,
             "epoch_seconds": epoch_seconds,
             "elapsed_seconds": time.perf_counter() - started,

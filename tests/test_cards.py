@@ -66,8 +66,6 @@ def assert_self_contained(html: str, components: list[dict[str, Any]]) -> None:
     assert all(src.startswith("data:image/png;base64,") for src in images_of(components))
 
 
-
-
 @pytest.fixture(scope="module")
 def run(smoke_run):
     """The session's smoke run (tests/conftest.py): its tasks write their cards where `get_cards` reads them."""
