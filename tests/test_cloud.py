@@ -5,8 +5,8 @@
 - The batch profile (shrunk to smoke size) submitted to moto's Batch: only the train splits become Batch jobs,
   with the profile's GPU, CPU, memory, shared memory, image and queue and a command that runs this flow's train
   step. moto's Docker-free Batch backend is used; here it runs each job's command as a local process (a stand-in
-  container with no project on its path but a stale `fmnist`), so the jobs really download Metaflow's code
-  package from S3 and train, and the run finishes.
+  container whose PYTHONPATH puts a stale `fmnist` ahead of the installed one, as an outdated image would), so
+  the jobs really download Metaflow's code package from S3 and train, and the run finishes.
 - `step-functions create --only-json` for the batch profile: the train state asks for a GPU, the others do not.
 - The Dockerfile's two targets, parsed.
 
@@ -354,7 +354,7 @@ def test_batch_profile_sends_only_train_splits_to_batch(aws, s3_client, tmp_path
 
 
 def test_batch_tasks_import_fmnist_from_the_code_package(aws, s3_client):
-    """The containers have a stale `fmnist` on PYTHONPATH; the tasks passed, so they imported the packaged one."""
+    """The containers put a stale `fmnist` on PYTHONPATH; the tasks passed, so they imported the packaged one."""
     ran = aws["containers"].jobs
     if not ran:
         pytest.skip("needs the Batch run above")
