@@ -56,4 +56,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvisi
 USER app
 WORKDIR /home/app
 EXPOSE 8000
+# /health answers as soon as the process is up; /ready only once the model is loaded and warm.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4)"
 CMD ["uvicorn", "serving.app:app", "--host", "0.0.0.0", "--port", "8000"]

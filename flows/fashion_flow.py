@@ -15,7 +15,6 @@ from metaflow import Config, FlowSpec, card, current, step
 
 from fmnist.config import DEFAULT_PROFILE_PATH, parse_profile
 from fmnist.data import Splits
-from fmnist.pipeline import evaluate_selected, plan_run, prepare_data, train_split
 from fmnist.selection import leaderboard
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -33,6 +32,9 @@ class FashionFlow(FlowSpec):
       evaluate  the chosen model on the test set, its first and only use; temperature fitted on validation;
                 report card (accuracy interval, per-class scores, confusions, calibration, robustness, provenance)
       end       print the summary
+
+    The steps import `fmnist.pipeline` (and with it torch) where they run it: Metaflow imports this file again for
+    every card refresh and CLI command, which should not pay for torch each time.
     """
 
     config = Config(
@@ -44,6 +46,8 @@ class FashionFlow(FlowSpec):
 
     @step
     def start(self):
+        from fmnist.pipeline import plan_run
+
         plan = plan_run(dict(self.config))
         self.profile, self.grid, self.environment = plan.profile, plan.grid, plan.environment
         self.seed = self.profile["seed"]
@@ -52,6 +56,8 @@ class FashionFlow(FlowSpec):
     @card(type="blank")
     @step
     def load(self):
+        from fmnist.pipeline import prepare_data
+
         data = prepare_data(self.profile)
         self.train_images, self.train_labels = data.splits.train_images, data.splits.train_labels
         self.val_images, self.val_labels = data.splits.val_images, data.splits.val_labels
@@ -62,6 +68,8 @@ class FashionFlow(FlowSpec):
     @card(type="blank", refresh_interval=5)
     @step
     def train(self):
+        from fmnist.pipeline import train_split
+
         self.split_index, self.hparams = self.index, self.input
         splits = Splits(self.train_images, self.train_labels, self.val_images, self.val_labels)
         live = LiveTrainingCard(self.split_index, self.hparams)
@@ -104,6 +112,8 @@ class FashionFlow(FlowSpec):
     @card(type="blank")
     @step
     def evaluate(self):
+        from fmnist.pipeline import evaluate_selected
+
         provenance = {**self.environment, "run": current.pathspec.rsplit("/", 2)[0], "profile": self.profile["name"]}
         result = evaluate_selected(
             self.model_record,
