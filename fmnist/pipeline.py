@@ -99,8 +99,6 @@ def train_split(
     threads = configure_threads(profile.compute.threads_per_task, 1 if device.type == "cuda" else parallel_tasks)
     amp = amp_dtype(device, profile.compute.amp)
     log.info("split %d on %s (%d torch threads, amp %s): %s", index, describe_device(device), threads, amp, hparams)
-    # Each split gets its own seed, derived from the run's, so that splits differ only in their hyper-parameters
-    # and initialisation noise is not mistaken for a hyper-parameter effect across reruns.
     tracker = Tracker.start(
         profile.tracking.model_dump(),
         group=run_id,
@@ -115,6 +113,7 @@ def train_split(
             on_epoch(stats)
 
     with tracker:
+        # The split's seed derives from the run's seed and the split index: a rerun or resumed split reproduces.
         result = train_model(hp, splits, device, seed=profile.seed * 1000 + index, amp=amp, on_epoch=epoch_done)
         tracker.summarize(
             {
