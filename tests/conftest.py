@@ -63,3 +63,17 @@ def smoke_run():
     result = run_flow()
     assert result.status == "successful", result.stderr[-3000:]
     return result.run
+
+
+@pytest.fixture(autouse=True)
+def _restore_metaflow_metadata():
+    """Put back the Client's metadata provider after each test.
+
+    A Run object made for another datastore (the cloud tests' runs) re-points the provider for the whole process,
+    which would send later lookups of the session's runs to the wrong place.
+    """
+    import metaflow
+
+    saved = metaflow.get_metadata()
+    yield
+    metaflow.metadata(saved)
