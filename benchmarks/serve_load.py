@@ -243,6 +243,11 @@ def print_report(results: dict[str, PhaseResult], concurrency: int, batch_size: 
     return [text for text, ok in checks.items() if not ok]
 
 
+def _plain(value: object) -> object:
+    """JSON for NumPy scalars in the figures."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=16, help="Concurrent clients (default 16).")
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     missed = print_report(results, args.concurrency, args.batch_size)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({n: r.summary() for n, r in results.items()}, indent=2))
+        args.json.write_text(json.dumps({n: r.summary() for n, r in results.items()}, indent=2, default=_plain))
     errors = sum(r.errors for r in results.values())
     return 1 if errors or (args.strict and missed) else 0
 
