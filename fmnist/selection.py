@@ -1,4 +1,4 @@
-"""Choosing the best training split on validation accuracy, and the leaderboard of all splits."""
+"""The leaderboard of all training splits, best on validation first: the join step takes its first row."""
 
 from __future__ import annotations
 
@@ -14,10 +14,3 @@ def leaderboard(splits: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     ranked = sorted(splits, key=lambda s: (-s["val_accuracy"], s["val_loss"], s["index"]))
     return [{**s, "rank": rank} for rank, s in enumerate(ranked, start=1)]
-
-
-def select_best(splits: Sequence[dict[str, Any]]) -> int:
-    """Index of the best split by the leaderboard's order."""
-    if not splits:
-        raise ValueError("no training splits to choose from")
-    return int(leaderboard(splits)[0]["index"])
