@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from fmnist.calibration import softmax
 from fmnist.model import normalize
 
 from .model_loading import ServedModel
@@ -28,7 +29,8 @@ class Predictor:
         """(B, 28, 28) uint8 images, light on dark -> (B, num_classes) float32 calibrated probabilities."""
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.served.device, non_blocking=True)
         logits = self.served.network(normalize(x, self.record.mean, self.record.std))
-        return torch.softmax(logits.float() / self.record.temperature, dim=1).cpu().numpy()
+        # The same calibrated softmax the evaluation report used, so served probabilities match the report's.
+        return softmax(logits.float().cpu(), self.record.temperature).float().numpy()
 
     def warm_up(self, max_batch: int, rounds: int = 3) -> float:
         """Run the batch sizes the service will see, so the first real request pays no one-off costs; seconds."""
