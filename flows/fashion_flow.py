@@ -29,8 +29,10 @@ class FashionFlow(FlowSpec):
       load      the real Fashion-MNIST, verified; a seeded stratified validation split; dataset card
       train     one split per grid point (foreach): a CNN trained on the device it finds; live card per epoch
       join      pick the best split on validation accuracy; leaderboard card
-      evaluate  the chosen model on the test set, its first and only use; temperature fitted on validation;
-                report card (accuracy interval, per-class scores, confusions, calibration, robustness, provenance)
+      evaluate  temperature and "unsure" thresholds fitted on validation, then the chosen model on the test set,
+                its first and only use, and on test garments rendered as product photos through the service's own
+                normalisation; report card (accuracy interval, per-class scores, confusions, calibration,
+                robustness, photos, abstention and risk-coverage, non-garments, provenance)
       end       print the summary
 
     The steps import `fmnist.pipeline` (and with it torch) where they run it: Metaflow imports this file again for
@@ -138,6 +140,16 @@ class FashionFlow(FlowSpec):
         print(
             f"temperature {cal['temperature']:.3f}: test ECE {cal['test_before']['ece']:.2%} -> "
             f"{cal['test_after']['ece']:.2%}; report card: python flows/fashion_flow.py card view {run}/evaluate"
+        )
+        photos, abstention = self.report["photos"], self.report["abstention"]
+        print(
+            f"photos: worst realistic condition {photos['worst']['condition']} at {photos['worst']['accuracy']:.1%}"
+            f" ({photos['worst']['relative']:.2f} x clean {photos['clean_accuracy']:.1%})"
+        )
+        selective = abstention["test"]
+        print(
+            f"unsure: {selective['coverage']:.1%} of test answers confident, {selective['accuracy'] or 0:.2%} of those"
+            f" correct; {abstention['nongarments']['overall']:.1%} of synthetic non-garments marked unsure"
         )
         print(f"run {run}; leaderboard card: python flows/fashion_flow.py card view {run}/join")
 

@@ -186,6 +186,8 @@ def report_card(report: dict[str, Any]) -> Components:
             headers=["perturbation", "what", "accuracy", "change vs clean"],
         ),
         Image(plots.robustness_chart(report["robustness"]), label="test accuracy under each perturbation"),
+        *photo_components(report["photos"]),
+        *abstention_components(report["abstention"]),
         Markdown(
             "## Misclassified test images\n"
             f"The {len(report['misclassified'])} most confident mistakes: true label, prediction, "
@@ -196,6 +198,60 @@ def report_card(report: dict[str, Any]) -> Components:
         components.append(Image(plots.misclassified_gallery(report["misclassified"]), label="misclassified gallery"))
     components += [Markdown("## Provenance"), provenance_table(report["provenance"])]
     return components
+
+
+def photo_components(photos: dict[str, Any]) -> Components:
+    """The photo suite: test garments rendered as product photos, classified through the service's normalisation."""
+    worst, clean = photos["worst"], photos["clean_accuracy"]
+    return [
+        Markdown(
+            "## Product photos\n"
+            f"{photos['sample_size']} test garments (a fixed, seeded, class-balanced sample) rendered as "
+            f"{photos['photo_size']}x{photos['photo_size']} product photos and sent through the service's own "
+            f"upload normalisation. Clean (the plain 28x28 PNGs): {_pct(clean)}. Worst condition at its realistic "
+            f"severity: **{worst['condition']}** at {_pct(worst['accuracy'])} ({worst['relative']:.2f} x clean)."
+        ),
+        Table(
+            [
+                [
+                    r["condition"],
+                    f"{r['severity']:g}" + (" ★" if r["realistic"] else ""),
+                    _pct(r["accuracy"]),
+                    f"{r['relative']:.2f}",
+                    r["description"],
+                ]
+                for r in photos["rows"]
+            ],
+            headers=["condition", "severity (★ realistic)", "accuracy", "x clean", "what"],
+        ),
+        Image(plots.photo_chart(photos["rows"]), label="accuracy per photo condition and severity"),
+    ]
+
+
+def abstention_components(abstention: dict[str, Any]) -> Components:
+    """When the served model says "unsure": thresholds, test coverage and risk, non-garments caught."""
+    policy, test, nongarments = abstention["policy"], abstention["test"], abstention["nongarments"]
+    accuracy = _pct(test["accuracy"]) if test["accuracy"] is not None else "n/a"
+    return [
+        Markdown(
+            "## Unsure answers\n"
+            f"Fitted on the validation split: answers are marked confident when the calibrated probability is at "
+            f"least **{policy['confidence_threshold']:.4f}** (target: at most {_pct(policy['target_risk'])} errors "
+            f"among confident answers) and the {policy['ood_score']} score is at most {policy['ood_threshold']:.4g} "
+            f"(the {_pct(policy['ood_quantile'])} quantile of validation images). On the test set: **{accuracy}** "
+            f"correct among confident answers at a coverage of **{_pct(test['coverage'])}**; "
+            f"{_pct(test['flagged']['unlike_training_images'])} flagged as unlike the training images. "
+            f"Synthetic non-garments marked unsure: **{_pct(nongarments['overall'])}** of {nongarments['count']}."
+        ),
+        Table(
+            [[kind, _pct(rate)] for kind, rate in nongarments["per_kind"].items()],
+            headers=["non-garment", "marked unsure"],
+        ),
+        Image(
+            plots.risk_coverage_chart(abstention["risk_coverage"], policy["target_risk"], test),
+            label="risk-coverage curve of the calibrated confidence (test)",
+        ),
+    ]
 
 
 def provenance_table(provenance: dict[str, Any]) -> Table:

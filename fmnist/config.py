@@ -54,6 +54,30 @@ class HParams(_Strict):
     # flips are label-preserving for clothing; vertical flips and rotations are not (shoes point one way).
     crop_pad: int = Field(2, ge=0, le=8)
     flip: bool = True
+    # Photometric augmentation: what a photo does to a picture that geometry does not. Fashion-MNIST's backgrounds
+    # are pure black and its garments span the full range, so a net trained on them alone keys on that black and
+    # collapses when a photo's backdrop is grey (+15% brightness: 39% accuracy). Each image of a batch is changed
+    # with probability `photo_prob`; the others stay clean, which keeps clean accuracy where it was.
+    # Measured on a 6-epoch width-16 model: 0.3 with the strengths below keeps validation accuracy (92.4% vs 92.3%
+    # without) and takes +15% brightness from 40% to 92% and halved contrast from 36% to 91%; 0.5 with stronger
+    # changes cost 0.4 points of clean accuracy for no further gain.
+    photo_prob: float = Field(0.3, ge=0.0, le=1.0)
+    # Offset added to every pixel, background included, drawn from [-brightness/2, brightness] of full scale.
+    photo_brightness: float = Field(0.2, ge=0.0, le=1.0)
+    # Contrast factor around the image's mean, drawn from [1 - contrast, 1]: 0.55 covers "halved".
+    photo_contrast: float = Field(0.55, ge=0.0, lt=1.0)
+    # Gamma drawn log-uniformly from [exp(-gamma), exp(gamma)]: exposure curves of cameras and scanners.
+    photo_gamma: float = Field(0.25, ge=0.0, le=2.0)
+    # Gaussian noise with a standard deviation drawn from [0, noise] of full scale: sensor noise, JPEG grain.
+    photo_noise: float = Field(0.04, ge=0.0, le=0.5)
+    # Blend towards a 3x3 Gaussian blur with a weight drawn from [0, blur]: focus and motion softness.
+    photo_blur: float = Field(0.5, ge=0.0, le=1.0)
+    # Small rotations, as a hand-held photo is rarely square to the garment: this share of images is turned by up
+    # to `rotate` degrees either way. Fashion-MNIST itself is upright, so 0 disables it.
+    # Measured on the 6-epoch model: 0.3 at up to 15 degrees lifts photos rotated by 12 degrees from 0.91 to 0.95 of
+    # clean accuracy and 20 degrees from 0.74 to 0.85, and validation accuracy with them (92.6% vs 92.4%).
+    rotate_prob: float = Field(0.3, ge=0.0, le=1.0)
+    rotate: float = Field(15.0, ge=0.0, le=45.0)
     # Exponential moving average of the weights, evaluated instead of the raw weights; 0 turns it off.
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
 
@@ -104,6 +128,24 @@ class ComputeConfig(_Strict):
     batch: BatchConfig | None = None
 
 
+class EvaluationConfig(_Strict):
+    """What the evaluate step measures beyond the test set itself, and how the served model abstains."""
+
+    # Abstention: the confidence threshold is the lowest whose error rate among confident validation answers is at
+    # most this. 2% means a user who acts only on confident answers is wrong about once in fifty.
+    target_risk: float = Field(0.02, gt=0.0, lt=0.5)
+    # Share of validation images allowed to score as "unlike the training images": the OOD threshold is this
+    # quantile of their scores. 0.995 costs 0.5% of coverage and catches the far-away inputs (noise, patterns).
+    ood_quantile: float = Field(0.995, gt=0.5, le=1.0)
+    # Photo suite: test images per class rendered as photos under every condition and severity (10 classes x 20 =
+    # 200 photos per row, a 95% interval of about +-4 points per row; 31 rows take about half a minute on one core).
+    photo_per_class: int = Field(20, ge=1, le=1000)
+    # Side of the rendered photos in pixels: what a shopper's product picture is once a site has resized it.
+    photo_size: int = Field(224, ge=28, le=1024)
+    # Synthetic non-garments per kind (noise, blanks, checkerboards, stripes, text, shapes) for the detection rate.
+    nongarments_per_kind: int = Field(25, ge=1, le=1000)
+
+
 class TrackingConfig(_Strict):
     """Experiment tracking with Weights & Biases; the standard WANDB_MODE variable can also switch it on."""
 
@@ -127,6 +169,7 @@ class Profile(_Strict):
     # Hyper-parameter name -> values to sweep; the cartesian product becomes the train step's foreach.
     grid: dict[str, list[GridValue]] = Field(default_factory=dict)
     compute: ComputeConfig = ComputeConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("grid")

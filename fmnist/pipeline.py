@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import ModelRecord
+from .model_record import ModelRecord
 from .config import HParams, Profile, expand_grid, load_profile
 from .data import CLASS_NAMES, Splits, load_dataset, make_splits
 from .provenance import environment
@@ -176,7 +176,6 @@ def evaluate_selected(
     device = pick_device(profile.compute.device)
     configure_threads(profile.compute.threads_per_task)
     record = ModelRecord.from_bytes(record_bytes)
-    model = record.build(device)
     record.provenance = {
         **record.provenance,  # split index, training device and time, from the train step
         **provenance,  # run, profile, code and library versions, from the flow
@@ -185,18 +184,17 @@ def evaluate_selected(
         "hparams": record.hparams,
         "evaluation_device": describe_device(device),
     }
+    # Fits the temperature and the abstention thresholds into `record` (validation only), then reads the test set.
     report = build_report(
-        model,
+        record,
         data.test_images,
         data.test_labels,
         val_images,
         val_labels,
         device,
-        record.provenance,
-        mean=record.mean,
-        std=record.std,
+        profile.evaluation,
+        seed=profile.seed,
     )
-    record.temperature = report["calibration"]["temperature"]
     record.metrics = {**record.metrics, **report_summary(report)}
     with Tracker.start(
         profile.tracking.model_dump(),

@@ -209,3 +209,42 @@ def robustness_chart(rows: Sequence[dict[str, Any]]) -> bytes:
         ax.text(a, y, f" {a:.1%}", va="center", fontsize=8)
     ax.set(xlim=(0, 1.08), xlabel="test accuracy", title="robustness to small perturbations")
     return to_png(fig)
+
+
+def photo_chart(rows: Sequence[dict[str, Any]]) -> bytes:
+    """Accuracy per photo condition, one bar per severity (the realistic one hatched), clean as a dashed line."""
+    conditions = [c for c in dict.fromkeys(r["condition"] for r in rows) if c != "clean"]
+    clean = next((r["accuracy"] for r in rows if r["condition"] == "clean"), None)
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.subplots()
+    width = 0.8 / max(1, max(sum(r["condition"] == c for r in rows) for c in conditions) if conditions else 1)
+    for x, condition in enumerate(conditions):
+        for k, r in enumerate(r for r in rows if r["condition"] == condition):
+            ax.bar(
+                x - 0.4 + width * (k + 0.5),
+                r["accuracy"],
+                width,
+                color=("tab:blue", "tab:orange", "tab:red")[min(k, 2)],
+                hatch="//" if r["realistic"] else None,
+                edgecolor="k" if r["realistic"] else None,
+            )
+    if clean is not None:
+        ax.axhline(clean, color="k", ls="--", lw=1, label=f"clean {clean:.1%}")
+        ax.axhline(0.9 * clean, color="tab:red", ls=":", lw=1, label="0.9 x clean")
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_xticks(range(len(conditions)), conditions, rotation=30, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1.02), ylabel="accuracy", title="product photos: mild, realistic (hatched), harsh")
+    return to_png(fig)
+
+
+def risk_coverage_chart(curve: Sequence[dict[str, float]], target_risk: float, operating: dict[str, Any]) -> bytes:
+    """Selective risk against coverage as the confidence threshold falls, with the target and the operating point."""
+    fig = Figure(figsize=(5, 3.4))
+    ax = fig.subplots()
+    ax.plot([p["coverage"] for p in curve], [p["risk"] for p in curve], "-", color="tab:blue", label="test set")
+    ax.axhline(target_risk, color="tab:red", ls=":", lw=1, label=f"target risk {target_risk:.0%}")
+    if operating.get("risk") is not None:
+        ax.plot([operating["coverage"]], [operating["risk"]], "o", color="k", label="served thresholds")
+    ax.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (share answered confidently)", ylabel="error rate among them")
+    ax.legend(fontsize=8)
+    return to_png(fig)

@@ -1,19 +1,26 @@
-"""The evaluation report: how good the chosen model is, where it fails, how far its confidence can be believed,
-and where it came from, assembled as one plain dict (JSON-able) that the cards, the tracker and the record share.
+"""The evaluation report: how good the chosen model is, where it fails (perturbed pixels, product photos), how far
+its confidence can be believed, when it says "unsure", and where it came from, assembled as one plain dict
+(JSON-able) that the cards, the tracker and the record share.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from .abstention import features_and_logits, fit_abstention, risk_coverage_curve, selective_summary
 from .calibration import calibration_summary, fit_temperature, softmax
-from .data import CLASS_NAMES, PIXEL_MEAN, PIXEL_STD
-from .evaluate import predict_logits, report_metrics
+from .classifier import Classifier
+from .config import EvaluationConfig
+from .data import CLASS_NAMES
+from .evaluate import report_metrics
+from .model_record import ModelRecord
+from .nongarments import encode_png, synthetic_nongarments
+from .photos import photo_robustness, worst_realistic
 from .robustness import robustness_table
 
 log = logging.getLogger(__name__)
@@ -42,23 +49,28 @@ def misclassified_examples(
 
 
 def build_report(
-    model: nn.Module,
+    record: ModelRecord,
     test_images: np.ndarray,
     test_labels: np.ndarray,
     val_images: np.ndarray,
     val_labels: np.ndarray,
     device: torch.device,
-    provenance: dict[str, Any],
-    mean: float = PIXEL_MEAN,
-    std: float = PIXEL_STD,
+    evaluation: EvaluationConfig,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate `model` on the test set and calibrate it on the validation set; returns the whole report.
+    """Calibrate `record` on the validation split, then evaluate it on the test set; returns the whole report.
 
-    The temperature is fitted on validation logits only; the test set is then scored before and after scaling.
+    Everything fitted is fitted on validation images only and written into `record` before the test set is scored:
+    the temperature, then the abstention policy (confidence and out-of-distribution thresholds). The photo suite and
+    the non-garments then go through `Classifier.classify_uploads`, the service's own path.
     """
-    val_logits = predict_logits(model, val_images, device, mean=mean, std=std)  # (N_val, 10)
-    test_logits = predict_logits(model, test_images, device, mean=mean, std=std)  # (N_test, 10)
-    temperature = fit_temperature(val_logits, val_labels)
+    model = record.build(device)
+    val_features, val_logits = features_and_logits(model, val_images, device, mean=record.mean, std=record.std)
+    record.temperature = temperature = fit_temperature(val_logits, val_labels)
+    record.abstention = fit_abstention(
+        val_logits, val_features, val_labels, temperature, evaluation.target_risk, evaluation.ood_quantile
+    )
+    test_features, test_logits = features_and_logits(model, test_images, device, mean=record.mean, std=record.std)
     test = report_metrics(test_logits, test_labels)
     calibration: dict[str, Any] = {
         "temperature": temperature,
@@ -78,14 +90,80 @@ def build_report(
         calibration["test_after"]["nll"],
     )
     robustness = robustness_table(
-        model, test_images, test_labels, device, mean=mean, std=std, clean_accuracy=test["accuracy"]
+        model, test_images, test_labels, device, mean=record.mean, std=record.std, clean_accuracy=test["accuracy"]
     )
+    classifier = Classifier(record, device)
     return {
         "test": test,
         "calibration": calibration,
         "robustness": robustness,
+        "photos": photo_section(classifier, test_images, test_labels, evaluation, seed),
+        "abstention": abstention_section(classifier, test_logits, test_features, test_labels, evaluation, seed),
         "misclassified": misclassified_examples(test_images, test_labels, softmax(test_logits, temperature).float()),
-        "provenance": provenance,
+        "provenance": record.provenance,
+    }
+
+
+def photo_section(
+    classifier: Classifier, images: np.ndarray, labels: np.ndarray, evaluation: EvaluationConfig, seed: int
+) -> dict[str, Any]:
+    """Accuracy on a fixed sample of test images rendered as product photos, per condition and severity, through
+    the service's normalisation; the worst condition at its realistic severity named."""
+    rows = photo_robustness(
+        lambda uploads: np.array([s.label for s in classifier.classify_uploads(uploads)]),
+        images,
+        labels,
+        seed=seed,
+        per_class=evaluation.photo_per_class,
+        size=evaluation.photo_size,
+    )
+    worst = worst_realistic(rows)
+    log.info("photo suite: worst realistic condition %s at %.3f (%.2f of clean)", worst.condition, worst.accuracy,
+             worst.relative)
+    return {
+        "rows": [asdict(r) for r in rows],
+        "clean_accuracy": rows[0].accuracy,
+        "worst": asdict(worst),
+        "sample_size": rows[0].count,
+        "photo_size": evaluation.photo_size,
+    }
+
+
+def abstention_section(
+    classifier: Classifier,
+    test_logits: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: np.ndarray,
+    evaluation: EvaluationConfig,
+    seed: int,
+) -> dict[str, Any]:
+    """How the fitted policy does on the test set (coverage, risk among confident answers, risk-coverage curve) and
+    how many synthetic non-garments, uploaded as images, it marks unsure."""
+    policy = classifier.policy
+    assert policy is not None, "the policy is fitted before the abstention section is built"
+    temperature = classifier.record.temperature
+    selective = selective_summary(policy, test_logits, test_features, test_labels, temperature)
+    confidence = softmax(test_logits, temperature).max(1).values.numpy()
+    correct = test_logits.argmax(1).numpy() == np.asarray(test_labels)
+    nongarments = synthetic_nongarments(evaluation.nongarments_per_kind, seed)
+    scored = classifier.classify_uploads([encode_png(image) for _, image in nongarments])
+    kinds = sorted({kind for kind, _ in nongarments}, key=[k for k, _ in nongarments].index)
+    detection = {
+        kind: float(np.mean([not s.confident for (k, _), s in zip(nongarments, scored, strict=True) if k == kind]))
+        for kind in kinds
+    }
+    overall = float(np.mean([not s.confident for s in scored]))
+    log.info(
+        "abstention on test: coverage %.4f, accuracy among confident %.4f; non-garments marked unsure %.3f",
+        selective["coverage"],
+        selective["accuracy"] or 0.0,
+        overall,
+    )
+    return {
+        "policy": policy.metadata(),
+        "test": selective,
+        "risk_coverage": risk_coverage_curve(confidence, correct),
+        "nongarments": {"per_kind": detection, "overall": overall, "count": len(nongarments)},
     }
 
 
@@ -110,4 +188,14 @@ def report_summary(report: dict[str, Any]) -> dict[str, float]:
     }
     if worst is not None:
         summary["worst_perturbation_accuracy"] = worst["accuracy"]
+    if "photos" in report:
+        photo_worst = report["photos"]["worst"]
+        summary["photo_clean_accuracy"] = report["photos"]["clean_accuracy"]
+        summary["photo_worst_realistic_accuracy"] = photo_worst["accuracy"]
+        summary["photo_worst_realistic_relative"] = photo_worst["relative"]
+    if "abstention" in report:
+        selective = report["abstention"]["test"]
+        summary["confident_coverage"] = selective["coverage"]
+        summary["confident_accuracy"] = selective["accuracy"] if selective["accuracy"] is not None else 0.0
+        summary["nongarments_unsure"] = report["abstention"]["nongarments"]["overall"]
     return summary

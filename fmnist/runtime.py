@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(preference: str = "auto") -> torch.device:
-    """CUDA when asked for or when present under "auto"; CPU otherwise. Called once per step."""
+    """CUDA when asked for or when present under "auto"; CPU otherwise. Called once per step (and by the service,
+    once at start). Asking for CUDA where torch sees none is an error, not a silent fall-back to the CPU."""
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("the profile asks for compute.device: cuda, but no CUDA device is available")
+        raise RuntimeError("device 'cuda' requested, but torch sees no CUDA device")
     if preference in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

@@ -154,7 +154,8 @@ class Tracker:
 
 def log_report(tracker: Tracker, report: dict[str, Any]) -> None:
     """Log the evaluation report: headline summary, confusion matrix, calibration bins and reliability diagram,
-    per-class scores and the robustness table. A no-op when tracking is off."""
+    per-class scores, the robustness table, every photo-suite figure and the abstention figures. A no-op when
+    tracking is off."""
     if not tracker.enabled:
         return
     from .data import CLASS_NAMES
@@ -194,3 +195,17 @@ def log_report(tracker: Tracker, report: dict[str, Any]) -> None:
         ["perturbation", "accuracy", "change"],
         [[r["name"], r["accuracy"], r["change"]] for r in report["robustness"]],
     )
+    if "photos" in report:
+        rows = report["photos"]["rows"]
+        tracker.log_table(
+            "photo_robustness",
+            ["condition", "severity", "realistic", "accuracy", "relative"],
+            [[r["condition"], r["severity"], r["realistic"], r["accuracy"], r["relative"]] for r in rows],
+        )
+        tracker.log({f"photos/{r['condition']}/{r['severity']:g}": r["accuracy"] for r in rows})
+    if "abstention" in report:
+        abstention = report["abstention"]
+        tracker.log({f"nongarments_unsure/{k}": v for k, v in abstention["nongarments"]["per_kind"].items()})
+        tracker.log_table(
+            "risk_coverage", ["coverage", "risk", "threshold"], [list(p.values()) for p in abstention["risk_coverage"]]
+        )

@@ -1,59 +1,61 @@
-"""The model on its device: normalise a batch exactly as training did and return calibrated probabilities."""
+"""The served model behind the routes: scores from `fmnist.classifier` (calibrated probabilities and whether the model
+may be relied on), shaped into response bodies; and the optional micro-batcher of concurrent single-image requests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
-from fmnist.calibration import softmax
-from fmnist.model import normalize
+from fmnist.classifier import Scored
 
 from .model_loading import ServedModel
+from .schemas import ClassProbability, Prediction
 
 
 class Predictor:
-    """Runs the served network in inference mode; probabilities are softmax(logits / temperature)."""
+    """The served model: `fmnist.classifier.Classifier` scores, this turns the scores into response bodies."""
 
     def __init__(self, served: ServedModel) -> None:
         self.served = served
         self.record = served.record
+        self.classifier = served.classifier
         self.class_names = list(served.record.class_names)
 
-    @torch.inference_mode()
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, 28, 28) uint8 images, light on dark -> (B, num_classes) float32 calibrated probabilities."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.served.device, non_blocking=True)
-        logits = self.served.network(normalize(x, self.record.mean, self.record.std))
-        # The same calibrated softmax the evaluation report used, so served probabilities match the report's.
-        return softmax(logits.float().cpu(), self.record.temperature).float().numpy()
+    def score(self, pixels: np.ndarray, empty: Sequence[bool] | None = None) -> list[Scored]:
+        """(B, 28, 28) uint8 images, light on dark -> one `Scored` per image (see `Classifier.score`)."""
+        return self.classifier.score(pixels, empty)
 
     def warm_up(self, max_batch: int, rounds: int = 3) -> float:
         """Run the batch sizes the service will see, so the first real request pays no one-off costs; seconds."""
         start = time.perf_counter()
         for _ in range(rounds):
             for size in sorted({1, min(8, max_batch), max_batch}):
-                self.probabilities(np.zeros((size, 28, 28), dtype=np.uint8))
+                self.score(np.zeros((size, 28, 28), dtype=np.uint8))
         return time.perf_counter() - start
 
-    def describe(self, probs: np.ndarray, top_k: int) -> dict:
-        """One row of probabilities -> the prediction fields of the response."""
+    def describe(self, scored: Scored, top_k: int, inverted: bool | None = None) -> Prediction:
+        """One scored image -> the response's prediction."""
+        probs = scored.probabilities
         order = np.argsort(-probs, kind="stable")[:top_k]
         best = int(order[0])
-        return {
-            "class_index": best,
-            "class_name": self.class_names[best],
-            "probability": float(probs[best]),
-            "top_k": [
-                {"class_index": int(i), "class_name": self.class_names[i], "probability": float(probs[i])}
+        return Prediction(
+            class_index=best,
+            class_name=self.class_names[best],
+            probability=float(probs[best]),
+            confident=scored.confident,
+            unsure_reason=scored.unsure_reason,  # type: ignore[arg-type]
+            top_k=[
+                ClassProbability(class_index=int(i), class_name=self.class_names[i], probability=float(probs[i]))
                 for i in order
             ],
-            "probabilities": [float(p) for p in probs],
-        }
+            probabilities=[float(p) for p in probs],
+            inverted=inverted,
+        )
 
 
 class MicroBatcher:
@@ -68,7 +70,7 @@ class MicroBatcher:
     def __init__(self, predictor: Predictor, max_batch: int) -> None:
         self.predictor = predictor
         self.max_batch = max_batch
-        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[np.ndarray, bool, asyncio.Future[Scored]]] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.task: asyncio.Task[None] | None = None
 
@@ -82,10 +84,10 @@ class MicroBatcher:
                 await self.task
         self.executor.shutdown(wait=True)
 
-    async def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """(28, 28) uint8 -> (num_classes,) probabilities, computed in a batch with concurrent requests."""
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((pixels, future))
+    async def score(self, pixels: np.ndarray, empty: bool = False) -> Scored:
+        """(28, 28) uint8 -> its `Scored`, computed in a batch with concurrent requests."""
+        future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((pixels, empty, future))
         return await future
 
     async def _serve(self) -> None:
@@ -94,14 +96,15 @@ class MicroBatcher:
             items = [await self.queue.get()]
             while len(items) < self.max_batch and not self.queue.empty():
                 items.append(self.queue.get_nowait())
-            batch = np.stack([pixels for pixels, _ in items])
+            batch = np.stack([pixels for pixels, _, _ in items])  # (B, 28, 28)
+            empty = [blank for _, blank, _ in items]
             try:
-                probs = await loop.run_in_executor(self.executor, self.predictor.probabilities, batch)
+                scored = await loop.run_in_executor(self.executor, self.predictor.score, batch, empty)
             except Exception as err:  # hand the failure to every waiting request rather than kill the loop
-                for _, future in items:
+                for _, _, future in items:
                     if not future.done():
                         future.set_exception(err)
                 continue
-            for (_, future), row in zip(items, probs, strict=True):
+            for (_, _, future), row in zip(items, scored, strict=True):
                 if not future.done():
                     future.set_result(row)

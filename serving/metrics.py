@@ -35,6 +35,12 @@ class ServiceMetrics:
             ["class_name"],
             registry=self.registry,
         )
+        self.unsure = Counter(
+            "fashionflow_unsure_answers",
+            "Predictions marked confident: false, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.images = Histogram(
             "fashionflow_images_per_request",
             "Images in one prediction request",

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from fmnist.checkpoint import ModelRecord, RecordError
-from fmnist.model import FashionCNN
+from fmnist.model_record import ModelRecord, RecordError
+from fmnist.classifier import Classifier
+from fmnist.runtime import pick_device
 
 from .settings import Settings
 
@@ -30,19 +31,10 @@ class ServedModel:
     """A model record ready for inference, plus what `/model` reports about it."""
 
     record: ModelRecord
-    network: FashionCNN
+    classifier: Classifier
     device: torch.device
     run_pathspec: str
     info: dict[str, Any]  # run id, creation time, tags, hyper-parameters, fingerprint, test metrics
-
-
-def pick_device(requested: str) -> torch.device:
-    """'auto' is CUDA when present, else CPU; asking for CUDA without one is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(requested)
 
 
 def _select_metadata(settings: Settings) -> None:
@@ -100,7 +92,10 @@ def _describe_metadata() -> str:
 
 def load_model(settings: Settings) -> ServedModel:
     """Load, validate and build the selected run's model record on the configured device, in eval mode."""
-    device = pick_device(settings.device)
+    try:
+        device = pick_device(settings.device)
+    except RuntimeError as err:
+        raise ModelLoadError(str(err)) from None
     torch.set_num_threads(settings.torch_threads)
     run = find_run(settings)
     data = run["end"].task.data  # the end step carries every artifact the flow produced
@@ -110,7 +105,7 @@ def load_model(settings: Settings) -> ServedModel:
         raise ModelLoadError(f"run {run.pathspec} has no 'model' artifact; was it produced by FashionFlow?") from None
     try:
         record = ModelRecord.from_bytes(blob)
-        network = record.build(device)
+        classifier = Classifier(record, device)
     except (RecordError, RuntimeError, TypeError) as err:
         raise ModelLoadError(f"run {run.pathspec}: model record cannot be used: {err}") from None
     info = {
@@ -122,7 +117,7 @@ def load_model(settings: Settings) -> ServedModel:
         "test_metrics": _artifact(data, "test_metrics", {}),
     }
     log.info("loaded model of %s on %s (temperature %.3f)", run.pathspec, device, record.temperature)
-    return ServedModel(record=record, network=network, device=device, run_pathspec=run.pathspec, info=info)
+    return ServedModel(record=record, classifier=classifier, device=device, run_pathspec=run.pathspec, info=info)
 
 
 def _artifact(data: Any, name: str, default: Any) -> Any:

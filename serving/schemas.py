@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,15 @@ class Problem(BaseModel):
     detail: str | list[Any]
 
 
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "Malformed request (e.g. a broken multipart body)."},
+    413: {"model": Problem, "description": "Body, image or batch over the configured limit."},
+    415: {"model": Problem, "description": "Wrong Content-Type."},
+    422: {"model": Problem, "description": "Not an image, truncated image, bad pixel values or shape."},
+    503: {"model": Problem, "description": "Model not loaded (yet, or any more)."},
+}
+
+
 class ModelInfo(BaseModel):
     """Which model is served and how it was produced."""
 
@@ -39,6 +48,11 @@ class ModelInfo(BaseModel):
     class_names: list[str]
     temperature: float = Field(description="Softmax temperature fitted on validation data (1.0: uncalibrated).")
     normalization: dict[str, float] = Field(description="Pixel mean and std (of [0, 1]-scaled pixels).")
+    abstention: dict[str, Any] | None = Field(
+        description="When answers are marked unsure: the confidence threshold for the target selective risk and the"
+        " out-of-distribution score's threshold, both fitted on the validation split. null for records made before"
+        " thresholds existed: those answer confident only at a calibrated probability of at least 0.9."
+    )
     device: str
     provenance: dict[str, Any]
 
@@ -61,8 +75,18 @@ class Prediction(BaseModel):
     probabilities: list[float] = Field(
         description="Calibrated probabilities of every class, in class-index order: softmax(logits / temperature)."
     )
+    confident: bool = Field(
+        description="Whether the answer can be relied on: false when the model's calibrated confidence is below the"
+        " threshold fitted for at most the target error rate among confident answers, or when the image looks unlike"
+        " any training garment (including an upload with nothing but background)."
+    )
+    unsure_reason: Literal["low_confidence", "unlike_training_images"] | None = Field(
+        None, description="Why the answer is not confident; null when it is."
+    )
     inverted: bool | None = Field(
-        None, description="Uploads only: whether the image was inverted because its background is light."
+        None,
+        description="Uploads (and normalised pixels): whether the garment was darker than its backdrop and was"
+        " negated to Fashion-MNIST's light-on-black.",
     )
     filename: str | None = None
 
@@ -75,8 +99,10 @@ class BatchPrediction(BaseModel):
 
 
 class PixelBatch(BaseModel):
-    """Raw images as numbers: each one 28 rows of 28 values or a flat list of 784, 0 (black) to 255 (white),
-    light garment on dark background as in Fashion-MNIST. No inversion or resizing is applied."""
+    """Raw images as numbers: each one 28 rows of 28 values or a flat list of 784, 0 (black) to 255 (white).
+    By default they are taken as they are, in Fashion-MNIST's convention (light garment on a black background);
+    `normalize: true` runs them through the same normalisation as uploads first (backdrop removed, polarity decided,
+    trimmed, centred, contrast stretched)."""
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"images": [[0] * 784]}]},
@@ -84,3 +110,6 @@ class PixelBatch(BaseModel):
 
     images: list[list[Any]] = Field(min_length=1, description="One entry per image: [28][28] or [784] numbers.")
     top_k: int = Field(default=3, ge=1, le=10, description="How many of the most probable classes to list.")
+    normalize: bool = Field(
+        default=False, description="Normalise each image as uploads are, instead of taking the values as they are."
+    )

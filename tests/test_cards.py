@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fmnist.checkpoint import ModelRecord
+from fmnist.model_record import ModelRecord
 from fmnist.data import CLASS_NAMES
 
 _DATA = re.compile(r'window\.__MF_DATA__\["[^"]+"\] = "([A-Za-z0-9+/=]+)"')

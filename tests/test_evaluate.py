@@ -15,8 +15,20 @@ from fmnist.evaluate import (
     top_confusions,
     wilson_interval,
 )
+from fmnist.config import EvaluationConfig
 from fmnist.model import ModelArgs, build_model
+from fmnist.model_record import ModelRecord
 from fmnist.report import build_report, report_summary
+
+# The photo suite and the non-garments at their smallest: the report's shape, not its figures, is under test here.
+TINY_EVALUATION = EvaluationConfig(photo_per_class=1, photo_size=56, nongarments_per_kind=1)
+
+
+def tiny_record(width: int = 4) -> ModelRecord:
+    """An untrained network as a model record."""
+    torch.manual_seed(0)
+    model = build_model(ModelArgs(width=width))
+    return ModelRecord(state_dict=model.state_dict(), model_args=ModelArgs(width=width))
 
 
 def test_confusion_matrix_of_known_predictions():
@@ -83,11 +95,20 @@ def test_build_report_on_a_tiny_model():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(60, 28, 28), dtype=np.uint8)
     labels = np.arange(10).repeat(6).astype(np.uint8)
-    torch.manual_seed(0)
-    model = build_model(ModelArgs(width=4)).eval()
-    report = build_report(model, images, labels, images[:30], labels[:30], torch.device("cpu"), {"run": "x"})
-    assert set(report) == {"test", "calibration", "robustness", "misclassified", "provenance"}
+    record = tiny_record()
+    record.provenance = {"run": "x"}
+    report = build_report(record, images, labels, images[:30], labels[:30], torch.device("cpu"), TINY_EVALUATION)
+    assert set(report) == {
+        "test", "calibration", "robustness", "photos", "abstention", "misclassified", "provenance"
+    }
     assert report["calibration"]["temperature"] > 0
+    # Fitted into the record, on the validation images, before the test set was scored.
+    assert record.temperature == report["calibration"]["temperature"]
+    assert record.abstention is not None and record.abstention.num_fit_examples == 30
+    assert report["photos"]["rows"][0]["condition"] == "clean"
+    assert report["photos"]["worst"]["realistic"] is True
+    assert set(report["abstention"]["nongarments"]["per_kind"]) >= {"uniform_noise", "checkerboard", "text"}
+    assert report["abstention"]["risk_coverage"][-1]["coverage"] == 1.0
     assert report["robustness"][0]["name"] == "clean"
     confidences = [m["confidence"] for m in report["misclassified"]]
     assert confidences == sorted(confidences, reverse=True)

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import FLOW_FILE, resume_flow, run_flow
 
-from fmnist.checkpoint import ModelRecord
+from fmnist.model_record import ModelRecord
 from fmnist.data import CLASS_NAMES
 
 STEPS = ["start", "load", "train", "join", "evaluate", "end"]

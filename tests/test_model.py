@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmnist.checkpoint import ModelRecord, RecordError
+from fmnist.model_record import ModelRecord, RecordError
 from fmnist.model import FashionCNN, ModelArgs, count_parameters, normalize
 
 

@@ -18,7 +18,7 @@ import torch
 from fastapi.testclient import TestClient
 from serving_fixtures import encode, png_bomb, real_test_images
 
-from fmnist.checkpoint import ModelRecord
+from fmnist.model_record import ModelRecord
 from fmnist.data import CLASS_NAMES
 from fmnist.model import normalize
 from serving.app import create_app

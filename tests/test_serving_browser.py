@@ -16,7 +16,7 @@ import pytest
 import torch
 from serving_fixtures import encode, real_test_images
 
-from fmnist.checkpoint import ModelRecord
+from fmnist.model_record import ModelRecord
 from fmnist.data import CLASS_NAMES
 from fmnist.model import normalize
 

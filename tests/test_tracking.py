@@ -14,6 +14,8 @@ from fmnist.config import parse_profile
 from fmnist.data import Splits
 from fmnist.model import ModelArgs, build_model
 from fmnist.pipeline import train_split
+from fmnist.config import EvaluationConfig
+from fmnist.model_record import ModelRecord
 from fmnist.report import build_report
 from fmnist.tracking import Tracker, log_report, resolve_mode
 
@@ -83,7 +85,9 @@ def test_evaluation_report_is_logged(offline_wandb):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
     labels = np.arange(40, dtype=np.uint8) % 10
-    report = build_report(build_model(ModelArgs(width=4)), images, labels, images, labels, torch.device("cpu"), {})
+    record = ModelRecord(state_dict=build_model(ModelArgs(width=4)).state_dict(), model_args=ModelArgs(width=4))
+    evaluation = EvaluationConfig(photo_per_class=1, photo_size=56, nongarments_per_kind=1)
+    report = build_report(record, images, labels, images, labels, torch.device("cpu"), evaluation)
     with Tracker.start({}, group="4242", name="evaluate", job_type="evaluate") as tracker:
         assert tracker.enabled
         log_report(tracker, report)
@@ -98,6 +102,8 @@ def test_evaluation_report_is_logged(offline_wandb):
         b"reliability_diagram",
         b"robustness",
         b"per_class",
+        b"photo_robustness",
+        b"risk_coverage",
     ):
         assert key in blob, key
     media = [p.name for p in offline_wandb.glob("offline-run-*/files/media/**/*") if p.is_file()]

@@ -1,19 +1,9 @@
-"""Turn an uploaded image (any format, mode or size) or raw pixel values into the tensors the model was trained on.
+"""Uploads as the outside world sends them: image bytes of any format, mode and size, or raw pixel values as JSON.
 
-Fashion-MNIST pictures are light garments on a black background, 28x28 grayscale. Product photos are usually the
-opposite: a dark garment on a white background. The rule used here:
-
-    Inversion: the image is converted to grayscale and the mean brightness of its border (the outermost ring of
-    pixels, 1/14 of the shorter side thick, at least one pixel) is measured. If that mean is above 127.5 (out of
-    255), the background is light and the image is inverted, so the garment ends up light on dark.
-
-Then, as Fashion-MNIST was built: an image that is not already 28x28 is trimmed to the bounding box of the garment
-(pixels brighter than the background by more than a small threshold), padded to a square with the background
-colour, and resized to 28x28. Transparent pixels are composited onto white before all this (a cut-out product
-photo is a dark object on "nothing"). Raw pixel arrays sent as JSON are taken as they are: already 28x28 in the
-Fashion-MNIST convention, values 0-255.
-
-Normalisation is the training one (`fmnist.model.normalize` with the mean and std stored in the model record).
+`decode_image` refuses anything that is not a sound image within the pixel limit (truncated files, foreign formats,
+decompression bombs) with an `ImageError` whose message names the problem; `grayscale_array` turns any Pillow mode
+into 8-bit grayscale (transparency composited onto white, EXIF rotation applied); `pixels_from_values` checks raw
+28x28 values. What happens next, the normalisation to Fashion-MNIST's form, is `fmnist.imaging`.
 """
 
 from __future__ import annotations
@@ -22,15 +12,11 @@ import contextlib
 import io
 import struct
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fmnist.data import IMAGE_SIZE
-
-INVERT_THRESHOLD = 127.5  # mean border brightness above which the background counts as light
-TRIM_THRESHOLD = 24  # a pixel this much brighter than the background belongs to the garment
+from .data import IMAGE_SIZE
 
 
 class ImageError(ValueError):
@@ -39,16 +25,6 @@ class ImageError(ValueError):
 
 class ImageTooLarge(ImageError):
     """The decoded image would exceed the pixel limit (a decompression bomb, or just an enormous picture)."""
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One image ready for the model, and what was done to it."""
-
-    pixels: np.ndarray  # (28, 28) uint8, light garment on dark background
-    inverted: bool
-    original_size: tuple[int, int]  # (width, height)
-    original_format: str | None
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -86,7 +62,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def to_grayscale(image: Image.Image) -> np.ndarray:
+def grayscale_array(image: Image.Image) -> np.ndarray:
     """Any Pillow mode -> (H, W) uint8 grayscale; transparency composited onto white, EXIF rotation applied."""
     # A broken EXIF block is no reason to refuse the picture itself.
     with contextlib.suppress(Exception):
@@ -106,48 +82,6 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return np.asarray(image.convert("L"), dtype=np.uint8)
-
-
-def border_mean(gray: np.ndarray) -> float:
-    """Mean brightness of the outermost ring of pixels, 1/14 of the shorter side thick (at least 1 pixel)."""
-    h, w = gray.shape
-    t = max(1, min(h, w) // 14)
-    if 2 * t >= min(h, w):
-        return float(gray.mean())
-    ring = np.concatenate([gray[:t].ravel(), gray[-t:].ravel(), gray[t:-t, :t].ravel(), gray[t:-t, -t:].ravel()])
-    return float(ring.mean())
-
-
-def fit_to_28(gray: np.ndarray) -> np.ndarray:
-    """Trim to the garment, pad to a centred square with the background colour, resize to 28x28."""
-    background = int(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
-    mask = gray.astype(np.int16) > background + TRIM_THRESHOLD
-    if mask.any():
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        gray = gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    h, w = gray.shape
-    side = max(h, w)
-    square = np.full((side, side), background, dtype=np.uint8)
-    top, left = (side - h) // 2, (side - w) // 2
-    square[top : top + h, left : left + w] = gray
-    resized = Image.fromarray(square).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-    return np.asarray(resized, dtype=np.uint8)
-
-
-def prepare_image(data: bytes, max_pixels: int) -> Prepared:
-    """Uploaded bytes -> a 28x28 uint8 Fashion-MNIST-style image (see the module docstring for the rule)."""
-    image = decode_image(data, max_pixels)
-    size, fmt = image.size, image.format
-    try:
-        gray = to_grayscale(image)
-    except (OSError, ValueError) as err:
-        raise ImageError(f"cannot convert image of mode {image.mode!r} to grayscale: {err}") from None
-    inverted = border_mean(gray) > INVERT_THRESHOLD
-    if inverted:
-        gray = 255 - gray
-    if gray.shape != (IMAGE_SIZE, IMAGE_SIZE):
-        gray = fit_to_28(gray)
-    return Prepared(pixels=np.ascontiguousarray(gray), inverted=inverted, original_size=size, original_format=fmt)
 
 
 def pixels_from_values(values: list, index: int) -> np.ndarray:

@@ -1,7 +1,11 @@
 """The model record: one self-describing blob shared by the flow (which writes it) and the service (which reads it).
 
 It is a safetensors file: CPU weights plus JSON metadata (network arguments, normalisation, class names,
-calibration temperature, metrics, provenance). Loading it never unpickles, so a record cannot run code.
+calibration temperature, abstention thresholds, metrics, provenance). Loading it never unpickles, so a record cannot
+run code. It describes a finished model, not a training state: it cannot resume an optimiser.
+
+Format 2 adds the abstention policy (its thresholds in the metadata, its feature statistics as tensors under the
+`abstention.` prefix); records of format 1 still load, with no policy.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .abstention import AbstentionPolicy
 from .data import CLASS_NAMES, PIXEL_MEAN, PIXEL_STD
 from .model import FashionCNN, ModelArgs, build_model
 
-FORMAT = "fashionflow.model/1"
+FORMAT = "fashionflow.model/2"
+READABLE_FORMATS = ("fashionflow.model/1", FORMAT)
+ABSTENTION_PREFIX = "abstention."
 
 
 class RecordError(ValueError):
@@ -35,6 +42,8 @@ class ModelRecord:
     std: float = PIXEL_STD
     # Softmax temperature fitted on the validation split; 1.0 until calibration has run.
     temperature: float = 1.0
+    # When to answer "unsure"; fitted on the validation split by the evaluate step, None before that.
+    abstention: AbstentionPolicy | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -48,6 +57,7 @@ class ModelRecord:
             "mean": self.mean,
             "std": self.std,
             "temperature": self.temperature,
+            "abstention": self.abstention.metadata() if self.abstention is not None else None,
             "hparams": self.hparams,
             "metrics": self.metrics,
             "provenance": self.provenance,
@@ -56,6 +66,8 @@ class ModelRecord:
     def to_bytes(self) -> bytes:
         """Serialise to safetensors bytes, metadata as JSON under the key 'fashionflow'."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()}
+        if self.abstention is not None:
+            tensors.update({k: v.detach().cpu().contiguous() for k, v in self.abstention.tensors().items()})
         return save_safetensors(tensors, metadata={"fashionflow": json.dumps(self.metadata())})
 
     @classmethod
@@ -68,10 +80,17 @@ class ModelRecord:
             meta = json.loads(header["__metadata__"]["fashionflow"])
         except Exception as err:
             raise RecordError(f"not a FashionFlow model record: {err}") from None
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in READABLE_FORMATS:
             raise RecordError(f"unsupported model record format {meta.get('format')!r}, expected {FORMAT!r}")
+        weights = {k: v for k, v in tensors.items() if not k.startswith(ABSTENTION_PREFIX)}
+        policy = meta.get("abstention")
         return cls(
-            state_dict=tensors,
+            state_dict=weights,
+            abstention=AbstentionPolicy.from_parts(
+                policy, {k: v for k, v in tensors.items() if k.startswith(ABSTENTION_PREFIX)}
+            )
+            if policy
+            else None,
             model_args=ModelArgs(**meta["model_args"]),
             class_names=tuple(meta["class_names"]),
             mean=meta["mean"],

@@ -1,0 +1,499 @@
+"""Abstention, "unsure" as a first-class answer: when to decline a prediction, fitted on the validation split only.
+
+A prediction is declined for one of two reasons, checked in this order:
+
+    unlike_training_images  The image's penultimate features are far from every class of Fashion-MNIST: an
+                            out-of-distribution (OOD) score above a threshold. Checked first because on such an
+                            input the classifier's confidence means nothing (networks are confidently wrong far
+                            from their data, Hein et al. 2019).
+    low_confidence          The image looks like the training data but the calibrated top probability is below a
+                            threshold chosen for selective classification (Geifman & El-Yaniv 2017): the lowest
+                            threshold whose selective risk (error rate among the answers kept) on validation is at
+                            most `target_risk`.
+
+Two OOD scores are implemented; higher always means "less like the training images":
+
+    mahalanobis  Lee et al. (2018): class-conditional Gaussians with one shared covariance fitted on penultimate
+                 features; the score is the squared Mahalanobis distance to the nearest class mean. The features
+                 are square-rooted first (`DEFAULT_FEATURE_POWER`): max-pooled ReLU outputs are skewed, and the
+                 Gaussian fits their square roots far better.
+    energy       Liu et al. (2020): -T * logsumexp(logits / T), T = 1, the free energy of the logits.
+
+Mahalanobis (on square-rooted features) is the policy's default. Measured on a width-16 model trained for 6
+epochs on CPU (90.9% test accuracy), each score thresholded so that 0.5% of validation images are flagged, on 280
+synthetic non-garments (`fmnist.nongarments`) resized to 28x28 and on 160 nearly blank 28x28 frames:
+
+    share flagged                  non-garments   nearly blank   test images (in distribution)
+    mahalanobis, sqrt features     86%            89%            0.52%
+    mahalanobis, raw features      50%            23%            0.60%
+    energy                         76%            100%           0.47%
+    max calibrated probability     39%            74%            0.48%
+
+Mahalanobis wins on the far-from-garment patterns (checkerboards 90% vs 65%, stripes 93% vs 48%) and energy on
+a few bright specks on black (100% vs 58%), which the confidence threshold declines anyway: with both checks the
+policy marks 97.5% of the non-garments and all the nearly blank frames unsure.
+
+Both thresholds are fitted on the validation split (never the test set) and travel in the model record: the
+scalars as JSON (`AbstentionPolicy.metadata`), the class means and the precision matrix as tensors
+(`AbstentionPolicy.tensors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from .calibration import softmax
+from .data import PIXEL_MEAN, PIXEL_STD
+from .model import normalize
+
+log = logging.getLogger(__name__)
+
+UNLIKE_TRAINING = "unlike_training_images"
+LOW_CONFIDENCE = "low_confidence"
+REASONS = (UNLIKE_TRAINING, LOW_CONFIDENCE)
+
+OOD_SCORES = ("mahalanobis", "energy")
+# Mahalanobis on square-rooted features beats energy on the non-garments a user uploads by mistake (module docstring).
+DEFAULT_OOD_SCORE = "mahalanobis"
+# At most 2% wrong answers among those marked confident.
+DEFAULT_TARGET_RISK = 0.02
+# About 0.5% of in-distribution (validation) images are flagged as unlike the training images.
+DEFAULT_OOD_QUANTILE = 0.995
+# Ridge added to the shared covariance, relative to its mean variance: ReLU-and-max-pooled features have
+# near-degenerate directions, and a few thousand validation images estimate a 256-dim covariance only roughly.
+DEFAULT_RIDGE = 1e-3
+# Penultimate features of FashionCNN are max-pooled ReLU outputs: non-negative and right-skewed, a poor fit for a
+# Gaussian. A square root (the power transform of Hu et al. 2021, "Leveraging the feature distribution in
+# transfer-based few-shot learning") makes them far closer to one; on a 91% model it raised the share of synthetic
+# non-garments flagged at a 0.5% false-alarm rate from 50% (raw features) to 86%. 1.0 gives Lee et al. as published.
+DEFAULT_FEATURE_POWER = 0.5
+# Liu et al. (2020) use T = 1; the calibration temperature is a different quantity and is not reused here.
+ENERGY_TEMPERATURE = 1.0
+
+TENSOR_PREFIX = "abstention."
+
+
+@torch.no_grad()
+def features_and_logits(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    device: torch.device,
+    batch_size: int = 1024,
+    mean: float = PIXEL_MEAN,
+    std: float = PIXEL_STD,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 28, 28) uint8 images -> ((N, D) penultimate features, (N, C) logits), float32 on the CPU.
+
+    Runs in eval mode and restores the model's mode, like `fmnist.evaluate.predict_logits`. The model must have
+    `features` (images -> pooled feature vectors) and `head` (features -> logits), as `FashionCNN` does. No mixed
+    precision: the covariance fitted on these features needs full float32 precision.
+    """
+    trunk, head = cast(nn.Module, model.features), cast(nn.Module, model.head)
+    was_training = model.training
+    model.eval()
+    pixels = torch.as_tensor(images)
+    features, logits = [], []
+    for start in range(0, len(pixels), batch_size):
+        x = normalize(pixels[start : start + batch_size].to(device), mean, std)  # (B, 1, 28, 28)
+        f = trunk(x.contiguous(memory_format=torch.channels_last))  # (B, D)
+        features.append(f.float().cpu())
+        logits.append(head(f).float().cpu())  # (B, C)
+    model.train(was_training)
+    if not features:
+        # Shapes of an empty batch from the layers themselves, so callers can still concatenate.
+        last = head[-1] if isinstance(head, nn.Sequential) else head
+        d, c = int(getattr(last, "in_features", 0)), int(getattr(last, "out_features", 0))
+        return torch.empty(0, d), torch.empty(0, c)
+    return torch.cat(features), torch.cat(logits)
+
+
+def confidence_scores(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(N, C) logits -> (N,) float64 maximum calibrated probability, softmax(logits / T).max()."""
+    if len(logits) == 0:
+        return torch.empty(0, dtype=torch.float64)
+    return softmax(logits, temperature).max(1).values
+
+
+def energy_scores(logits: torch.Tensor, temperature: float = ENERGY_TEMPERATURE) -> torch.Tensor:
+    """(N, C) logits -> (N,) float64 energy -T * logsumexp(logits / T); higher is less like the training data."""
+    z = logits.double() / temperature
+    return -temperature * torch.logsumexp(z, dim=1)
+
+
+def power_transform(features: torch.Tensor, power: float = DEFAULT_FEATURE_POWER) -> torch.Tensor:
+    """(N, D) non-negative (post-ReLU) features -> features ** power, float64; power 1.0 returns them unchanged.
+
+    Negative values, which FashionCNN's max-pooled ReLU features never have, are clamped to zero first.
+    """
+    f = features.double()
+    if power == 1.0:
+        return f
+    return f.clamp_min(0.0).pow(power)
+
+
+def fit_gaussian(
+    features: torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    num_classes: int | None = None,
+    ridge: float = DEFAULT_RIDGE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (C, D) and the shared precision matrix (D, D), both float32, from (N, D) features and labels.
+
+    The covariance is pooled over classes (each feature minus its own class mean), as in Lee et al. (2018), plus
+    `ridge` times its mean variance on the diagonal so the inverse stays stable. Computed in float64, stored in
+    float32: the scores are then computed from exactly the tensors that travel in the model record.
+    """
+    f = torch.as_tensor(features).double()  # (N, D)
+    y = torch.as_tensor(np.asarray(labels).astype(np.int64))  # (N,)
+    if f.ndim != 2 or len(f) != len(y) or len(f) == 0:
+        raise ValueError(f"need (N, D) features with N > 0 matching N labels, got {tuple(f.shape)} and {len(y)}")
+    c = int(num_classes if num_classes is not None else int(y.max()) + 1)
+    d = f.shape[1]
+    counts = torch.bincount(y, minlength=c).double()  # (C,)
+    sums = torch.zeros(c, d, dtype=torch.float64).index_add_(0, y, f)  # (C, D)
+    means = sums / counts.clamp(min=1.0)[:, None]  # (C, D)
+    if (counts == 0).any():
+        log.warning("no examples of class(es) %s: their means are zero", torch.nonzero(counts == 0).flatten().tolist())
+    centred = f - means[y]  # (N, D)
+    cov = centred.T @ centred / len(f)  # (D, D)
+    scale = float(cov.diagonal().mean()) if d else 1.0
+    cov += (ridge * (scale if scale > 0 else 1.0)) * torch.eye(d, dtype=torch.float64)
+    precision = torch.linalg.inv(cov)
+    precision = (precision + precision.T) / 2  # exact symmetry, lost to rounding in the inverse
+    return means.float(), precision.float()
+
+
+def mahalanobis_scores(features: torch.Tensor, class_means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(N, D) features -> (N,) float64 squared Mahalanobis distance to the nearest class mean.
+
+    min_c (f - mu_c)^T P (f - mu_c), expanded as f P f - 2 f P mu_c + mu_c P mu_c so that a batch costs a few
+    matmuls ((N, D) x (D, D) and (N, D) x (D, C)) instead of an (N, C, D) difference tensor. float64 keeps the
+    cancellation in the expansion harmless.
+    """
+    f = features.double()  # (N, D)
+    mu = class_means.double()  # (C, D)
+    p = precision.double()  # (D, D)
+    fp = f @ p  # (N, D)
+    quad_f = (fp * f).sum(1, keepdim=True)  # (N, 1)
+    cross = fp @ mu.T  # (N, C)
+    quad_mu = ((mu @ p) * mu).sum(1)  # (C,)
+    distances = (quad_f - 2 * cross + quad_mu).clamp_min(0.0)  # (N, C)
+    return distances.min(1).values
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to trust one prediction, and if not, why."""
+
+    confident: bool
+    reason: str | None  # None, "unlike_training_images" or "low_confidence"
+    confidence: float  # maximum calibrated probability
+    ood_score: float  # higher: less like the training images
+
+
+@dataclass(kw_only=True)
+class AbstentionPolicy:
+    """The two fitted thresholds and the feature density that the OOD score needs; travels in the model record."""
+
+    confidence_threshold: float
+    target_risk: float = DEFAULT_TARGET_RISK
+    ood_score: str = DEFAULT_OOD_SCORE
+    ood_threshold: float
+    ood_quantile: float = DEFAULT_OOD_QUANTILE
+    class_means: torch.Tensor  # (C, D) float32 on the CPU
+    precision: torch.Tensor  # (D, D) float32 on the CPU, inverse of the shared (ridged) covariance
+    ridge: float = DEFAULT_RIDGE
+    feature_power: float = DEFAULT_FEATURE_POWER  # features ** power before the Mahalanobis score
+    # What the policy reached on the validation split it was fitted on.
+    val_coverage: float = math.nan
+    val_risk: float = math.nan
+    val_ood_flagged: float = math.nan
+    num_fit_examples: int = 0
+
+    def __post_init__(self) -> None:
+        if self.ood_score not in OOD_SCORES:
+            raise ValueError(f"unknown OOD score {self.ood_score!r}; expected one of {OOD_SCORES}")
+
+    def metadata(self) -> dict[str, Any]:
+        """Every scalar of the policy as plain JSON-able data (no tensors; see `tensors`)."""
+        return {
+            "confidence_threshold": float(self.confidence_threshold),
+            "target_risk": float(self.target_risk),
+            "ood_score": self.ood_score,
+            "ood_threshold": float(self.ood_threshold),
+            "ood_quantile": float(self.ood_quantile),
+            "ridge": float(self.ridge),
+            "feature_power": float(self.feature_power),
+            "val_coverage": _json_float(self.val_coverage),
+            "val_risk": _json_float(self.val_risk),
+            "val_ood_flagged": _json_float(self.val_ood_flagged),
+            "num_fit_examples": int(self.num_fit_examples),
+            "num_classes": int(self.class_means.shape[0]),
+            "feature_dim": int(self.class_means.shape[1]),
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The class means and precision matrix as contiguous CPU float32 tensors, keys prefixed 'abstention.'."""
+        return {
+            TENSOR_PREFIX + "class_means": self.class_means.detach().to("cpu", torch.float32).contiguous(),
+            TENSOR_PREFIX + "precision": self.precision.detach().to("cpu", torch.float32).contiguous(),
+        }
+
+    @classmethod
+    def from_parts(cls, metadata: dict[str, Any], tensors: dict[str, torch.Tensor]) -> AbstentionPolicy:
+        """Rebuild a policy from `metadata()` and `tensors()` (other keys in `tensors`, e.g. weights, are ignored)."""
+        try:
+            means = tensors[TENSOR_PREFIX + "class_means"]
+            precision = tensors[TENSOR_PREFIX + "precision"]
+        except KeyError as err:
+            raise ValueError(f"abstention tensor {err} missing from the model record") from None
+        if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
+            raise ValueError(f"class means {tuple(means.shape)} and precision {tuple(precision.shape)} do not match")
+        return cls(
+            confidence_threshold=float(metadata["confidence_threshold"]),
+            target_risk=float(metadata["target_risk"]),
+            ood_score=str(metadata["ood_score"]),
+            ood_threshold=float(metadata["ood_threshold"]),
+            ood_quantile=float(metadata["ood_quantile"]),
+            class_means=means.detach().to("cpu", torch.float32),
+            precision=precision.detach().to("cpu", torch.float32),
+            ridge=float(metadata.get("ridge", DEFAULT_RIDGE)),
+            feature_power=float(metadata.get("feature_power", 1.0)),
+            val_coverage=_from_json_float(metadata.get("val_coverage")),
+            val_risk=_from_json_float(metadata.get("val_risk")),
+            val_ood_flagged=_from_json_float(metadata.get("val_ood_flagged")),
+            num_fit_examples=int(metadata.get("num_fit_examples", 0)),
+        )
+
+    def ood_scores(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """(N,) float64 scores of the policy's OOD method; higher is less like the training images."""
+        if self.ood_score == "energy":
+            return energy_scores(logits)
+        return mahalanobis_scores(power_transform(features, self.feature_power), self.class_means, self.precision)
+
+    def scores(
+        self, logits: torch.Tensor, features: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Vectorised `decide`: (confidence (N,), OOD score (N,), reason code (N,) int64).
+
+        Reason codes: 0 confident, 1 unlike the training images, 2 low confidence.
+        """
+        confidence = confidence_scores(logits, temperature)  # (N,)
+        ood = self.ood_scores(logits, features)  # (N,)
+        # Negated comparisons, so that a NaN score (from non-finite logits or features) is never confident.
+        unlike = ~(ood <= self.ood_threshold)
+        low = ~(confidence >= self.confidence_threshold)
+        # The OOD check wins: confidence on an input unlike the training data means nothing.
+        code = torch.where(unlike, 1, torch.where(low, 2, 0))
+        return confidence, ood, code
+
+    def decide(self, logits: torch.Tensor, features: torch.Tensor, temperature: float) -> list[Decision]:
+        """One Decision per row of (N, C) logits and (N, D) features, softmax temperature `temperature`.
+
+        A few small matmuls per batch, cheap enough for every request.
+        """
+        confidence, ood, code = self.scores(logits, features, temperature)
+        reasons = (None, UNLIKE_TRAINING, LOW_CONFIDENCE)
+        return [
+            Decision(confident=c == 0, reason=reasons[c], confidence=float(p), ood_score=float(s))
+            for c, p, s in zip(code.tolist(), confidence.tolist(), ood.tolist(), strict=True)
+        ]
+
+
+def _json_float(x: float) -> float | None:
+    # NaN and infinities are not JSON; None stands for "not measured".
+    return float(x) if math.isfinite(x) else None
+
+
+def _from_json_float(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _tie_groups(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct confidence, most confident first: (threshold, answers with confidence >= it, their errors).
+
+    Answers with equal confidence are kept or dropped together by any threshold, so only the ends of tie groups
+    are valid operating points.
+    """
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    wrong = ~np.asarray(correct, dtype=bool).ravel()
+    if len(conf) != len(wrong):
+        raise ValueError(f"{len(conf)} confidences but {len(wrong)} correctness flags")
+    order = np.argsort(-conf, kind="stable")
+    sorted_conf = conf[order]
+    cum_errors = np.cumsum(wrong[order])
+    ends = np.flatnonzero(np.append(sorted_conf[1:] != sorted_conf[:-1], True))  # last index of each tie group
+    return sorted_conf[ends], ends + 1, cum_errors[ends]
+
+
+def _lowest_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: float) -> tuple[float, bool]:
+    """(lowest confidence threshold whose selective risk is <= target_risk, whether any threshold reached it)."""
+    thresholds, kept, errors = _tie_groups(confidence, correct)
+    if len(thresholds) == 0:
+        raise ValueError("cannot fit a confidence threshold on zero examples")
+    # errors / kept <= target, in integers-times-float to avoid a division's rounding at the boundary.
+    ok = np.flatnonzero(errors <= target_risk * kept + 1e-9)
+    if len(ok) == 0:
+        return float(thresholds[0]), False
+    return float(thresholds[ok[-1]]), True
+
+
+def risk_coverage_curve(confidence: np.ndarray, correct: np.ndarray, points: int = 101) -> list[dict[str, float]]:
+    """At most `points` operating points (coverage, risk, threshold), from most to least confident.
+
+    Coverage is the share of answers with confidence >= threshold, risk the error rate among them. Points are
+    spread evenly in coverage; the last one keeps everything (coverage 1.0, risk = overall error rate).
+    """
+    thresholds, kept, errors = _tie_groups(confidence, correct)
+    n = int(kept[-1]) if len(kept) else 0
+    if n == 0:
+        return []
+    wanted = np.ceil(np.linspace(0.0, 1.0, max(points, 2)) * n).clip(1, n)  # answers to keep at each point
+    groups = np.unique(np.searchsorted(kept, wanted))  # first tie group keeping at least that many
+    return [
+        {"coverage": float(kept[g] / n), "risk": float(errors[g] / kept[g]), "threshold": float(thresholds[g])}
+        for g in groups
+    ]
+
+
+def coverage_at_risk(confidence: np.ndarray, correct: np.ndarray, target_risk: float) -> float:
+    """Largest coverage whose selective risk is <= target_risk, over confidence thresholds; 0.0 if none."""
+    _, kept, errors = _tie_groups(confidence, correct)
+    ok = np.flatnonzero(errors <= target_risk * kept + 1e-9)
+    return float(kept[ok[-1]] / kept[-1]) if len(ok) else 0.0
+
+
+def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """Area under the risk-coverage curve (Geifman et al. 2019): mean selective risk over every coverage k / N.
+
+    Ties are resolved as any threshold would: a tie group's members share the risk of keeping the whole group.
+    """
+    _, kept, errors = _tie_groups(confidence, correct)
+    if len(kept) == 0:
+        return 0.0
+    sizes = np.diff(np.concatenate([[0], kept]))  # members in each tie group
+    return float((sizes * errors / kept).sum() / kept[-1])
+
+
+def fit_abstention(
+    val_logits: torch.Tensor,
+    val_features: torch.Tensor,
+    val_labels: np.ndarray,
+    temperature: float,
+    target_risk: float = DEFAULT_TARGET_RISK,
+    ood_quantile: float = DEFAULT_OOD_QUANTILE,
+    *,
+    ood_score: str = DEFAULT_OOD_SCORE,
+    ridge: float = DEFAULT_RIDGE,
+    feature_power: float = DEFAULT_FEATURE_POWER,
+) -> AbstentionPolicy:
+    """Fit both thresholds (and the feature density) on validation logits (N, C), features (N, D) and labels (N,).
+
+    1. The feature density: class means and shared precision of the validation features raised to
+       `feature_power` (fitted whichever `ood_score` is chosen, so a record can switch scores). Held-out features
+       are what a new upload's features are compared with; the network has seen its training images, whose
+       features sit a little closer to their class means.
+    2. The OOD threshold: the `ood_quantile` quantile of the validation images' OOD scores, so about
+       1 - ood_quantile of in-distribution images are flagged.
+    3. The confidence threshold: among validation images that pass the OOD check, the lowest threshold whose
+       selective risk is at most `target_risk`, so the policy as a whole reaches the target on validation. If no
+       threshold does, the highest confidence seen (only the most confident tie group is kept), with a warning.
+    """
+    labels = np.asarray(val_labels).astype(np.int64)
+    if not (len(val_logits) == len(val_features) == len(labels)) or len(labels) == 0:
+        raise ValueError(f"need matching, non-empty logits {len(val_logits)}, features {len(val_features)}, labels")
+    if not 0.0 <= target_risk < 1.0 or not 0.0 < ood_quantile <= 1.0:
+        raise ValueError(f"target_risk {target_risk} must be in [0, 1), ood_quantile {ood_quantile} in (0, 1]")
+    means, precision = fit_gaussian(
+        power_transform(val_features, feature_power), labels, num_classes=val_logits.shape[1], ridge=ridge
+    )
+    policy = AbstentionPolicy(
+        confidence_threshold=0.0,
+        target_risk=target_risk,
+        ood_score=ood_score,
+        ood_threshold=math.inf,
+        ood_quantile=ood_quantile,
+        class_means=means,
+        precision=precision,
+        ridge=ridge,
+        feature_power=feature_power,
+        num_fit_examples=len(labels),
+    )
+    # Scores from the stored float32 tensors, exactly as `decide` will compute them.
+    ood = policy.ood_scores(val_logits, val_features).numpy()  # (N,)
+    policy.ood_threshold = float(np.quantile(ood, ood_quantile))
+    passes = ood <= policy.ood_threshold
+
+    confidence = confidence_scores(val_logits, temperature).numpy()  # (N,)
+    correct = val_logits.argmax(1).numpy() == labels  # (N,)
+    threshold, reached = _lowest_threshold(confidence[passes], correct[passes], target_risk)
+    if not reached:
+        log.warning(
+            "no confidence threshold reaches selective risk %.4f on validation; keeping only the most confident"
+            " answers (threshold %.6f)",
+            target_risk,
+            threshold,
+        )
+    policy.confidence_threshold = threshold
+
+    kept = passes & (confidence >= threshold)
+    policy.val_coverage = float(kept.mean())
+    policy.val_risk = float((~correct[kept]).mean()) if kept.any() else 0.0
+    policy.val_ood_flagged = float((~passes).mean())
+    log.info(
+        "abstention on %d validation images: confidence >= %.4f, %s score <= %.4g; coverage %.4f, risk %.4f,"
+        " %.2f%% flagged as unlike the training images",
+        len(labels),
+        threshold,
+        ood_score,
+        policy.ood_threshold,
+        policy.val_coverage,
+        policy.val_risk,
+        100 * policy.val_ood_flagged,
+    )
+    return policy
+
+
+def selective_summary(
+    policy: AbstentionPolicy,
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    temperature: float,
+) -> dict[str, Any]:
+    """How the policy does on a labelled set: coverage, risk and accuracy among confident answers, shares declined.
+
+    coverage: share marked confident; risk / accuracy: error rate / accuracy among those (None if there are
+    none); flagged: share declined per reason; aurc: area under the risk-coverage curve of the confidence alone
+    (the OOD check aside), a threshold-free summary of how well confidence ranks right above wrong.
+    """
+    y = np.asarray(labels).astype(np.int64)
+    confidence, _, code = policy.scores(logits, features, temperature)
+    code_np = code.numpy()
+    correct = logits.argmax(1).numpy() == y  # (N,)
+    n = len(y)
+    kept = code_np == 0
+    n_kept = int(kept.sum())
+    risk = float((~correct[kept]).mean()) if n_kept else None
+    return {
+        "num_examples": n,
+        "num_confident": n_kept,
+        "coverage": n_kept / n if n else 0.0,
+        "risk": risk,
+        "accuracy": None if risk is None else 1.0 - risk,
+        "accuracy_all": float(correct.mean()) if n else 0.0,
+        "flagged": {reason: float((code_np == i + 1).mean()) if n else 0.0 for i, reason in enumerate(REASONS)},
+        "aurc": aurc(confidence.numpy(), correct),
+        "coverage_at_target_risk": coverage_at_risk(confidence.numpy(), correct, policy.target_risk) if n else 0.0,
+        "target_risk": policy.target_risk,
+        "confidence_threshold": policy.confidence_threshold,
+        "ood_score": policy.ood_score,
+        "ood_threshold": policy.ood_threshold,
+    }

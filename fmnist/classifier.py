@@ -1,0 +1,81 @@
+"""A released model as users meet it: calibrated probabilities and an honest "unsure", for 28x28 images or uploads.
+
+The service answers with `Classifier.score`; the evaluate step measures photos and non-garments through
+`Classifier.classify_uploads`, which is the service's own path (normalisation, network, temperature, abstention),
+so the report's figures are what a user of the API gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .abstention import UNLIKE_TRAINING
+from .calibration import softmax
+from .imaging import prepare_upload
+from .model import normalize
+from .model_record import ModelRecord
+
+# A record written before abstention thresholds existed carries none: its answers count as confident only above
+# this calibrated probability, a conservative stand-in that the service's /model reports as such.
+LEGACY_CONFIDENCE = 0.9
+LOW_CONFIDENCE = "low_confidence"
+# Uploads are scored this many at a time when a whole list is classified (the evaluate step's photo suites).
+CHUNK = 256
+# Uploads larger than this are refused by decoding; the evaluate step's renderings are far below it.
+MAX_UPLOAD_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The model's view of one image: calibrated probabilities and whether to trust the top one."""
+
+    probabilities: np.ndarray  # (num_classes,) float32
+    confident: bool
+    unsure_reason: str | None  # "low_confidence" or "unlike_training_images"; None when confident
+
+    @property
+    def label(self) -> int:
+        """The most probable class index."""
+        return int(self.probabilities.argmax())
+
+
+class Classifier:
+    """A model record built on a device, answering as the service does."""
+
+    def __init__(self, record: ModelRecord, device: torch.device) -> None:
+        self.record, self.device = record, device
+        self.network = record.build(device)
+        self.policy = record.abstention
+
+    @torch.inference_mode()
+    def score(self, pixels: np.ndarray, empty: Sequence[bool] | None = None) -> list[Scored]:
+        """(B, 28, 28) uint8 images, light on dark -> one `Scored` per image. `empty[i]` marks an upload in which
+        normalisation found nothing but background: whatever the network says, that is no garment."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        features = self.network.features(normalize(x, self.record.mean, self.record.std))  # (B, D)
+        logits = self.network.head(features).float().cpu()  # (B, C)
+        # The same calibrated softmax the evaluation report used, so served probabilities match the report's.
+        probs = softmax(logits, self.record.temperature).float().numpy()  # (B, C)
+        blank = list(empty) if empty is not None else [False] * len(probs)
+        if self.policy is not None:
+            decisions = self.policy.decide(logits, features.float().cpu(), self.record.temperature)
+            verdicts = [(d.confident, d.reason) for d in decisions]
+        else:
+            verdicts = [(sure, None if sure else LOW_CONFIDENCE) for sure in (probs.max(1) >= LEGACY_CONFIDENCE)]
+        return [
+            Scored(p, False, UNLIKE_TRAINING) if nothing else Scored(p, bool(sure), reason)
+            for p, (sure, reason), nothing in zip(probs, verdicts, blank, strict=True)
+        ]
+
+    def classify_uploads(self, uploads: Sequence[bytes], max_pixels: int = MAX_UPLOAD_PIXELS) -> list[Scored]:
+        """Encoded images -> `Scored`, each through the service's normalisation (`fmnist.imaging.prepare_upload`)."""
+        scored: list[Scored] = []
+        for start in range(0, len(uploads), CHUNK):
+            prepared = [prepare_upload(data, max_pixels) for data in uploads[start : start + CHUNK]]
+            pixels = np.stack([p.pixels for p in prepared])  # (b, 28, 28)
+            scored += self.score(pixels, [p.empty for p in prepared])
+        return scored

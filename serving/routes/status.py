@@ -1,0 +1,43 @@
+"""Liveness, readiness, Prometheus metrics and the demo page."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..deps import MetricsDep
+from ..schemas import ERRORS, Health, Readiness
+
+router = APIRouter(tags=["status"])
+
+_DEMO_HTML = resources.files("serving").joinpath("static/demo.html").read_text(encoding="utf-8")
+
+
+@router.get("/health")
+async def health() -> Health:
+    """The process is alive (it may still be loading or shutting down; see /ready)."""
+    return Health(status="ok")
+
+
+@router.get("/ready", responses={503: ERRORS[503]})
+async def ready(request: Request) -> Readiness:
+    """200 once the model is loaded and warm; 503 with the reason otherwise."""
+    predictor = request.app.state.predictor
+    if predictor is None:
+        raise HTTPException(503, f"not ready: {request.app.state.not_ready}")
+    return Readiness(ready=True, run=predictor.served.run_pathspec)
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus_metrics(metrics: MetricsDep) -> Response:
+    """Prometheus text format: requests and latencies per route, predictions per class, unsure answers."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def demo() -> HTMLResponse:
+    """A small page to upload or draw an image and see the top-3 classes, and whether the model is sure."""
+    return HTMLResponse(_DEMO_HTML)
