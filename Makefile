@@ -4,10 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PROFILE ?= configs/default.yaml
+# The hashed lock of every dependency (runtime, serve, track, dev); `make lock` refreshes it from pyproject.toml.
+LOCK := requirements/lock.txt
+PIP_TOOLS := pip-tools==7.6.2
 # Metaflow needs a user name; shells in containers and CI often have no $USER.
 export USERNAME ?= $(or $(USER),fashionflow)
 
-.PHONY: setup data browser run smoke test lint serve clean
+.PHONY: setup data browser lock run smoke test lint serve clean
 
 setup: data $(VENV)/.installed
 
@@ -21,11 +24,24 @@ browser:
 	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -q chromium chromium-driver) \
 		|| echo "chromium not installed: the browser test will be skipped"
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the locked versions, every file checked against its hash, then the project itself (editable, no deps).
+# A new lock or pyproject.toml reinstalls.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e ".[dev]"
+	$(VENV)/bin/pip install -q --require-hashes -r $(LOCK)
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
+
+# Re-resolve the newest versions pyproject.toml allows (torch and torchvision stay as requirements/torch.txt pins
+# them) for Python 3.11, with the sha256 of every file of every release. Commit the result; see the README.
+lock: $(VENV)/.installed
+	$(VENV)/bin/pip install -q "$(PIP_TOOLS)"
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --upgrade --extra dev \
+		--constraint requirements/torch.txt --generate-hashes --strip-extras \
+		--no-allow-unsafe --unsafe-package fashionflow \
+		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
+		--output-file $(LOCK) pyproject.toml
 
 run: setup
 	$(PY) flows/fashion_flow.py --config config $(PROFILE) run

@@ -56,8 +56,8 @@ class Classifier:
         """(B, 28, 28) uint8 images, light on dark -> one `Scored` per image. `empty[i]` marks an upload in which
         normalisation found nothing but background: whatever the network says, that is no garment."""
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-        features = self.network.features(normalize(x, self.record.mean, self.record.std))  # (B, D)
-        logits = self.network.head(features).float().cpu()  # (B, C)
+        features, logits = self.network.describe(normalize(x, self.record.mean, self.record.std))  # (B, D), (B, C)
+        logits = logits.float().cpu()
         # The same calibrated softmax the evaluation report used, so served probabilities match the report's.
         probs = softmax(logits, self.record.temperature).float().numpy()  # (B, C)
         blank = list(empty) if empty is not None else [False] * len(probs)

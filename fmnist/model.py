@@ -70,6 +70,23 @@ class FashionCNN(nn.Module):
         """(B, 1, 28, 28) normalised images -> (B, num_classes) logits."""
         return self.head(self.features(x))
 
+    def describe(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, 28, 28) normalised images -> ((B, D) descriptor, (B, num_classes) logits) in one pass.
+
+        The descriptor is what "unlike the training images" is measured on: every conv block's activations averaged
+        over the image (edges and textures at 28, 14 and 7 pixels) followed by the pooled vector the head reads.
+        Low-level statistics are what give away a flat shape or a printed pattern that the last layer alone can
+        mistake for a bag (the feature ensemble of Lee et al. 2018).
+        """
+        parts = []
+        h = x
+        for layer in self.features:
+            h = layer(h)
+            if isinstance(layer, nn.Sequential | Residual):  # a conv block's output, (B, C, H, W)
+                parts.append(h.mean(dim=(2, 3)))  # (B, C)
+        logits = self.head(h)  # h: (B, 4 * width) after pooling and flattening
+        return torch.cat([*parts, h], dim=1), logits
+
 
 def build_model(args: ModelArgs) -> FashionCNN:
     """A freshly initialised network; seed torch first for reproducible weights."""

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .model_record import ModelRecord
 from .config import HParams, Profile, expand_grid, load_profile
 from .data import CLASS_NAMES, Splits, load_dataset, make_splits
+from .model_record import ModelRecord
 from .provenance import environment
 from .report import build_report, report_summary
 from .runtime import amp_dtype, configure_threads, describe_device, pick_device

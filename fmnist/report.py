@@ -118,8 +118,12 @@ def photo_section(
         size=evaluation.photo_size,
     )
     worst = worst_realistic(rows)
-    log.info("photo suite: worst realistic condition %s at %.3f (%.2f of clean)", worst.condition, worst.accuracy,
-             worst.relative)
+    log.info(
+        "photo suite: worst realistic condition %s at %.3f (%.2f of clean)",
+        worst.condition,
+        worst.accuracy,
+        worst.relative,
+    )
     return {
         "rows": [asdict(r) for r in rows],
         "clean_accuracy": rows[0].accuracy,

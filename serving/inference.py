@@ -48,7 +48,7 @@ class Predictor:
             class_name=self.class_names[best],
             probability=float(probs[best]),
             confident=scored.confident,
-            unsure_reason=scored.unsure_reason,  # type: ignore[arg-type]
+            unsure_reason=scored.unsure_reason,
             top_k=[
                 ClassProbability(class_index=int(i), class_name=self.class_names[i], probability=float(probs[i]))
                 for i in order

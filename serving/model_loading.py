@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from fmnist.model_record import ModelRecord, RecordError
 from fmnist.classifier import Classifier
+from fmnist.model_record import ModelRecord, RecordError
 from fmnist.runtime import pick_device
 
 from .settings import Settings

@@ -264,12 +264,13 @@ def test_features_and_logits_agree_with_predict_logits():
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8).numpy()
     features, logits = features_and_logits(model, images, CPU, batch_size=2)
     assert model.training  # mode restored
-    assert features.shape == (5, 16) and logits.shape == (5, 10)
+    # The descriptor: mean activations of the four conv blocks (4, 8, 16, 16 channels), then the 16 pooled features.
+    assert features.shape == (5, 60) and logits.shape == (5, 10)
     assert features.dtype == logits.dtype == torch.float32
-    assert (features >= 0).all()  # max-pooled ReLU outputs, which the square-root transform relies on
+    assert (features >= 0).all()  # ReLU outputs, averaged or max-pooled, which the square-root transform relies on
     assert torch.allclose(logits, predict_logits(model, images, CPU), atol=1e-5)
     empty_f, empty_l = features_and_logits(model, np.zeros((0, 28, 28), np.uint8), CPU)
-    assert empty_f.shape == (0, 16) and empty_l.shape == (0, 10)
+    assert empty_f.shape == (0, 60) and empty_l.shape == (0, 10)
 
 
 def test_policy_on_a_real_model_declines_blank_and_noise_images():

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from fmnist.model_record import ModelRecord
 from fmnist.data import CLASS_NAMES
+from fmnist.model_record import ModelRecord
 
 _DATA = re.compile(r'window\.__MF_DATA__\["[^"]+"\] = "([A-Za-z0-9+/=]+)"')
 _EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']https?://""")
@@ -125,14 +125,20 @@ def test_evaluate_card_holds_the_whole_report(run):
         "## Robustness",
         "shift_1px",
         "hflip",
+        "## Product photos",
+        "grey_backdrop",
+        "Worst condition at its realistic severity",
+        "## Unsure answers",
+        "correct among confident answers",
+        "marked unsure",
         "## Misclassified test images",
         "## Provenance",
         "data_fingerprint",
         "code_version",
     ):
         assert section in text, section
-    # confusion heat map, reliability diagram, robustness chart, misclassified gallery
-    assert len(images_of(components)) == 4
+    # confusion heat map, reliability diagram, robustness chart, photo chart, risk-coverage curve, misclassified gallery
+    assert len(images_of(components)) == 6
     assert_self_contained(html, components)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fmnist.config import EvaluationConfig
 from fmnist.data import CLASS_NAMES
 from fmnist.evaluate import (
     classification_metrics,
@@ -15,7 +16,6 @@ from fmnist.evaluate import (
     top_confusions,
     wilson_interval,
 )
-from fmnist.config import EvaluationConfig
 from fmnist.model import ModelArgs, build_model
 from fmnist.model_record import ModelRecord
 from fmnist.report import build_report, report_summary
@@ -98,9 +98,7 @@ def test_build_report_on_a_tiny_model():
     record = tiny_record()
     record.provenance = {"run": "x"}
     report = build_report(record, images, labels, images[:30], labels[:30], torch.device("cpu"), TINY_EVALUATION)
-    assert set(report) == {
-        "test", "calibration", "robustness", "photos", "abstention", "misclassified", "provenance"
-    }
+    assert set(report) == {"test", "calibration", "robustness", "photos", "abstention", "misclassified", "provenance"}
     assert report["calibration"]["temperature"] > 0
     # Fitted into the record, on the validation images, before the test set was scored.
     assert record.temperature == report["calibration"]["temperature"]

@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import FLOW_FILE, resume_flow, run_flow
 
-from fmnist.model_record import ModelRecord
 from fmnist.data import CLASS_NAMES
+from fmnist.model_record import ModelRecord
 
 STEPS = ["start", "load", "train", "join", "evaluate", "end"]
 

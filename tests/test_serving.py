@@ -18,9 +18,9 @@ import torch
 from fastapi.testclient import TestClient
 from serving_fixtures import encode, png_bomb, real_test_images
 
-from fmnist.model_record import ModelRecord
 from fmnist.data import CLASS_NAMES
 from fmnist.model import normalize
+from fmnist.model_record import ModelRecord
 from serving.app import create_app
 from serving.model_loading import ModelLoadError
 from serving.settings import Settings
@@ -144,6 +144,63 @@ def test_predict_matches_the_model_on_real_test_images(client, record):
     assert correct / 40 > 0.5  # the smoke model is weak but far above chance
 
 
+def test_every_prediction_says_whether_it_is_confident(client, record):
+    images, _ = real_test_images()
+    policy = record.abstention
+    assert policy is not None  # fitted by the flow's evaluate step, on validation
+    bodies = [upload(client, encode(p)).json() for p in images[:40]]
+    for body in bodies:
+        assert isinstance(body["confident"], bool)
+        assert (body["unsure_reason"] is None) == body["confident"]
+        if body["confident"]:
+            assert body["probability"] >= policy.confidence_threshold
+    info = client.get("/model").json()["abstention"]
+    assert info["confidence_threshold"] == pytest.approx(policy.confidence_threshold)
+    assert info["target_risk"] == policy.target_risk and info["ood_threshold"] == pytest.approx(policy.ood_threshold)
+
+
+@pytest.mark.parametrize(
+    "picture",
+    [
+        np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8),  # uniform noise
+        np.full((50, 50), 255, dtype=np.uint8),  # a blank white frame
+        (np.indices((96, 96)).sum(axis=0) // 12 % 2 * 255).astype(np.uint8),  # a checkerboard
+    ],
+    ids=["noise", "blank", "checkerboard"],
+)
+def test_non_garments_are_marked_unsure(client, picture):
+    body = upload(client, encode(picture)).json()
+    assert body["confident"] is False
+    assert body["unsure_reason"] == "unlike_training_images"
+
+
+def test_the_service_and_the_report_see_the_same_model_input(client, record):
+    """The report's photo suite classifies through `Classifier.classify_uploads`; for the same bytes the service
+    must answer bit for bit the same (one image at a time, as the service runs it)."""
+    from fmnist.classifier import Classifier
+    from fmnist.photos import PHOTO_CONDITIONS, photo_rng, render_photo
+
+    images, _ = real_test_images()
+    classifier = Classifier(record, torch.device("cpu"))
+    for i, c in enumerate(PHOTO_CONDITIONS):
+        photo = render_photo(images[i], c, c.severities[c.realistic], photo_rng(0, i))
+        (scored,) = classifier.classify_uploads([photo])
+        body = upload(client, photo, name="photo.jpg").json()
+        assert body["probabilities"] == [float(p) for p in scored.probabilities]
+        assert body["confident"] == scored.confident and body["unsure_reason"] == scored.unsure_reason
+
+
+def test_pixels_can_opt_in_to_the_upload_normalisation(client):
+    images, _ = real_test_images()
+    veiled = np.clip(images[0].astype(int) + 60, 0, 255)  # a grey veil: raw values as a scanner might send them
+    raw = client.post("/predict/pixels", json={"images": [veiled.tolist()]}).json()["predictions"][0]
+    normalized = client.post("/predict/pixels", json={"images": [veiled.tolist()], "normalize": True}).json()
+    photo = upload(client, encode(veiled.astype(np.uint8))).json()
+    assert raw["inverted"] is None  # taken as it is
+    assert normalized["predictions"][0]["probabilities"] == pytest.approx(photo["probabilities"], abs=1e-6)
+    assert normalized["predictions"][0]["inverted"] is False
+
+
 def test_top_k_parameter(client):
     images, _ = real_test_images()
     body = upload(client, encode(images[0]), top_k=5).json()
@@ -184,6 +241,7 @@ def test_metrics_count_requests_latencies_and_classes(client):
     predicted = upload(client, encode(images[0])).json()["class_name"]
     text = client.get("/metrics").text
     assert 'fashionflow_http_requests_total{method="POST",route="/predict",status="200"}' in text
+    assert "fashionflow_unsure_answers" in text
     assert 'fashionflow_http_request_duration_seconds_bucket{le="0.005",route="/predict"}' in text
     assert f'fashionflow_predictions_total{{class_name="{predicted}"}}' in text
     assert "fashionflow_model_loaded 1.0" in text

@@ -16,9 +16,9 @@ import pytest
 import torch
 from serving_fixtures import encode, real_test_images
 
-from fmnist.model_record import ModelRecord
 from fmnist.data import CLASS_NAMES
 from fmnist.model import normalize
+from fmnist.model_record import ModelRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -132,3 +132,17 @@ def test_demo_page_shows_the_problem_with_a_bad_upload(service_url, browser, tmp
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert "422" in browser.find_element(By.ID, "error").text
     assert "not an image" in browser.find_element(By.ID, "error").text
+
+
+def test_demo_page_says_plainly_when_the_model_is_unsure(service_url, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path = tmp_path / "checkerboard.png"
+    board = (np.indices((120, 120)).sum(axis=0) // 15 % 2 * 255).astype(np.uint8)
+    path.write_bytes(encode(board))
+    browser.get(service_url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "verdict").text)
+    assert browser.find_element(By.ID, "verdict").text.startswith("Unsure")
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-confident") == "false"

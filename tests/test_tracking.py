@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist.config import parse_profile
+from fmnist.config import EvaluationConfig, parse_profile
 from fmnist.data import Splits
 from fmnist.model import ModelArgs, build_model
-from fmnist.pipeline import train_split
-from fmnist.config import EvaluationConfig
 from fmnist.model_record import ModelRecord
+from fmnist.pipeline import train_split
 from fmnist.report import build_report
 from fmnist.tracking import Tracker, log_report, resolve_mode
 

@@ -7,7 +7,14 @@ import torch
 
 from fmnist.config import HParams
 from fmnist.data import load_dataset, make_splits
-from fmnist.train import BatchAugmenter, InjectedFault, check_injected_fault, one_cycle, train_model
+from fmnist.train import (
+    BatchAugmenter,
+    InjectedFault,
+    PhotometricAugmenter,
+    check_injected_fault,
+    one_cycle,
+    train_model,
+)
 
 CPU = torch.device("cpu")
 
@@ -61,6 +68,36 @@ def test_augmenter_outputs_are_shifted_or_mirrored_copies():
         assert matches, f"image {i} is not a shifted/flipped copy"
         flips += matches[0][2]
     assert 10 < flips < 54  # about half are mirrored
+
+
+DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_photometric_augmenter_shapes_ranges_and_device(small_splits, device):
+    images = torch.from_numpy(small_splits.train_images[:256]).to(device)  # (256, 28, 28) uint8
+    hp = HParams(photo_prob=1.0, rotate_prob=1.0)
+    out = PhotometricAugmenter(hp, torch.Generator(device=device).manual_seed(0))(images)
+    assert out.shape == images.shape and out.dtype == torch.float32 and out.device.type == device.type
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    # Every image changed, and the backgrounds are no longer all black: what the augmentation is for.
+    assert ((out - images.float()).abs().flatten(1).amax(1) > 1).all()
+    corners = out[:, :2, :2].flatten(1).mean(1)
+    assert (corners > 5).float().mean() > 0.2
+
+
+def test_photometric_augmenter_is_deterministic_and_leaves_unchosen_images_alone(small_splits):
+    images = torch.from_numpy(small_splits.train_images[:512])
+    hp = HParams(photo_prob=0.3, rotate_prob=0.0)
+
+    def run(seed: int) -> torch.Tensor:
+        return PhotometricAugmenter(hp, torch.Generator().manual_seed(seed))(images)
+
+    assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
+    unchanged = (run(0) == images.float()).flatten(1).all(1).float().mean().item()
+    assert 0.6 < unchanged < 0.8  # photo_prob = 0.3 of the images are changed
+    off = PhotometricAugmenter(HParams(photo_prob=0.0, rotate_prob=0.0), torch.Generator())
+    assert not off.active
 
 
 def test_one_cycle_warms_up_then_decays_to_zero():

@@ -6,7 +6,7 @@ photos; every answer says whether the model is sure (`confident`) and, when not,
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, UploadFile
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/predict", tags=["predict"])
 # hop to the thread pool. Bigger ones go to the thread pool so one large photo cannot stall other requests.
 INLINE_DECODE_BYTES = 64 * 1024
 
-UPLOAD_ERRORS = {k: ERRORS[k] for k in (400, 413, 415, 422, 503)}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 413, 415, 422, 503)}
 
 
 @router.post("", dependencies=[Depends(require_multipart)], responses=UPLOAD_ERRORS)
@@ -56,9 +56,7 @@ async def predict_batch(
     model: PredictorDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    files: Annotated[
-        list[UploadFile], File(description="Several images (limit: FASHIONFLOW_MAX_BATCH, default 64).")
-    ],
+    files: Annotated[list[UploadFile], File(description="Several images (limit: FASHIONFLOW_MAX_BATCH, default 64).")],
     top_k: TopK = None,
 ) -> BatchPrediction:
     """Classify several uploaded images in one forward pass; results in upload order."""
@@ -122,4 +120,3 @@ def _count(metrics: ServiceMetrics, predictions: list[Prediction]) -> None:
         metrics.predictions.labels(p.class_name).inc()
         if not p.confident:
             metrics.unsure.labels(p.unsure_reason or "unknown").inc()
-
