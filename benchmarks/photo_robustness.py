@@ -41,7 +41,7 @@ def load_record(run: str | None) -> tuple[str, ModelRecord]:
     chosen = Run(run if "/" in run else f"FashionFlow/{run}") if run else Flow("FashionFlow").latest_successful_run
     if chosen is None:
         raise SystemExit("no successful FashionFlow run found; train one first (python flows/fashion_flow.py run)")
-    return chosen.pathspec, ModelRecord.from_bytes(chosen["end"].task.data.model)
+    return chosen.pathspec, ModelRecord.from_bytes(chosen["end"].task.data.calibrated_model)
 
 
 def summarize(scored: list[Scored], truth: np.ndarray) -> dict[str, float]:

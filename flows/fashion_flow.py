@@ -13,7 +13,7 @@ from fashion_cloud import cloud_compute
 from flow_cards import LiveTrainingCard, dataset_card, leaderboard_card, report_card
 from metaflow import Config, FlowSpec, card, current, step
 
-from fmnist.config import DEFAULT_PROFILE_PATH, parse_profile
+from fmnist.config import DEFAULT_PROFILE_PATH, Profile, load_profile, parse_profile
 from fmnist.data import Splits
 from fmnist.selection import leaderboard
 
@@ -25,17 +25,19 @@ class FashionFlow(FlowSpec):
     """Train, compare and ship a Fashion-MNIST CNN.
 
     Steps:
-      start     validate the profile, expand the hyper-parameter grid, record seed and code/library versions
+      start     expand the profile's hyper-parameter grid into trials; record code and library versions
       load      the real Fashion-MNIST, verified; a seeded stratified validation split; dataset card
-      train     one split per grid point (foreach): a CNN trained on the device it finds; live card per epoch
-      join      pick the best split on validation accuracy; leaderboard card
+      train     one trial per grid point (foreach): a CNN trained on the device it finds; live card per epoch
+      join      pick the best trial on validation accuracy; leaderboard card
       evaluate  temperature and "unsure" thresholds fitted on validation, then the chosen model on the test set,
                 its first and only use, and on test garments rendered as product photos through the service's own
                 normalisation; report card (accuracy interval, per-class scores, confusions, calibration,
                 robustness, photos, abstention and risk-coverage, non-garments, provenance)
       end       print the summary
 
-    The steps import `fmnist.pipeline` (and with it torch) where they run it: Metaflow imports this file again for
+    The profile is Metaflow's `config` (validated by `fmnist.config.parse_profile` before any step runs, stored by
+    Metaflow with every task: `Run(...).data.config` in the Client API); steps read it through `self.profile`.
+    Steps import `fmnist.pipeline` (and with it torch) where they run it: Metaflow imports this file again for
     every card refresh and CLI command, which should not pay for torch each time.
     """
 
@@ -46,18 +48,25 @@ class FashionFlow(FlowSpec):
         help="Run profile (YAML), e.g. configs/smoke.yaml; validated before any step runs.",
     )
 
+    @property
+    def profile(self) -> Profile:
+        """The run profile, typed (already validated when Metaflow parsed `config`)."""
+        return load_profile(dict(self.config))
+
     @step
     def start(self):
+        """Expand the profile's grid into one trial per point and record the code and library versions."""
         from fmnist.pipeline import plan_run
 
-        plan = plan_run(dict(self.config))
-        self.profile, self.grid, self.environment = plan.profile, plan.grid, plan.environment
-        self.seed = self.profile["seed"]
+        plan = plan_run(self.profile)
+        self.grid, self.environment, self.seed = plan.grid, plan.environment, self.profile.seed
         self.next(self.load)
 
     @card(type="blank")
     @step
     def load(self):
+        """Load and verify the real Fashion-MNIST and split a seeded, stratified validation set off the training set;
+        the test set is verified here but first read in evaluate."""
         from fmnist.pipeline import prepare_data
 
         data = prepare_data(self.profile)
@@ -70,43 +79,36 @@ class FashionFlow(FlowSpec):
     @card(type="blank", refresh_interval=5)
     @step
     def train(self):
-        from fmnist.pipeline import train_split
+        """Train one trial (this foreach branch's grid point) on the device this task finds; live card per epoch."""
+        from fmnist.pipeline import train_trial
 
-        self.split_index, self.hparams = self.index, self.input
+        self.trial_index, self.hparams = self.index, self.input
         splits = Splits(self.train_images, self.train_labels, self.val_images, self.val_labels)
-        live = LiveTrainingCard(self.split_index, self.hparams)
-        outcome = train_split(
+        live = LiveTrainingCard(self.trial_index, self.hparams)
+        outcome = train_trial(
             self.profile,
             self.hparams,
-            self.split_index,
+            self.trial_index,
             splits,
             parallel_tasks=len(self.grid),
             on_epoch=live.on_epoch,
             run_id=current.run_id,
         )
-        self.model_record, self.split_summary, self.history = outcome.record, outcome.summary, outcome.history
-        live.finish(self.split_summary)
+        self.trained_model, self.trial_summary, self.history = outcome.model, outcome.summary, outcome.history
+        live.finish(self.trial_summary)
         self.next(self.join)
 
     @card(type="blank")
     @step
     def join(self, inputs):
-        self.leaderboard = leaderboard([inp.split_summary for inp in inputs])
-        best = next(inp for inp in inputs if inp.split_index == self.leaderboard[0]["index"])
-        self.best_index, self.best_hparams = best.split_index, best.hparams
-        self.best_val_accuracy, self.model_record = best.split_summary["val_accuracy"], best.model_record
+        """Rank the trials on validation accuracy (never the test set) and keep the best one's trained model."""
+        self.leaderboard = leaderboard([inp.trial_summary for inp in inputs])
+        best = next(inp for inp in inputs if inp.trial_index == self.leaderboard[0]["index"])
+        self.best_trial, self.best_hparams = best.trial_index, best.hparams
+        self.best_val_accuracy, self.trained_model = best.trial_summary["val_accuracy"], best.trained_model
         self.merge_artifacts(
             inputs,
-            include=[
-                "profile",
-                "grid",
-                "environment",
-                "seed",
-                "data_fingerprint",
-                "data_summary",
-                "val_images",
-                "val_labels",
-            ],
+            include=["grid", "environment", "seed", "data_fingerprint", "data_summary", "val_images", "val_labels"],
         )
         current.card.extend(leaderboard_card(self.leaderboard))
         self.next(self.evaluate)
@@ -114,11 +116,13 @@ class FashionFlow(FlowSpec):
     @card(type="blank")
     @step
     def evaluate(self):
+        """Calibrate the chosen model and fit its "unsure" thresholds on validation, then evaluate it on the test set
+        and on rendered product photos; the calibrated model record is what the service loads."""
         from fmnist.pipeline import evaluate_selected
 
-        provenance = {**self.environment, "run": current.pathspec.rsplit("/", 2)[0], "profile": self.profile["name"]}
+        provenance = {**self.environment, "run": current.pathspec.rsplit("/", 2)[0], "profile": self.profile.name}
         result = evaluate_selected(
-            self.model_record,
+            self.trained_model,
             self.profile,
             self.data_fingerprint,
             provenance,
@@ -126,31 +130,23 @@ class FashionFlow(FlowSpec):
             self.val_labels,
             run_id=current.run_id,
         )
-        self.model, self.test_metrics, self.report = result.record, result.metrics, result.report
+        self.calibrated_model, self.test_metrics, self.report = result.model, result.metrics, result.report
         self.test_accuracy, self.temperature = self.test_metrics["accuracy"], self.report["calibration"]["temperature"]
         current.card.extend(report_card(self.report))
         self.next(self.end)
 
     @step
     def end(self):
+        """Print the chosen trial, its accuracy, calibration, photo robustness and abstention, and where the cards
+        are."""
+        from fmnist.report import summary_lines
+
         run = f"{current.flow_name}/{current.run_id}"
-        print(f"best split {self.best_index}: {self.best_hparams}")
+        print(f"best trial {self.best_trial}: {self.best_hparams}")
         print(f"validation accuracy {self.best_val_accuracy:.4f}, test accuracy {self.test_accuracy:.4f}")
-        cal = self.report["calibration"]
-        print(
-            f"temperature {cal['temperature']:.3f}: test ECE {cal['test_before']['ece']:.2%} -> "
-            f"{cal['test_after']['ece']:.2%}; report card: python flows/fashion_flow.py card view {run}/evaluate"
-        )
-        photos, abstention = self.report["photos"], self.report["abstention"]
-        print(
-            f"photos: worst realistic condition {photos['worst']['condition']} at {photos['worst']['accuracy']:.1%}"
-            f" ({photos['worst']['relative']:.2f} x clean {photos['clean_accuracy']:.1%})"
-        )
-        selective = abstention["test"]
-        print(
-            f"unsure: {selective['coverage']:.1%} of test answers confident, {selective['accuracy'] or 0:.2%} of those"
-            f" correct; {abstention['nongarments']['overall']:.1%} of synthetic non-garments marked unsure"
-        )
+        for line in summary_lines(self.report):
+            print(line)
+        print(f"report card: python flows/fashion_flow.py card view {run}/evaluate")
         print(f"run {run}; leaderboard card: python flows/fashion_flow.py card view {run}/join")
 
 

@@ -60,7 +60,7 @@ class LiveTrainingCard:
         self.curves: Image | None = None
         current.card.extend(
             [
-                Markdown(f"# Training split {index}"),
+                Markdown(f"# Trial {index}"),
                 Table([[k, str(v)] for k, v in sorted(hparams.items())], headers=["hyper-parameter", "value"]),
                 Markdown("## Progress"),
                 self.progress,
@@ -88,7 +88,7 @@ class LiveTrainingCard:
         current.card.refresh()
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Add the split's final numbers; the step's end renders the final card."""
+        """Add the trial's final numbers; the step's end renders the final card."""
         current.card.append(
             Markdown(
                 f"## Done\nValidation accuracy **{_pct(summary['val_accuracy'])}** (loss {summary['val_loss']:.4f}); "
@@ -100,9 +100,9 @@ class LiveTrainingCard:
 
 # ---------------------------------------------------------------------------------------------------------- join
 def leaderboard_card(rows: Sequence[dict[str, Any]]) -> Components:
-    """Every split ranked on validation accuracy, the winner marked, and accuracy against the swept values."""
+    """Every trial ranked on validation accuracy, the winner marked, and accuracy against the swept values."""
     swept = plots.swept_names(rows)
-    header = ["rank", "split", *swept, "val accuracy", "val loss", "train s", "device"]
+    header = ["rank", "trial", *swept, "val accuracy", "val loss", "train s", "device"]
     body = [
         [
             f"{r['rank']} ★" if r["rank"] == 1 else r["rank"],
@@ -116,16 +116,16 @@ def leaderboard_card(rows: Sequence[dict[str, Any]]) -> Components:
         for r in rows
     ]
     best = rows[0]
-    winner = ", ".join(f"{k}={best['hparams'][k]}" for k in swept) or "single split"
+    winner = ", ".join(f"{k}={best['hparams'][k]}" for k in swept) or "single trial"
     return [
         Markdown(
-            f"# Leaderboard\nWinner ★: split {best['index']} at {_pct(best['val_accuracy'])} validation accuracy "
+            f"# Leaderboard\nWinner ★: trial {best['index']} at {_pct(best['val_accuracy'])} validation accuracy "
             f"({winner}). "
             "Chosen on validation accuracy; the test set is not read before evaluate."
         ),
         Table(body, headers=header),
         Markdown("## Validation accuracy against the swept hyper-parameters"),
-        Image(plots.sweep_chart(rows), label="each split; the red star is the winner"),
+        Image(plots.sweep_chart(rows), label="each trial; the red star is the winner"),
     ]
 
 
@@ -174,7 +174,7 @@ def report_card(report: dict[str, Any]) -> Components:
                 ]
                 for part, key in (("validation", "validation"), ("test", "test"))
             ],
-            headers=["split", "ECE before", "ECE after", "NLL before", "NLL after"],
+            headers=["data", "ECE before", "ECE after", "NLL before", "NLL after"],
         ),
         Image(plots.reliability_diagram(cal["test_before"], cal["test_after"]), label="reliability diagram (test)"),
         Markdown("## Robustness"),

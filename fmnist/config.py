@@ -29,7 +29,7 @@ class _Strict(BaseModel):
 
 
 class HParams(_Strict):
-    """Hyper-parameters of one training split: the model's shape and its schedule. The grid sweeps these."""
+    """Hyper-parameters of one trial: the model's shape and its schedule. The grid sweeps these, one trial per point."""
 
     # Model shape. Channels double at each of the three stages (28x28, 14x14, 7x7): width, 2*width, 4*width.
     # 16 is the widest that trains a 92% model in about two CPU minutes; GPUs afford 64 and more.
@@ -91,7 +91,7 @@ class DataConfig(_Strict):
     dir: str | None = None
     # Download from the official mirrors when no local copy is found.
     download: bool = True
-    # 5000 of 60000 training images for validation: 500 per class, enough to rank splits to about 0.3%.
+    # 5000 of 60000 training images for validation: 500 per class, enough to rank trials to about 0.3%.
     val_size: int = Field(5000, ge=100, le=30000)
     # Use only this many (stratified) training images, validation included: for smoke runs. None uses all 60000.
     train_subset: int | None = Field(None, ge=200, le=60000)
@@ -123,8 +123,8 @@ class ComputeConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # bf16 autocast on CUDA; CPUs without native bf16 run it slower than fp32, so "auto" keeps them in fp32.
     amp: Literal["auto", "bf16", "off"] = "auto"
-    # Torch threads per train task. None: the machine's cores divided among the splits running at once, so
-    # that parallel local splits do not oversubscribe the cores.
+    # Torch threads per train task. None: the machine's cores divided among the trials running at once, so
+    # that parallel local trials do not oversubscribe the cores.
     threads_per_task: int | None = Field(None, ge=1, le=256)
     # Run the train step on AWS Batch with these resources; None trains where the flow runs.
     batch: BatchConfig | None = None
@@ -163,7 +163,7 @@ class Profile(_Strict):
     """A complete run profile."""
 
     name: str = "default"
-    # One seed for everything: the split, the subset, each split's initialisation and batch order.
+    # One seed for everything: the validation split, the subset, each trial's initialisation and batch order.
     seed: int = Field(0, ge=0)
     data: DataConfig = DataConfig()
     # Base hyper-parameters; each grid point overrides some of them.
@@ -187,7 +187,7 @@ class Profile(_Strict):
 
     @model_validator(mode="after")
     def _grid_values_valid(self) -> Profile:
-        # Validate every grid point now, at start, rather than in a train split an hour into the run.
+        # Validate every grid point now, at start, rather than in a trial an hour into the run.
         expand_grid(self)
         return self
 

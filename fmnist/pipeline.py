@@ -1,43 +1,59 @@
-"""One function per flow step: each takes plain inputs and returns plain results, so the flow stays a thin shell.
+"""One function per flow step: each takes the typed profile and plain inputs and returns plain results, so the flow
+stays a thin shell.
 
-Nothing here knows about Metaflow; the flow stores what these functions return as artifacts.
+Nothing here knows about Metaflow; the flow stores what these functions return as artifacts. The test-only fault
+hook lives here too, at the edge, so that the training loop of the library never knows about it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .config import HParams, Profile, expand_grid, load_profile
+from .config import HParams, Profile, expand_grid
 from .data import CLASS_NAMES, Splits, load_dataset, make_splits
 from .model_record import ModelRecord
 from .provenance import environment
 from .report import build_report, report_summary
 from .runtime import amp_dtype, configure_threads, describe_device, pick_device
 from .tracking import Tracker, log_report
-from .train import EpochCallback, check_injected_fault, train_model
+from .train import EpochCallback, train_model
 
 log = logging.getLogger(__name__)
+
+# Test hook: a comma-separated list of trial indices whose training raises InjectedFault before the first epoch, to
+# exercise a failed foreach task and `resume`.
+FAULT_ENV = "FASHIONFLOW_FAIL_TRIALS"
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by the FASHIONFLOW_FAIL_TRIALS test hook."""
+
+
+def check_injected_fault(trial: int) -> None:
+    """Raise InjectedFault if $FASHIONFLOW_FAIL_TRIALS names this trial."""
+    targets = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
+    if trial in targets:
+        raise InjectedFault(f"trial {trial} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What the start step records: the validated profile, the grid to sweep, and where the code came from."""
+    """What the start step records: the trials to train (one grid point each) and where the code came from."""
 
-    profile: dict[str, Any]
     grid: list[dict[str, Any]]
     environment: dict[str, Any]
 
 
-def plan_run(profile_data: dict[str, Any]) -> RunPlan:
-    """Validate the profile, expand its grid and record the code and library versions."""
-    profile = load_profile(profile_data)
+def plan_run(profile: Profile) -> RunPlan:
+    """Expand the profile's grid into trials and record the code and library versions."""
     grid = [hp.model_dump() for hp in expand_grid(profile)]
-    log.info("profile %r: %d training split(s), seed %d", profile.name, len(grid), profile.seed)
-    return RunPlan(profile=profile.model_dump(mode="json"), grid=grid, environment=environment())
+    log.info("profile %r: %d trial(s), seed %d", profile.name, len(grid), profile.seed)
+    return RunPlan(grid=grid, environment=environment())
 
 
 @dataclass(frozen=True)
@@ -50,12 +66,11 @@ class PreparedData:
     summary: dict[str, Any]
 
 
-def prepare_data(profile_data: dict[str, Any]) -> PreparedData:
+def prepare_data(profile: Profile) -> PreparedData:
     """Load and verify the real dataset, then split a stratified validation set off the training set.
 
     The test set is verified here (it is part of the fingerprint) but not returned: only `evaluate` reads it.
     """
-    profile = load_profile(profile_data)
     data = load_dataset(profile.data.dir, profile.data.download)
     splits = make_splits(data, profile.data.val_size, profile.seed, profile.data.train_subset)
     summary = {
@@ -71,40 +86,39 @@ def prepare_data(profile_data: dict[str, Any]) -> PreparedData:
 
 
 @dataclass(frozen=True)
-class SplitOutcome:
-    """One trained split: its model record and the numbers the join ranks it by."""
+class TrialOutcome:
+    """One trained trial: its model record (weights, no calibration yet) and the numbers the join ranks it by."""
 
-    record: bytes
+    model: bytes
     summary: dict[str, Any]
     history: list[dict[str, float]]
 
 
-def train_split(
-    profile_data: dict[str, Any],
+def train_trial(
+    profile: Profile,
     hparams: dict[str, Any],
     index: int,
     splits: Splits,
     parallel_tasks: int = 1,
     on_epoch: EpochCallback | None = None,
     run_id: str = "local",
-) -> SplitOutcome:
-    """Train split `index` of the grid on the device this process finds; weights come back as a model record.
+) -> TrialOutcome:
+    """Train trial `index` of the grid on the device this process finds; weights come back as a model record.
 
-    With tracking on, the split is a W&B run named `train-<index>` in group `run_id` (config + per-epoch metrics).
+    With tracking on, the trial is a W&B run named `trial-<index>` in group `run_id` (config + per-epoch metrics).
     """
     check_injected_fault(index)
-    profile = load_profile(profile_data)
     hp = HParams(**hparams)
     device = pick_device(profile.compute.device)
     threads = configure_threads(profile.compute.threads_per_task, 1 if device.type == "cuda" else parallel_tasks)
     amp = amp_dtype(device, profile.compute.amp)
-    log.info("split %d on %s (%d torch threads, amp %s): %s", index, describe_device(device), threads, amp, hparams)
+    log.info("trial %d on %s (%d torch threads, amp %s): %s", index, describe_device(device), threads, amp, hparams)
     tracker = Tracker.start(
         profile.tracking.model_dump(),
         group=run_id,
-        name=f"train-{index}",
+        name=f"trial-{index}",
         job_type="train",
-        config={**hparams, "split_index": index, "profile": profile.name, "seed": profile.seed},
+        config={**hparams, "trial_index": index, "profile": profile.name, "seed": profile.seed},
     )
 
     def epoch_done(stats: dict[str, float]) -> None:
@@ -113,7 +127,7 @@ def train_split(
             on_epoch(stats)
 
     with tracker:
-        # The split's seed derives from the run's seed and the split index: a rerun or resumed split reproduces.
+        # The trial's seed derives from the run's seed and the trial index: a rerun or resumed trial reproduces.
         result = train_model(hp, splits, device, seed=profile.seed * 1000 + index, amp=amp, on_epoch=epoch_done)
         tracker.summarize(
             {
@@ -138,23 +152,24 @@ def train_split(
         model_args=result.model_args,
         hparams=hparams,
         metrics={"val_accuracy": result.val_accuracy, "val_loss": result.val_loss},
-        provenance={"split_index": index, "device": summary["device"], "train_seconds": result.train_seconds},
+        provenance={"trial_index": index, "device": summary["device"], "train_seconds": result.train_seconds},
     )
-    return SplitOutcome(record=record.to_bytes(), summary=summary, history=result.history)
+    return TrialOutcome(model=record.to_bytes(), summary=summary, history=result.history)
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The evaluate step's output: the final model record, its test metrics and the whole evaluation report."""
+    """The evaluate step's output: the calibrated model record (temperature and abstention thresholds fitted), its
+    test metrics and the whole evaluation report."""
 
-    record: bytes
+    model: bytes
     metrics: dict[str, Any]
     report: dict[str, Any]
 
 
 def evaluate_selected(
-    record_bytes: bytes,
-    profile_data: dict[str, Any],
+    trained_model: bytes,
+    profile: Profile,
     fingerprint: str,
     provenance: dict[str, Any],
     val_images: np.ndarray,
@@ -166,7 +181,6 @@ def evaluate_selected(
     The fitted temperature, the headline numbers and the provenance go into the returned model record, so the
     service serves calibrated probabilities and can say where its model came from.
     """
-    profile: Profile = load_profile(profile_data)
     data = load_dataset(profile.data.dir, profile.data.download)
     if data.fingerprint != fingerprint:
         raise RuntimeError(
@@ -175,9 +189,9 @@ def evaluate_selected(
         )
     device = pick_device(profile.compute.device)
     configure_threads(profile.compute.threads_per_task)
-    record = ModelRecord.from_bytes(record_bytes)
+    record = ModelRecord.from_bytes(trained_model)
     record.provenance = {
-        **record.provenance,  # split index, training device and time, from the train step
+        **record.provenance,  # trial index, training device and time, from the train step
         **provenance,  # run, profile, code and library versions, from the flow
         "data_fingerprint": fingerprint,
         "seed": profile.seed,
@@ -204,4 +218,4 @@ def evaluate_selected(
         config={**record.hparams, "profile": profile.name, "data_fingerprint": fingerprint},
     ) as tracker:
         log_report(tracker, report)
-    return Evaluation(record=record.to_bytes(), metrics=report["test"], report=report)
+    return Evaluation(model=record.to_bytes(), metrics=report["test"], report=report)

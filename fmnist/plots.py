@@ -55,7 +55,7 @@ def sweep_chart(rows: Sequence[dict[str, Any]]) -> bytes:
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
         xs = values if numeric else [sorted(set(map(str, values))).index(str(v)) for v in values]
         acc = [r["val_accuracy"] for r in rows]
-        ax.scatter(xs, acc, s=40, color="tab:blue", label="split")
+        ax.scatter(xs, acc, s=40, color="tab:blue", label="trial")
         best = [i for i, r in enumerate(rows) if r["rank"] == 1]
         ax.scatter([xs[i] for i in best], [acc[i] for i in best], s=220, marker="*", color="tab:red", label="winner")
         if numeric and min(values) > 0 and max(values) / min(values) >= 10:

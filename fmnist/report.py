@@ -203,3 +203,17 @@ def report_summary(report: dict[str, Any]) -> dict[str, float]:
         summary["confident_accuracy"] = selective["accuracy"] if selective["accuracy"] is not None else 0.0
         summary["nongarments_unsure"] = report["abstention"]["nongarments"]["overall"]
     return summary
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The report's headline, as the flow's end step prints it: calibration, photos, abstention."""
+    cal, photos, abstention = report["calibration"], report["photos"], report["abstention"]
+    selective = abstention["test"]
+    return [
+        f"temperature {cal['temperature']:.3f}: test ECE {cal['test_before']['ece']:.2%}"
+        f" -> {cal['test_after']['ece']:.2%}",
+        f"photos: worst realistic condition {photos['worst']['condition']} at {photos['worst']['accuracy']:.1%}"
+        f" ({photos['worst']['relative']:.2f} x clean {photos['clean_accuracy']:.1%})",
+        f"unsure: {selective['coverage']:.1%} of test answers confident, {selective['accuracy'] or 0:.2%} of those"
+        f" correct; {abstention['nongarments']['overall']:.1%} of synthetic non-garments marked unsure",
+    ]

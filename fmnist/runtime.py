@@ -27,7 +27,7 @@ def pick_device(preference: str = "auto") -> torch.device:
 def configure_threads(threads: int | None, parallel_tasks: int = 1) -> int:
     """Set torch's intra-op threads: `threads` if given, else the cores shared among tasks running at once.
 
-    Local foreach splits run as parallel processes; each using every core would oversubscribe the machine.
+    Local foreach trials run as parallel processes; each using every core would oversubscribe the machine.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = threads or max(1, cores // max(1, parallel_tasks))

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def leaderboard(splits: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def leaderboard(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Splits ranked best first: highest validation accuracy, then lowest validation loss, then lowest index.
 
-    Each split is a dict with at least `index`, `val_accuracy` and `val_loss`; the tie-breaks make the choice
-    deterministic when two splits score the same accuracy.
+    Each trial is a dict with at least `index`, `val_accuracy` and `val_loss`; the tie-breaks make the choice
+    deterministic when two trials score the same accuracy.
     """
-    ranked = sorted(splits, key=lambda s: (-s["val_accuracy"], s["val_loss"], s["index"]))
+    ranked = sorted(trials, key=lambda s: (-s["val_accuracy"], s["val_loss"], s["index"]))
     return [{**s, "rank": rank} for rank, s in enumerate(ranked, start=1)]

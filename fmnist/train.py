@@ -1,4 +1,4 @@
-"""Device-resident training: the whole split lives on the device as uint8, augmented a batch at a time there.
+"""Device-resident training: the whole training set lives on the device as uint8, augmented a batch at a time there.
 
 No DataLoader and no per-sample Python: each step gathers a batch of randomly shifted and flipped images with
 one indexing operation, then changes brightness, contrast, gamma, blur and noise with per-image parameters drawn
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,31 +27,17 @@ from .runtime import autocast, seed_everything
 
 log = logging.getLogger(__name__)
 
-# Test hook: a comma-separated list of split indices whose training raises InjectedFault before the first epoch.
-FAULT_ENV = "FASHIONFLOW_FAIL_SPLITS"
-
 EpochCallback = Callable[[dict[str, float]], None]
 
 
-class InjectedFault(RuntimeError):
-    """Raised on purpose by the FASHIONFLOW_FAIL_SPLITS test hook, to exercise failure and resume."""
-
-
-def check_injected_fault(split_index: int) -> None:
-    """Raise InjectedFault if $FASHIONFLOW_FAIL_SPLITS names this split."""
-    targets = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
-    if split_index in targets:
-        raise InjectedFault(f"split {split_index} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
-
-
 def model_args(hp: HParams) -> ModelArgs:
-    """The network shape a split's hyper-parameters ask for."""
+    """The network shape a trial's hyper-parameters ask for."""
     return ModelArgs(width=hp.width, depth=hp.depth, dropout=hp.dropout)
 
 
 @dataclass
 class TrainResult:
-    """What one training split produces; weights are CPU tensors so they can be stored and served anywhere."""
+    """What one training run produces; weights are CPU tensors so they can be stored and served anywhere."""
 
     state_dict: dict[str, torch.Tensor]
     model_args: ModelArgs

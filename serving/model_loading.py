@@ -1,7 +1,8 @@
 """Find the model record a FashionFlow run produced, through Metaflow's Client API, and build it for inference.
 
-The record is the `model` artifact of the run's end step: safetensors bytes, parsed by `ModelRecord.from_bytes`,
-so loading it never unpickles anything. The datastore (local folder or S3) is found as Metaflow finds it.
+The record is the `calibrated_model` artifact of the run's end step (`model` in runs made before it was renamed):
+safetensors bytes, parsed by `ModelRecord.from_bytes`, so loading it never unpickles anything. The datastore (local
+folder or S3) is found as Metaflow finds it.
 """
 
 from __future__ import annotations
@@ -99,10 +100,9 @@ def load_model(settings: Settings) -> ServedModel:
     torch.set_num_threads(settings.torch_threads)
     run = find_run(settings)
     data = run["end"].task.data  # the end step carries every artifact the flow produced
-    try:
-        blob = data.model
-    except AttributeError:
-        raise ModelLoadError(f"run {run.pathspec} has no 'model' artifact; was it produced by FashionFlow?") from None
+    blob = _artifact(data, "calibrated_model", None) or _artifact(data, "model", None)  # "model": older runs
+    if blob is None:
+        raise ModelLoadError(f"run {run.pathspec} has no 'calibrated_model' artifact; was it produced by FashionFlow?")
     try:
         record = ModelRecord.from_bytes(blob)
         classifier = Classifier(record, device)

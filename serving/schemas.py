@@ -41,7 +41,7 @@ class ModelInfo(BaseModel):
     run: str = Field(description="Metaflow run pathspec, e.g. FashionFlow/1795693605953813.")
     created_at: str
     tags: list[str]
-    hparams: dict[str, Any] = Field(description="Hyper-parameters of the selected training split.")
+    hparams: dict[str, Any] = Field(description="Hyper-parameters of the selected trial.")
     model_args: dict[str, Any]
     data_fingerprint: str | None = Field(description="SHA-256 identifying the exact Fashion-MNIST files trained on.")
     test_metrics: dict[str, Any] = Field(description="Test-set metrics of this model, measured once by the flow.")

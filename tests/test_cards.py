@@ -84,13 +84,13 @@ def test_load_card_summarises_the_dataset(run):
     assert_self_contained(html, components)
 
 
-def test_every_train_split_has_a_live_card_with_its_curves(run):
+def test_every_trial_has_a_live_card_with_its_curves(run):
     tasks = list(run["train"])
     assert len(tasks) == len(run["start"].task.data.grid)
     for task in tasks:
         html, components = card_of(task)
         text = text_of(components)
-        assert f"# Training split {task.data.split_index}" in text
+        assert f"# Trial {task.data.trial_index}" in text
         assert "## Done" in text and "Validation accuracy" in text
         progress = [c for c in components if c["type"] == "progressBar"]
         assert progress and progress[0]["value"] == progress[0]["max"] == task.data.hparams["epochs"]
@@ -103,7 +103,7 @@ def test_join_card_is_a_leaderboard_with_the_sweep_chart(run):
     html, components = card_of(task)
     text = text_of(components)
     assert "# Leaderboard" in text and "★" in text
-    assert f"split {task.data.best_index}" in text
+    assert f"trial {task.data.best_trial}" in text
     assert "## Validation accuracy against the swept hyper-parameters" in text
     assert len(images_of(components)) == 1
     assert_self_contained(html, components)
@@ -144,7 +144,7 @@ def test_evaluate_card_holds_the_whole_report(run):
 
 def test_model_record_carries_temperature_and_provenance(run):
     data = run["evaluate"].task.data
-    record = ModelRecord.from_bytes(data.model)
+    record = ModelRecord.from_bytes(data.calibrated_model)
     calibration = data.report["calibration"]
     assert record.temperature == pytest.approx(calibration["temperature"]) and record.temperature != 1.0
     assert calibration["test_after"]["nll"] <= calibration["test_before"]["nll"]

@@ -1,8 +1,8 @@
 """The cloud set-up against a local AWS stand-in: moto's server mode on loopback, for S3, AWS Batch and IAM/EC2.
 
 - The smoke profile on the S3 datastore: artifacts land in the bucket, the Client API reads them back, and
-  `resume` of a failed split works against S3 too.
-- The batch profile (shrunk to smoke size) submitted to moto's Batch: only the train splits become Batch jobs,
+  `resume` of a failed trial works against S3 too.
+- The batch profile (shrunk to smoke size) submitted to moto's Batch: only the trials (train tasks) become Batch jobs,
   with the profile's GPU, CPU, memory, shared memory, image and queue and a command that runs this flow's train
   step. moto's Docker-free Batch backend is used; here it runs each job's command as a local process (a stand-in
   container whose PYTHONPATH puts a stale `fmnist` ahead of the installed one, as an outdated image would), so
@@ -280,9 +280,9 @@ def test_code_package_lists_fmnist_sources():
 
 
 def test_smoke_run_on_s3_fails_then_resumes(aws, s3_client):
-    env = {**aws["env"], "FASHIONFLOW_FAIL_SPLITS": "1"}
+    env = {**aws["env"], "FASHIONFLOW_FAIL_TRIALS": "1"}
     status, failed, output = _run(env, CONFIGS / "smoke.yaml", max_workers=1)
-    assert status == "failed" and "split 1 failed on purpose" in output
+    assert status == "failed" and "trial 1 failed on purpose" in output
 
     status, run, output = _resume(aws["env"], failed.id, max_workers=1)
     assert status == "successful", output[-3000:]
@@ -293,20 +293,20 @@ def test_smoke_run_on_s3_fails_then_resumes(aws, s3_client):
     assert _keys(s3_client, "metaflow/FashionFlow/data/")  # content-addressed artifact blobs
 
     # The Client API reads them back from S3.
-    assert run.successful and run.data.profile["name"] == "smoke"
+    assert run.successful and run.data.config["name"] == "smoke"
     assert 0.3 < run.data.test_accuracy <= 1.0
-    train = {t["split_index"].data: t for t in run["train"]}
+    train = {t["trial_index"].data: t for t in run["train"]}
     assert set(train) == {0, 1}
     assert train[0].origin_pathspec and train[0].origin_pathspec.startswith(f"FashionFlow/{failed.id}/train/")
-    assert train[1].origin_pathspec is None  # the failed split was trained again
-    assert train[1]["model_record"].data
+    assert train[1].origin_pathspec is None  # the failed trial was trained again
+    assert train[1]["trained_model"].data
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# AWS Batch: the batch profile's train splits become Batch jobs.
+# AWS Batch: the batch profile's trials become Batch jobs.
 
 
-def test_batch_profile_sends_only_train_splits_to_batch(aws, s3_client, tmp_path):
+def test_batch_profile_sends_only_trials_to_batch(aws, s3_client, tmp_path):
     profile = load_profile(CONFIGS / "batch.yaml").compute.batch
     fmnist_dir = Path(fmnist.__file__).resolve().parent
     aws["fmnist_at_launch"] = {arcname: Path(path).read_bytes() for path, arcname in package_files(fmnist_dir)}
@@ -315,7 +315,7 @@ def test_batch_profile_sends_only_train_splits_to_batch(aws, s3_client, tmp_path
     assert status == "successful", output[-3000:] + "".join(j["output"][-2000:] for j in ran)
 
     batch = aws["client"]("batch")
-    # `ran` holds every job the stand-in received: one per split of the smoke grid, and nothing else.
+    # `ran` holds every job the stand-in received: one per trial of the smoke grid, and nothing else.
     jobs = batch.describe_jobs(jobs=[j["id"] for j in ran])["jobs"]
     assert len(jobs) == 2
     queue_arn = batch.describe_job_queues(jobQueues=[profile.queue])["jobQueues"][0]["jobQueueArn"]
@@ -345,7 +345,7 @@ def test_batch_profile_sends_only_train_splits_to_batch(aws, s3_client, tmp_path
         resources = {r["type"]: r["value"] for r in submitted["overrides"]["resourceRequirements"]}
         assert resources == {"GPU": str(profile.gpu), "VCPU": str(profile.cpu), "MEMORY": str(profile.memory)}
 
-    # The splits ran in the stand-in containers and the Client sees their results; the rest stayed local.
+    # The trials ran in the stand-in containers and the Client sees their results; the rest stayed local.
     for task in run["train"]:
         assert "aws-batch-job-id" in task.metadata_dict
     for step in ["start", "load", "join", "evaluate", "end"]:

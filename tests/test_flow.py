@@ -26,28 +26,28 @@ def test_smoke_run_stores_every_result_as_an_artifact(smoke_run):
     assert 0.3 < data.test_accuracy <= 1.0
     assert sum(map(sum, data.test_metrics["confusion_matrix"])) == 10000
 
-    record = ModelRecord.from_bytes(data.model)
+    record = ModelRecord.from_bytes(data.calibrated_model)
     assert record.class_names == CLASS_NAMES
     assert record.metrics["test_accuracy"] == data.test_accuracy
     assert record.provenance["data_fingerprint"] == data.data_fingerprint
     assert record.hparams == data.best_hparams
 
 
-def test_each_split_keeps_weights_history_and_metrics(smoke_run):
+def test_each_trial_keeps_weights_history_and_metrics(smoke_run):
     tasks = list(smoke_run["train"])
     assert len(tasks) == 2
     for task in tasks:
-        summary = task["split_summary"].data
+        summary = task["trial_summary"].data
         assert len(task["history"].data) == task["hparams"].data["epochs"]
         assert summary["val_accuracy"] == task["history"].data[-1]["val_accuracy"]
-        assert ModelRecord.from_bytes(task["model_record"].data).metrics["val_accuracy"] == summary["val_accuracy"]
+        assert ModelRecord.from_bytes(task["trained_model"].data).metrics["val_accuracy"] == summary["val_accuracy"]
 
 
-def test_join_picks_the_best_validation_split(smoke_run):
-    splits = [t["split_summary"].data for t in smoke_run["train"]]
-    best = max(splits, key=lambda s: (s["val_accuracy"], -s["val_loss"], -s["index"]))
+def test_join_picks_the_best_trial_on_validation(smoke_run):
+    trials = [t["trial_summary"].data for t in smoke_run["train"]]
+    best = max(trials, key=lambda s: (s["val_accuracy"], -s["val_loss"], -s["index"]))
     join = smoke_run["join"].task.data
-    assert join.best_index == best["index"]
+    assert join.best_trial == best["index"]
     assert [row["rank"] for row in join.leaderboard] == [1, 2]
     assert join.leaderboard[0]["val_accuracy"] >= join.leaderboard[1]["val_accuracy"]
 
@@ -73,21 +73,21 @@ def test_bad_profile_fails_before_any_step(tmp_path, profile_text, message):
     assert out.returncode != 0 and message in out.stdout + out.stderr
 
 
-def test_failed_split_resumes_reusing_finished_splits():
-    failed = run_flow(env={"FASHIONFLOW_FAIL_SPLITS": "1"}, max_workers=1)
+def test_failed_trial_resumes_reusing_finished_trials():
+    failed = run_flow(env={"FASHIONFLOW_FAIL_TRIALS": "1"}, max_workers=1)
     assert failed.status == "failed"
     assert not failed.run.successful
-    assert "split 1 failed on purpose" in failed.stderr + failed.stdout
+    assert "trial 1 failed on purpose" in failed.stderr + failed.stdout
 
     # resume takes no --config: Metaflow reuses the original run's profile.
     resumed = resume_flow(failed.run.id, max_workers=1)
     assert resumed.status == "successful", resumed.stderr[-3000:]
     run = resumed.run
-    by_split = {t["split_index"].data: t for t in run["train"]}
-    assert set(by_split) == {0, 1}
-    assert by_split[0].origin_pathspec is not None and by_split[0].origin_pathspec.startswith(
+    by_trial = {t["trial_index"].data: t for t in run["train"]}
+    assert set(by_trial) == {0, 1}
+    assert by_trial[0].origin_pathspec is not None and by_trial[0].origin_pathspec.startswith(
         f"FashionFlow/{failed.run.id}/"
     )
-    assert by_split[1].origin_pathspec is None
-    assert run.data.profile["name"] == "smoke"
+    assert by_trial[1].origin_pathspec is None
+    assert run.data.config["name"] == "smoke"
     assert 0.3 < run.data.test_accuracy <= 1.0

@@ -43,7 +43,7 @@ def client(settings):
 
 @pytest.fixture(scope="module")
 def record(smoke_run) -> ModelRecord:
-    return ModelRecord.from_bytes(smoke_run.data.model)
+    return ModelRecord.from_bytes(smoke_run.data.calibrated_model)
 
 
 def reference_probabilities(record: ModelRecord, pixels: np.ndarray) -> np.ndarray:

@@ -89,7 +89,7 @@ def browser(tmp_path_factory):
 
 def confidently_right(smoke_run) -> tuple[np.ndarray, int]:
     """A real test image the smoke model classifies correctly with a clear margin, and its label."""
-    record = ModelRecord.from_bytes(smoke_run.data.model)
+    record = ModelRecord.from_bytes(smoke_run.data.calibrated_model)
     images, labels = real_test_images()
     with torch.no_grad():
         logits = record.build("cpu")(normalize(torch.from_numpy(images), record.mean, record.std))

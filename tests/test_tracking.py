@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist.config import EvaluationConfig, parse_profile
+from fmnist.config import EvaluationConfig, load_profile, parse_profile
 from fmnist.data import Splits
 from fmnist.model import ModelArgs, build_model
 from fmnist.model_record import ModelRecord
-from fmnist.pipeline import train_split
+from fmnist.pipeline import train_trial
 from fmnist.report import build_report
 from fmnist.tracking import Tracker, log_report, resolve_mode
 
@@ -68,15 +68,15 @@ def tiny_splits(n_train: int = 200, n_val: int = 50) -> Splits:
     )
 
 
-def test_train_split_is_an_offline_run_with_config_and_epoch_metrics(offline_wandb):
+def test_a_trial_is_an_offline_run_with_config_and_epoch_metrics(offline_wandb):
     profile = parse_profile("name: t\nhparams: {width: 4, epochs: 2, batch_size: 50}\ntracking: {wandb: offline}\n")
-    train_split(profile, profile["hparams"], 3, tiny_splits(), run_id="4242")
+    train_trial(load_profile(profile), profile["hparams"], 3, tiny_splits(), run_id="4242")
     files = run_files(offline_wandb)
     assert len(files) == 1
     blob = next(iter(files.values()))
     for key in (b"train_loss", b"train_accuracy", b"val_loss", b"val_accuracy", b"images_per_second", b"epoch"):
         assert key in blob, key
-    for text in (b"4242", b"train-3", b"batch_size", b"label_smoothing"):  # group, name, config
+    for text in (b"4242", b"trial-3", b"batch_size", b"label_smoothing"):  # group, name, config
         assert text in blob, text
 
 

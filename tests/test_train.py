@@ -9,9 +9,7 @@ from fmnist.config import HParams
 from fmnist.data import load_dataset, make_splits
 from fmnist.train import (
     BatchAugmenter,
-    InjectedFault,
     PhotometricAugmenter,
-    check_injected_fault,
     one_cycle,
     train_model,
 )
@@ -104,10 +102,3 @@ def test_one_cycle_warms_up_then_decays_to_zero():
     f = one_cycle(100, 0.2)
     assert f(0) == pytest.approx(0.1) and f(20) == pytest.approx(1.0) and f(100) == 0.0
     assert all(f(s) >= f(s + 1) for s in range(20, 100))
-
-
-def test_fault_hook_only_hits_named_splits(monkeypatch):
-    monkeypatch.setenv("FASHIONFLOW_FAIL_SPLITS", "1, 3")
-    check_injected_fault(0)
-    with pytest.raises(InjectedFault, match="split 3 failed on purpose"):
-        check_injected_fault(3)
