@@ -15,6 +15,7 @@ from metaflow import Config, FlowSpec, card, current, step
 
 from fmnist.config import DEFAULT_PROFILE_PATH, Profile, load_profile, parse_profile
 from fmnist.data import Splits
+from fmnist.report_schema import EvaluationReport
 from fmnist.selection import leaderboard
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -130,21 +131,21 @@ class FashionFlow(FlowSpec):
             self.val_labels,
             run_id=current.run_id,
         )
-        self.calibrated_model, self.test_metrics, self.report = result.model, result.metrics, result.report
-        self.test_accuracy, self.temperature = self.test_metrics["accuracy"], self.report["calibration"]["temperature"]
-        current.card.extend(report_card(self.report))
+        report = result.report
+        self.calibrated_model, self.report = result.model, report.to_artifact()
+        self.test_metrics = self.report["test"]
+        self.test_accuracy, self.temperature = report.test.accuracy, report.calibration.temperature
+        current.card.extend(report_card(report))
         self.next(self.end)
 
     @step
     def end(self):
         """Print the chosen trial, its accuracy, calibration, photo robustness and abstention, and where the cards
         are."""
-        from fmnist.report import summary_lines
-
         run = f"{current.flow_name}/{current.run_id}"
         print(f"best trial {self.best_trial}: {self.best_hparams}")
         print(f"validation accuracy {self.best_val_accuracy:.4f}, test accuracy {self.test_accuracy:.4f}")
-        for line in summary_lines(self.report):
+        for line in EvaluationReport.model_validate(self.report).summary_lines():
             print(line)
         print(f"report card: python flows/fashion_flow.py card view {run}/evaluate")
         print(f"run {run}; leaderboard card: python flows/fashion_flow.py card view {run}/join")

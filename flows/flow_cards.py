@@ -15,6 +15,7 @@ from metaflow.cards import Image, Markdown, ProgressBar, Table
 
 from fmnist import plots
 from fmnist.data import CLASS_NAMES
+from fmnist.report_schema import Abstention, EvaluationReport, PhotoSuite
 
 Components = list[Any]
 
@@ -130,108 +131,105 @@ def leaderboard_card(rows: Sequence[dict[str, Any]]) -> Components:
 
 
 # ------------------------------------------------------------------------------------------------------ evaluate
-def report_card(report: dict[str, Any]) -> Components:
+def report_card(report: EvaluationReport) -> Components:
     """The evaluation report: accuracy with its interval, per-class scores, confusions, calibration, robustness,
-    the misclassified gallery and the model's provenance."""
-    test, cal = report["test"], report["calibration"]
-    lo, hi = test["accuracy_ci95"]
+    product photos, unsure answers, the misclassified gallery and the model's provenance."""
+    test, cal = report.test, report.calibration
+    lo, hi = test.accuracy_ci95
     components: Components = [
         Markdown(
             "# Evaluation report\n"
-            f"## Test accuracy: {_pct(test['accuracy'])}\n"
-            f"95% confidence interval (Wilson) {_pct(lo)} to {_pct(hi)} on {test['num_examples']} test images; "
-            f"macro F1 {test['macro_f1']:.4f}. Calibrated ECE {_pct(cal['test_after']['ece'])} "
-            f"(temperature {cal['temperature']:.3f})."
+            f"## Test accuracy: {_pct(test.accuracy)}\n"
+            f"95% confidence interval (Wilson) {_pct(lo)} to {_pct(hi)} on {test.num_examples} test images; "
+            f"macro F1 {test.macro_f1:.4f}. Calibrated ECE {_pct(cal.test_after.ece)} "
+            f"(temperature {cal.temperature:.3f})."
         ),
         Markdown("## Per-class precision, recall and F1"),
         Table(
-            [
-                [c["class"], f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", c["support"]]
-                for c in test["per_class"]
-            ],
+            [[c.name, f"{c.precision:.4f}", f"{c.recall:.4f}", f"{c.f1:.4f}", str(c.support)] for c in test.per_class],
             headers=["class", "precision", "recall", "F1", "support"],
         ),
         Markdown("## Confusion matrix"),
-        Image(plots.confusion_heatmap(test["confusion_matrix"]), label="rows: true class; columns: prediction"),
+        Image(plots.confusion_heatmap(test.confusion_matrix), label="rows: true class; columns: prediction"),
         Markdown("### Most frequent confusions"),
         Table(
-            [[c["true"], c["predicted"], c["count"], _pct(c["share_of_class"])] for c in test["top_confusions"]],
+            [[c.true, c.predicted, str(c.count), _pct(c.share_of_class)] for c in test.top_confusions],
             headers=["true", "predicted as", "count", "share of the true class"],
         ),
         Markdown(
             "## Calibration\n"
-            f"Temperature **{cal['temperature']:.4f}** fitted on the {cal['fitted_on']} by minimising NLL; it travels "
+            f"Temperature **{cal.temperature:.4f}** fitted on the {cal.fitted_on} by minimising NLL; it travels "
             "in the model record, so served probabilities are the calibrated ones. ECE uses 15 equal-width bins."
         ),
         Table(
             [
                 [
                     part,
-                    _pct(cal[f"{key}_before"]["ece"]),
-                    _pct(cal[f"{key}_after"]["ece"]),
-                    f"{cal[f'{key}_before']['nll']:.4f}",
-                    f"{cal[f'{key}_after']['nll']:.4f}",
+                    _pct(before.ece),
+                    _pct(after.ece),
+                    f"{before.nll:.4f}",
+                    f"{after.nll:.4f}",
                 ]
-                for part, key in (("validation", "validation"), ("test", "test"))
+                for part, before, after in (
+                    ("validation", cal.validation_before, cal.validation_after),
+                    ("test", cal.test_before, cal.test_after),
+                )
             ],
             headers=["data", "ECE before", "ECE after", "NLL before", "NLL after"],
         ),
-        Image(plots.reliability_diagram(cal["test_before"], cal["test_after"]), label="reliability diagram (test)"),
+        Image(plots.reliability_diagram(cal.test_before, cal.test_after), label="reliability diagram (test)"),
         Markdown("## Robustness"),
         Table(
-            [
-                [r["name"], r["description"], _pct(r["accuracy"]), f"{100 * r['change']:+.2f} pts"]
-                for r in report["robustness"]
-            ],
+            [[r.name, r.description, _pct(r.accuracy), f"{100 * r.change:+.2f} pts"] for r in report.robustness],
             headers=["perturbation", "what", "accuracy", "change vs clean"],
         ),
-        Image(plots.robustness_chart(report["robustness"]), label="test accuracy under each perturbation"),
-        *photo_components(report["photos"]),
-        *abstention_components(report["abstention"]),
+        Image(plots.robustness_chart(report.robustness), label="test accuracy under each perturbation"),
+        *photo_components(report.photos),
+        *abstention_components(report.abstention),
         Markdown(
             "## Misclassified test images\n"
-            f"The {len(report['misclassified'])} most confident mistakes: true label, prediction, "
+            f"The {len(report.misclassified)} most confident mistakes: true label, prediction, "
             "calibrated confidence."
         ),
     ]
-    if report["misclassified"]:
-        components.append(Image(plots.misclassified_gallery(report["misclassified"]), label="misclassified gallery"))
-    components += [Markdown("## Provenance"), provenance_table(report["provenance"])]
+    if report.misclassified:
+        components.append(Image(plots.misclassified_gallery(report.misclassified), label="misclassified gallery"))
+    components += [Markdown("## Provenance"), provenance_table(report.provenance)]
     return components
 
 
-def photo_components(photos: dict[str, Any]) -> Components:
+def photo_components(photos: PhotoSuite) -> Components:
     """The photo suite: test garments rendered as product photos, classified through the service's normalisation."""
-    worst, clean = photos["worst"], photos["clean_accuracy"]
+    worst = photos.worst
     return [
         Markdown(
             "## Product photos\n"
-            f"{photos['sample_size']} test garments (a fixed, seeded, class-balanced sample) rendered as "
-            f"{photos['photo_size']}x{photos['photo_size']} product photos and sent through the service's own "
-            f"upload normalisation. Clean (the plain 28x28 PNGs): {_pct(clean)}. Worst condition at its realistic "
-            f"severity: **{worst['condition']}** at {_pct(worst['accuracy'])} ({worst['relative']:.2f} x clean)."
+            f"{photos.sample_size} test garments (a fixed, seeded, class-balanced sample) rendered as "
+            f"{photos.photo_size}x{photos.photo_size} product photos and sent through the service's own "
+            f"upload normalisation. Clean (the plain 28x28 PNGs): {_pct(photos.clean_accuracy)}. Worst condition at "
+            f"its realistic severity: **{worst.condition}** at {_pct(worst.accuracy)} ({worst.relative:.2f} x clean)."
         ),
         Table(
             [
                 [
-                    r["condition"],
-                    f"{r['severity']:g}" + (" ★" if r["realistic"] else ""),
-                    _pct(r["accuracy"]),
-                    f"{r['relative']:.2f}",
-                    r["description"],
+                    r.condition,
+                    f"{r.severity:g}" + (" ★" if r.realistic else ""),
+                    _pct(r.accuracy),
+                    f"{r.relative:.2f}",
+                    r.description,
                 ]
-                for r in photos["rows"]
+                for r in photos.rows
             ],
             headers=["condition", "severity (★ realistic)", "accuracy", "x clean", "what"],
         ),
-        Image(plots.photo_chart(photos["rows"]), label="accuracy per photo condition and severity"),
+        Image(plots.photo_chart(photos.rows), label="accuracy per photo condition and severity"),
     ]
 
 
-def abstention_components(abstention: dict[str, Any]) -> Components:
+def abstention_components(abstention: Abstention) -> Components:
     """When the served model says "unsure": thresholds, test coverage and risk, non-garments caught."""
-    policy, test, nongarments = abstention["policy"], abstention["test"], abstention["nongarments"]
-    accuracy = _pct(test["accuracy"]) if test["accuracy"] is not None else "n/a"
+    policy, test, nongarments = abstention.policy, abstention.test, abstention.nongarments
+    accuracy = _pct(test.accuracy) if test.accuracy is not None else "n/a"
     return [
         Markdown(
             "## Unsure answers\n"
@@ -239,16 +237,16 @@ def abstention_components(abstention: dict[str, Any]) -> Components:
             f"least **{policy['confidence_threshold']:.4f}** (target: at most {_pct(policy['target_risk'])} errors "
             f"among confident answers) and the {policy['ood_score']} score is at most {policy['ood_threshold']:.4g} "
             f"(the {_pct(policy['ood_quantile'])} quantile of validation images). On the test set: **{accuracy}** "
-            f"correct among confident answers at a coverage of **{_pct(test['coverage'])}**; "
-            f"{_pct(test['flagged']['unlike_training_images'])} flagged as unlike the training images. "
-            f"Synthetic non-garments marked unsure: **{_pct(nongarments['overall'])}** of {nongarments['count']}."
+            f"correct among confident answers at a coverage of **{_pct(test.coverage)}**; "
+            f"{_pct(test.flagged['unlike_training_images'])} flagged as unlike the training images. "
+            f"Synthetic non-garments marked unsure: **{_pct(nongarments.overall)}** of {nongarments.count}."
         ),
         Table(
-            [[kind, _pct(rate)] for kind, rate in nongarments["per_kind"].items()],
+            [[kind, _pct(rate)] for kind, rate in nongarments.per_kind.items()],
             headers=["non-garment", "marked unsure"],
         ),
         Image(
-            plots.risk_coverage_chart(abstention["risk_coverage"], policy["target_risk"], test),
+            plots.risk_coverage_chart(abstention.risk_coverage, policy["target_risk"], test),
             label="risk-coverage curve of the calibrated confidence (test)",
         ),
     ]

@@ -18,7 +18,8 @@ from .config import HParams, Profile, expand_grid
 from .data import CLASS_NAMES, Splits, load_dataset, make_splits
 from .model_record import ModelRecord
 from .provenance import environment
-from .report import build_report, report_summary
+from .report import build_report
+from .report_schema import EvaluationReport
 from .runtime import amp_dtype, configure_threads, describe_device, pick_device
 from .tracking import Tracker, log_report
 from .train import EpochCallback, train_model
@@ -159,12 +160,11 @@ def train_trial(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The evaluate step's output: the calibrated model record (temperature and abstention thresholds fitted), its
-    test metrics and the whole evaluation report."""
+    """The evaluate step's output: the calibrated model record (temperature and abstention thresholds fitted) and
+    the whole evaluation report."""
 
     model: bytes
-    metrics: dict[str, Any]
-    report: dict[str, Any]
+    report: EvaluationReport
 
 
 def evaluate_selected(
@@ -209,7 +209,7 @@ def evaluate_selected(
         profile.evaluation,
         seed=profile.seed,
     )
-    record.metrics = {**record.metrics, **report_summary(report)}
+    record.metrics = {**record.metrics, **report.summary()}
     with Tracker.start(
         profile.tracking.model_dump(),
         group=run_id,
@@ -218,4 +218,4 @@ def evaluate_selected(
         config={**record.hparams, "profile": profile.name, "data_fingerprint": fingerprint},
     ) as tracker:
         log_report(tracker, report)
-    return Evaluation(model=record.to_bytes(), metrics=report["test"], report=report)
+    return Evaluation(model=record.to_bytes(), report=report)

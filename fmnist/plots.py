@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure  # a bare Figure renders with the Agg canvas: no GUI backend involved
 
 from .data import CLASS_NAMES
+from .report_schema import CalibrationSummary, Mistake, Perturbed, PhotoRow, RiskCoveragePoint, Selective
 
 
 def to_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -71,26 +72,26 @@ def sweep_chart(rows: Sequence[dict[str, Any]]) -> bytes:
     return to_png(fig)
 
 
-def reliability_diagram(before: dict[str, Any], after: dict[str, Any]) -> bytes:
+def reliability_diagram(before: CalibrationSummary, after: CalibrationSummary) -> bytes:
     """Accuracy against confidence per bin, before and after temperature scaling; the diagonal is perfect."""
     fig = Figure(figsize=(9, 4))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, summary, label in ((axes[0], before, "before scaling"), (axes[1], after, "after scaling")):
-        bins = summary["bins"]
-        width = bins[0]["hi"] - bins[0]["lo"]
-        filled = [b for b in bins if b["count"]]
+        bins = summary.bins
+        width = bins[0].hi - bins[0].lo
+        filled = [b for b in bins if b.count]
         ax.bar(
-            [(b["lo"] + b["hi"]) / 2 for b in filled],
-            [b["accuracy"] for b in filled],
+            [(b.lo + b.hi) / 2 for b in filled],
+            [b.accuracy for b in filled],
             width=width * 0.95,
             color="tab:blue",
             alpha=0.8,
             label="accuracy",
         )
         ax.bar(
-            [(b["lo"] + b["hi"]) / 2 for b in filled],
-            [b["confidence"] - b["accuracy"] for b in filled],
-            bottom=[b["accuracy"] for b in filled],
+            [(b.lo + b.hi) / 2 for b in filled],
+            [b.confidence - b.accuracy for b in filled],
+            bottom=[b.accuracy for b in filled],
             width=width * 0.95,
             color="tab:red",
             alpha=0.3,
@@ -101,7 +102,7 @@ def reliability_diagram(before: dict[str, Any], after: dict[str, Any]) -> bytes:
             xlim=(0, 1),
             ylim=(0, 1),
             xlabel="confidence",
-            title=f"{label} (T={summary['temperature']:.3f})\nECE {summary['ece']:.2%}, NLL {summary['nll']:.4f}",
+            title=f"{label} (T={summary.temperature:.3f})\nECE {summary.ece:.2%}, NLL {summary.nll:.4f}",
         )
         ax.set_xticks(np.linspace(0, 1, 6))
         ax.grid(alpha=0.3)
@@ -150,12 +151,9 @@ def image_gallery(items: Sequence[dict[str, Any]], columns: int = 8) -> bytes:
     return to_png(fig)
 
 
-def misclassified_gallery(mistakes: Sequence[dict[str, Any]], columns: int = 8) -> bytes:
+def misclassified_gallery(mistakes: Sequence[Mistake], columns: int = 8) -> bytes:
     """Misclassified test images titled with true label, prediction and (calibrated) confidence."""
-    items = [
-        {"image": m["image"], "title": f"true: {m['true']}\npred: {m['predicted']}\n{m['confidence']:.0%}"}
-        for m in mistakes
-    ]
+    items = [{"image": m.image, "title": f"true: {m.true}\npred: {m.predicted}\n{m.confidence:.0%}"} for m in mistakes]
     return image_gallery(items, columns)
 
 
@@ -195,14 +193,14 @@ def class_counts_chart(counts: dict[str, Sequence[int]]) -> bytes:
     return to_png(fig)
 
 
-def robustness_chart(rows: Sequence[dict[str, Any]]) -> bytes:
+def robustness_chart(rows: Sequence[Perturbed]) -> bytes:
     """Horizontal bars: accuracy under each perturbation, the clean accuracy as a dashed line."""
     fig = Figure(figsize=(7, 0.45 * len(rows) + 1))
     ax = fig.subplots()
-    names = [r["name"] for r in rows][::-1]
-    acc = [r["accuracy"] for r in rows][::-1]
+    names = [r.name for r in rows][::-1]
+    acc = [r.accuracy for r in rows][::-1]
     ax.barh(names, acc, color=["tab:green" if n == "clean" else "tab:orange" for n in names])
-    clean = next((r["accuracy"] for r in rows if r["name"] == "clean"), None)
+    clean = next((r.accuracy for r in rows if r.name == "clean"), None)
     if clean is not None:
         ax.axvline(clean, color="k", ls="--", lw=1)
     for y, a in enumerate(acc):
@@ -211,22 +209,23 @@ def robustness_chart(rows: Sequence[dict[str, Any]]) -> bytes:
     return to_png(fig)
 
 
-def photo_chart(rows: Sequence[dict[str, Any]]) -> bytes:
+def photo_chart(rows: Sequence[PhotoRow]) -> bytes:
     """Accuracy per photo condition, one bar per severity (the realistic one hatched), clean as a dashed line."""
-    conditions = [c for c in dict.fromkeys(r["condition"] for r in rows) if c != "clean"]
-    clean = next((r["accuracy"] for r in rows if r["condition"] == "clean"), None)
+    conditions = [c for c in dict.fromkeys(r.condition for r in rows) if c != "clean"]
+    clean = next((r.accuracy for r in rows if r.condition == "clean"), None)
     fig = Figure(figsize=(9, 3.6))
     ax = fig.subplots()
-    width = 0.8 / max(1, max(sum(r["condition"] == c for r in rows) for c in conditions) if conditions else 1)
+    most = max((sum(r.condition == c for r in rows) for c in conditions), default=1)
+    width = 0.8 / most
     for x, condition in enumerate(conditions):
-        for k, r in enumerate(r for r in rows if r["condition"] == condition):
+        for k, r in enumerate(r for r in rows if r.condition == condition):
             ax.bar(
                 x - 0.4 + width * (k + 0.5),
-                r["accuracy"],
+                r.accuracy,
                 width,
                 color=("tab:blue", "tab:orange", "tab:red")[min(k, 2)],
-                hatch="//" if r["realistic"] else None,
-                edgecolor="k" if r["realistic"] else None,
+                hatch="//" if r.realistic else None,
+                edgecolor="k" if r.realistic else None,
             )
     if clean is not None:
         ax.axhline(clean, color="k", ls="--", lw=1, label=f"clean {clean:.1%}")
@@ -237,14 +236,14 @@ def photo_chart(rows: Sequence[dict[str, Any]]) -> bytes:
     return to_png(fig)
 
 
-def risk_coverage_chart(curve: Sequence[dict[str, float]], target_risk: float, operating: dict[str, Any]) -> bytes:
+def risk_coverage_chart(curve: Sequence[RiskCoveragePoint], target_risk: float, operating: Selective) -> bytes:
     """Selective risk against coverage as the confidence threshold falls, with the target and the operating point."""
     fig = Figure(figsize=(5, 3.4))
     ax = fig.subplots()
-    ax.plot([p["coverage"] for p in curve], [p["risk"] for p in curve], "-", color="tab:blue", label="test set")
+    ax.plot([p.coverage for p in curve], [p.risk for p in curve], "-", color="tab:blue", label="test set")
     ax.axhline(target_risk, color="tab:red", ls=":", lw=1, label=f"target risk {target_risk:.0%}")
-    if operating.get("risk") is not None:
-        ax.plot([operating["coverage"]], [operating["risk"]], "o", color="k", label="served thresholds")
+    if operating.risk is not None:
+        ax.plot([operating.coverage], [operating.risk], "o", color="k", label="served thresholds")
     ax.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (share answered confidently)", ylabel="error rate among them")
     ax.legend(fontsize=8)
     return to_png(fig)

@@ -1,6 +1,6 @@
 """The evaluation report: how good the chosen model is, where it fails (perturbed pixels, product photos), how far
-its confidence can be believed, when it says "unsure", and where it came from, assembled as one plain dict
-(JSON-able) that the cards, the tracker and the record share.
+its confidence can be believed, when it says "unsure", and where it came from. `build_report` assembles it as an
+`EvaluationReport` (`fmnist.report_schema`), which the cards, the tracker and the model record read.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .evaluate import report_metrics
 from .model_record import ModelRecord
 from .nongarments import encode_png, synthetic_nongarments
 from .photos import photo_robustness, worst_realistic
+from .report_schema import EvaluationReport
 from .robustness import robustness_table
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def build_report(
     device: torch.device,
     evaluation: EvaluationConfig,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> EvaluationReport:
     """Calibrate `record` on the validation split, then evaluate it on the test set; returns the whole report.
 
     Everything fitted is fitted on validation images only and written into `record` before the test set is scored:
@@ -93,15 +94,19 @@ def build_report(
         model, test_images, test_labels, device, mean=record.mean, std=record.std, clean_accuracy=test["accuracy"]
     )
     classifier = Classifier(record, device)
-    return {
-        "test": test,
-        "calibration": calibration,
-        "robustness": robustness,
-        "photos": photo_section(classifier, test_images, test_labels, evaluation, seed),
-        "abstention": abstention_section(classifier, test_logits, test_features, test_labels, evaluation, seed),
-        "misclassified": misclassified_examples(test_images, test_labels, softmax(test_logits, temperature).float()),
-        "provenance": record.provenance,
-    }
+    return EvaluationReport.model_validate(
+        {
+            "test": test,
+            "calibration": calibration,
+            "robustness": robustness,
+            "photos": photo_section(classifier, test_images, test_labels, evaluation, seed),
+            "abstention": abstention_section(classifier, test_logits, test_features, test_labels, evaluation, seed),
+            "misclassified": misclassified_examples(
+                test_images, test_labels, softmax(test_logits, temperature).float()
+            ),
+            "provenance": record.provenance,
+        }
+    )
 
 
 def photo_section(
@@ -173,47 +178,3 @@ def abstention_section(
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != "bins"}
-
-
-def report_summary(report: dict[str, Any]) -> dict[str, float]:
-    """The report's headline numbers, flat: for the end step, the tracker and the model record."""
-    test, cal = report["test"], report["calibration"]
-    worst = min((r for r in report["robustness"] if r["name"] != "clean"), key=lambda r: r["accuracy"], default=None)
-    summary = {
-        "test_accuracy": test["accuracy"],
-        "test_accuracy_ci95_low": test["accuracy_ci95"][0],
-        "test_accuracy_ci95_high": test["accuracy_ci95"][1],
-        "test_macro_f1": test["macro_f1"],
-        "temperature": cal["temperature"],
-        "test_ece_before": cal["test_before"]["ece"],
-        "test_ece_after": cal["test_after"]["ece"],
-        "test_nll_before": cal["test_before"]["nll"],
-        "test_nll_after": cal["test_after"]["nll"],
-    }
-    if worst is not None:
-        summary["worst_perturbation_accuracy"] = worst["accuracy"]
-    if "photos" in report:
-        photo_worst = report["photos"]["worst"]
-        summary["photo_clean_accuracy"] = report["photos"]["clean_accuracy"]
-        summary["photo_worst_realistic_accuracy"] = photo_worst["accuracy"]
-        summary["photo_worst_realistic_relative"] = photo_worst["relative"]
-    if "abstention" in report:
-        selective = report["abstention"]["test"]
-        summary["confident_coverage"] = selective["coverage"]
-        summary["confident_accuracy"] = selective["accuracy"] if selective["accuracy"] is not None else 0.0
-        summary["nongarments_unsure"] = report["abstention"]["nongarments"]["overall"]
-    return summary
-
-
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """The report's headline, as the flow's end step prints it: calibration, photos, abstention."""
-    cal, photos, abstention = report["calibration"], report["photos"], report["abstention"]
-    selective = abstention["test"]
-    return [
-        f"temperature {cal['temperature']:.3f}: test ECE {cal['test_before']['ece']:.2%}"
-        f" -> {cal['test_after']['ece']:.2%}",
-        f"photos: worst realistic condition {photos['worst']['condition']} at {photos['worst']['accuracy']:.1%}"
-        f" ({photos['worst']['relative']:.2f} x clean {photos['clean_accuracy']:.1%})",
-        f"unsure: {selective['coverage']:.1%} of test answers confident, {selective['accuracy'] or 0:.2%} of those"
-        f" correct; {abstention['nongarments']['overall']:.1%} of synthetic non-garments marked unsure",
-    ]

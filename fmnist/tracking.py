@@ -14,6 +14,8 @@ import os
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
+from .report_schema import EvaluationReport
+
 log = logging.getLogger(__name__)
 
 Mode = Literal["online", "offline"]
@@ -152,7 +154,7 @@ class Tracker:
         self.finish()
 
 
-def log_report(tracker: Tracker, report: dict[str, Any]) -> None:
+def log_report(tracker: Tracker, report: EvaluationReport) -> None:
     """Log the evaluation report: headline summary, confusion matrix, calibration bins and reliability diagram,
     per-class scores, the robustness table, every photo-suite figure and the abstention figures. A no-op when
     tracking is off."""
@@ -160,13 +162,12 @@ def log_report(tracker: Tracker, report: dict[str, Any]) -> None:
         return
     from .data import CLASS_NAMES
     from .plots import reliability_diagram
-    from .report import report_summary
 
-    summary = report_summary(report)
+    summary = report.summary()
     tracker.log(summary)
     tracker.summarize(summary)
-    tracker.log_confusion_matrix("confusion_matrix", report["test"]["confusion_matrix"], CLASS_NAMES)
-    cal = report["calibration"]
+    tracker.log_confusion_matrix("confusion_matrix", report.test.confusion_matrix, CLASS_NAMES)
+    cal = report.calibration
     tracker.log_table(
         "calibration_bins",
         [
@@ -180,32 +181,32 @@ def log_report(tracker: Tracker, report: dict[str, Any]) -> None:
             "accuracy_after",
         ],
         [
-            [b["lo"], b["hi"], b["count"], b["confidence"], b["accuracy"], a["count"], a["confidence"], a["accuracy"]]
-            for b, a in zip(cal["test_before"]["bins"], cal["test_after"]["bins"], strict=True)
+            [b.lo, b.hi, b.count, b.confidence, b.accuracy, a.count, a.confidence, a.accuracy]
+            for b, a in zip(cal.test_before.bins, cal.test_after.bins, strict=True)
         ],
     )
-    tracker.log_png("reliability_diagram", reliability_diagram(cal["test_before"], cal["test_after"]))
+    tracker.log_png("reliability_diagram", reliability_diagram(cal.test_before, cal.test_after))
     tracker.log_table(
         "per_class",
         ["class", "precision", "recall", "f1", "support"],
-        [[c["class"], c["precision"], c["recall"], c["f1"], c["support"]] for c in report["test"]["per_class"]],
+        [[c.name, c.precision, c.recall, c.f1, c.support] for c in report.test.per_class],
     )
     tracker.log_table(
         "robustness",
         ["perturbation", "accuracy", "change"],
-        [[r["name"], r["accuracy"], r["change"]] for r in report["robustness"]],
+        [[r.name, r.accuracy, r.change] for r in report.robustness],
     )
-    if "photos" in report:
-        rows = report["photos"]["rows"]
-        tracker.log_table(
-            "photo_robustness",
-            ["condition", "severity", "realistic", "accuracy", "relative"],
-            [[r["condition"], r["severity"], r["realistic"], r["accuracy"], r["relative"]] for r in rows],
-        )
-        tracker.log({f"photos/{r['condition']}/{r['severity']:g}": r["accuracy"] for r in rows})
-    if "abstention" in report:
-        abstention = report["abstention"]
-        tracker.log({f"nongarments_unsure/{k}": v for k, v in abstention["nongarments"]["per_kind"].items()})
-        tracker.log_table(
-            "risk_coverage", ["coverage", "risk", "threshold"], [list(p.values()) for p in abstention["risk_coverage"]]
-        )
+    rows = report.photos.rows
+    tracker.log_table(
+        "photo_robustness",
+        ["condition", "severity", "realistic", "accuracy", "relative"],
+        [[r.condition, r.severity, r.realistic, r.accuracy, r.relative] for r in rows],
+    )
+    tracker.log({f"photos/{r.condition}/{r.severity:g}": r.accuracy for r in rows})
+    abstention = report.abstention
+    tracker.log({f"nongarments_unsure/{k}": v for k, v in abstention.nongarments.per_kind.items()})
+    tracker.log_table(
+        "risk_coverage",
+        ["coverage", "risk", "threshold"],
+        [[p.coverage, p.risk, p.threshold] for p in abstention.risk_coverage],
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,8 @@ from fmnist.evaluate import (
 )
 from fmnist.model import ModelArgs, build_model
 from fmnist.model_record import ModelRecord
-from fmnist.report import build_report, report_summary
+from fmnist.report import build_report
+from fmnist.report_schema import EvaluationReport
 
 # The photo suite and the non-garments at their smallest: the report's shape, not its figures, is under test here.
 TINY_EVALUATION = EvaluationConfig(photo_per_class=1, photo_size=56, nongarments_per_kind=1)
@@ -98,19 +101,31 @@ def test_build_report_on_a_tiny_model():
     record = tiny_record()
     record.provenance = {"run": "x"}
     report = build_report(record, images, labels, images[:30], labels[:30], torch.device("cpu"), TINY_EVALUATION)
-    assert set(report) == {"test", "calibration", "robustness", "photos", "abstention", "misclassified", "provenance"}
-    assert report["calibration"]["temperature"] > 0
+    assert isinstance(report, EvaluationReport)
+    assert report.calibration.temperature > 0
     # Fitted into the record, on the validation images, before the test set was scored.
-    assert record.temperature == report["calibration"]["temperature"]
+    assert record.temperature == report.calibration.temperature
     assert record.abstention is not None and record.abstention.num_fit_examples == 30
-    assert report["photos"]["rows"][0]["condition"] == "clean"
-    assert report["photos"]["worst"]["realistic"] is True
-    assert set(report["abstention"]["nongarments"]["per_kind"]) >= {"uniform_noise", "checkerboard", "text"}
-    assert report["abstention"]["risk_coverage"][-1]["coverage"] == 1.0
-    assert report["robustness"][0]["name"] == "clean"
-    confidences = [m["confidence"] for m in report["misclassified"]]
+    assert report.photos.rows[0].condition == "clean"
+    assert report.photos.worst.realistic is True
+    assert set(report.abstention.nongarments.per_kind) >= {"uniform_noise", "checkerboard", "text"}
+    assert report.abstention.risk_coverage[-1].coverage == 1.0
+    assert report.robustness[0].name == "clean"
+    confidences = [m.confidence for m in report.misclassified]
     assert confidences == sorted(confidences, reverse=True)
-    assert all(np.asarray(m["image"]).shape == (28, 28) for m in report["misclassified"])
-    summary = report_summary(report)
-    assert summary["test_accuracy"] == report["test"]["accuracy"]
+    assert all(np.asarray(m.image).shape == (28, 28) for m in report.misclassified)
+    summary = report.summary()
+    assert summary["test_accuracy"] == report.test.accuracy
     assert {"temperature", "test_ece_before", "test_ece_after", "test_nll_after"} <= summary.keys()
+
+
+def test_the_report_round_trips_through_its_plain_artifact_form():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    labels = np.arange(40).astype(np.uint8) % 10
+    report = build_report(tiny_record(), images, labels, images, labels, torch.device("cpu"), TINY_EVALUATION)
+    artifact = report.to_artifact()
+    assert artifact["test"]["per_class"][0]["class"] == "T-shirt/top"  # stored under the field names readers know
+    json.dumps(artifact)  # plain data, nothing that needs this package to read
+    assert EvaluationReport.model_validate(artifact) == report
+    assert len(report.summary_lines()) == 3
