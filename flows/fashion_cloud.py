@@ -4,8 +4,10 @@
 resolves configs, before any step runs, and:
 
 - when `compute.batch` is set, adds `@batch` (GPUs, CPUs, memory, shared memory, image, queue) and
-  `@retry` (spot interruptions) to the train step, and to nothing else;
-- when it is unset, adds nothing: the flow runs where it is launched and needs no AWS.
+  `@retry` (spot interruptions; the train step's `@checkpoint` makes a retry resume) to the train step, and to
+  nothing else;
+- when it is unset, adds `@retry` only if `compute.retries` asks for it: the flow runs where it is launched and
+  needs no AWS.
 
 It also puts the `fmnist` package into Metaflow's code package, next to the flow file, so a remote task
 imports the same `fmnist` as the code that launched the run, whatever version the image carries.
@@ -43,6 +45,14 @@ def batch_decorators(batch: Mapping[str, Any] | None) -> list[tuple[str, dict[st
     return [("batch", batch_args), ("retry", {"times": int(batch.get("retries", 0))})]
 
 
+def retry_decorators(compute: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The train step's decorators for a profile's `compute`: Batch placement and its retries, else local retries."""
+    if compute.get("batch"):
+        return batch_decorators(compute["batch"])
+    retries = int(compute.get("retries", 0) or 0)
+    return [("retry", {"times": retries})] if retries > 0 else []
+
+
 def package_files(package_dir: Path) -> Iterator[tuple[str, str]]:
     """(path on disk, path in the code package) for each Python source file of a package directory."""
     for path in sorted(package_dir.rglob("*.py")):
@@ -64,9 +74,8 @@ class cloud_compute(FlowMutator):  # lower case, as Metaflow decorators are
         profile = dict(mutable_flow.configs).get(self._config_name)
         if profile is None:
             raise ValueError(f"cloud_compute: the flow has no Config named {self._config_name!r}")
-        batch = profile.get("compute", {}).get("batch")
         target = getattr(mutable_flow, self._step_name)
-        for name, kwargs in batch_decorators(batch):
+        for name, kwargs in retry_decorators(profile.get("compute", {})):
             # OVERRIDE: the profile is the source of truth for where the train step runs.
             target.add_decorator(name, deco_kwargs=kwargs, duplicates=target.OVERRIDE)
 

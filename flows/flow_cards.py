@@ -70,6 +70,12 @@ class LiveTrainingCard:
         )
         current.card.refresh()
 
+    def resumed(self, epoch: int) -> None:
+        """Say that this attempt continues from a checkpoint an earlier attempt saved."""
+        current.card.append(Markdown(f"**Resumed at epoch {epoch}** from the checkpoint of an earlier attempt."))
+        self.progress.update(epoch - 1)
+        current.card.refresh()
+
     def on_epoch(self, stats: dict[str, float]) -> None:
         """Record one epoch's stats and refresh the card."""
         self.history.append(stats)
@@ -95,6 +101,7 @@ class LiveTrainingCard:
                 f"## Done\nValidation accuracy **{_pct(summary['val_accuracy'])}** (loss {summary['val_loss']:.4f}); "
                 f"{summary['train_seconds']:.1f} s of training on {summary['device']}, "
                 f"{summary['images_per_second']:.0f} images/s, {summary['parameters']} parameters."
+                + (f" Resumed at epoch {summary['resumed_at_epoch']}." if summary.get("resumed_at_epoch") else "")
             )
         )
 

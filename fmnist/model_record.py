@@ -47,6 +47,9 @@ class ModelRecord:
     hparams: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # What in-distribution traffic looks like (`fmnist.drift.DriftReference.to_dict()`): the service's drift signals
+    # compare against it. Empty in records made before it existed.
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, Any]:
         """The record without its weights, as plain data."""
@@ -61,6 +64,7 @@ class ModelRecord:
             "hparams": self.hparams,
             "metrics": self.metrics,
             "provenance": self.provenance,
+            "reference": self.reference,
         }
 
     def to_bytes(self) -> bytes:
@@ -99,6 +103,7 @@ class ModelRecord:
             hparams=meta["hparams"],
             metrics=meta["metrics"],
             provenance=meta["provenance"],
+            reference=meta.get("reference") or {},
         )
 
     def build(self, device: torch.device | str = "cpu") -> FashionCNN:

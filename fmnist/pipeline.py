@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .checkpoint import CheckpointStore
 from .config import HParams, Profile, expand_grid
 from .data import CLASS_NAMES, Splits, load_dataset, make_splits
+from .drift import reference_from_images
 from .model_record import ModelRecord
 from .provenance import environment
 from .report import build_report
@@ -40,6 +43,35 @@ def check_injected_fault(trial: int) -> None:
     targets = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
     if trial in targets:
         raise InjectedFault(f"trial {trial} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
+
+
+# Test hook standing in for a spot reclamation: "<trial>:<epoch>[,...]" kills the training process itself (SIGKILL
+# of its own pid, no Python clean-up) right after that epoch's checkpoint, on the task's first attempt only.
+KILL_ENV = "FASHIONFLOW_KILL_TRIALS"
+
+
+def kill_epoch(trial: int, attempt: int) -> int | None:
+    """The epoch after which $FASHIONFLOW_KILL_TRIALS kills this trial on this attempt, or None."""
+    if attempt > 0:
+        return None
+    for item in os.environ.get(KILL_ENV, "").split(","):
+        if item.strip():
+            named, _, epoch = item.partition(":")
+            if int(named) == trial:
+                return int(epoch)
+    return None
+
+
+def _killing(on_epoch: EpochCallback | None, epoch: int) -> EpochCallback:
+    def callback(stats: dict[str, float]) -> None:
+        if on_epoch is not None:
+            on_epoch(stats)
+        if int(stats["epoch"]) == epoch:
+            log.warning("killing this process after epoch %d on purpose (%s)", epoch, KILL_ENV)
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return callback
 
 
 @dataclass(frozen=True)
@@ -103,12 +135,17 @@ def train_trial(
     parallel_tasks: int = 1,
     on_epoch: EpochCallback | None = None,
     run_id: str = "local",
+    checkpoints: CheckpointStore | None = None,
+    attempt: int = 0,
 ) -> TrialOutcome:
     """Train trial `index` of the grid on the device this process finds; weights come back as a model record.
 
-    With tracking on, the trial is a W&B run named `trial-<index>` in group `run_id` (config + per-epoch metrics).
+    With `checkpoints`, the trial saves its state as it goes and resumes from the latest one an earlier attempt
+    left (`attempt` counts retries of the task). With tracking on, the trial is a W&B run named `trial-<index>` in
+    group `run_id` (config + per-epoch metrics).
     """
     check_injected_fault(index)
+    kill_after = kill_epoch(index, attempt)
     hp = HParams(**hparams)
     device = pick_device(profile.compute.device)
     threads = configure_threads(profile.compute.threads_per_task, 1 if device.type == "cuda" else parallel_tasks)
@@ -129,7 +166,15 @@ def train_trial(
 
     with tracker:
         # The trial's seed derives from the run's seed and the trial index: a rerun or resumed trial reproduces.
-        result = train_model(hp, splits, device, seed=profile.seed * 1000 + index, amp=amp, on_epoch=epoch_done)
+        result = train_model(
+            hp,
+            splits,
+            device,
+            seed=profile.seed * 1000 + index,
+            amp=amp,
+            on_epoch=epoch_done if kill_after is None else _killing(epoch_done, kill_after),
+            checkpoints=checkpoints,
+        )
         tracker.summarize(
             {
                 "val_accuracy": result.val_accuracy,
@@ -147,6 +192,8 @@ def train_trial(
         "images_per_second": result.images_per_second,
         "parameters": result.parameters,
         "device": describe_device(device),
+        "resumed_at_epoch": result.resumed_at,
+        "attempt": attempt,
     }
     record = ModelRecord(
         state_dict=result.state_dict,
@@ -210,6 +257,9 @@ def evaluate_selected(
         seed=profile.seed,
     )
     record.metrics = {**record.metrics, **report.summary()}
+    # The service's drift reference: the validation split is drawn from the training set, so it stands for it.
+    unsure = 1.0 - report.abstention.test.coverage
+    record.reference = reference_from_images(val_images, val_labels, len(record.class_names), unsure).to_dict()
     with Tracker.start(
         profile.tracking.model_dump(),
         group=run_id,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from .checkpoint import CheckpointStore, TrainingState
 from .config import HParams
 from .data import PIXEL_MEAN, PIXEL_STD, Splits
 from .evaluate import predict_logits
@@ -47,6 +48,7 @@ class TrainResult:
     train_seconds: float = 0.0  # optimisation only: per-epoch validation is excluded
     images_per_second: float = 0.0
     parameters: int = 0
+    resumed_at: int | None = None  # the first epoch trained after resuming from a checkpoint, if one was found
 
 
 class BatchAugmenter:
@@ -152,8 +154,14 @@ def train_model(
     seed: int,
     amp: torch.dtype | None = None,
     on_epoch: EpochCallback | None = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> TrainResult:
-    """Train one FashionCNN on `splits` with hyper-parameters `hp`; validate after every epoch."""
+    """Train one FashionCNN on `splits` with hyper-parameters `hp`; validate after every epoch.
+
+    With `checkpoints`, the training state is saved every `checkpoints.every` epochs, and a state already in the
+    store (left by an interrupted attempt) is resumed from: the result is the same, bit for bit, as without the
+    interruption, because the optimiser, schedule, weight average and random generators all continue.
+    """
     seed_everything(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     args = model_args(hp)
@@ -177,8 +185,22 @@ def train_model(
 
     result = TrainResult(state_dict={}, model_args=args, parameters=count_parameters(model))
     log.info("training %s (%d parameters) on %d images, %d steps/epoch", args, result.parameters, n, steps_per_epoch)
-    started = time.perf_counter()
-    for epoch in range(1, hp.epochs + 1):
+    first_epoch = 1
+    resumed = checkpoints.latest() if checkpoints is not None else None
+    if resumed is not None:
+        model.load_state_dict(resumed.model)
+        optimizer.load_state_dict(resumed.optimizer)
+        schedule.load_state_dict(resumed.schedule)
+        generator.set_state(resumed.generator.to(generator.get_state().device))
+        torch.set_rng_state(resumed.torch_rng)
+        if ema is not None and resumed.ema is not None:
+            ema.load_state_dict(resumed.ema)
+        result.history, result.train_seconds = list(resumed.history), resumed.train_seconds
+        first_epoch = resumed.epoch + 1
+        result.resumed_at = first_epoch
+        log.info("resumed at epoch %d of %d from a checkpoint", first_epoch, hp.epochs)
+    started = time.perf_counter() - result.train_seconds
+    for epoch in range(first_epoch, hp.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         order = torch.randperm(n, device=device, generator=generator)
@@ -233,6 +255,8 @@ def train_model(
             stats["images_per_second"],
             stats["elapsed_seconds"],
         )
+        if checkpoints is not None and checkpoints.due(epoch, hp.epochs):
+            checkpoints.save(training_state(epoch, model, optimizer, schedule, generator, ema, result))
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -241,6 +265,39 @@ def train_model(
     result.val_loss, result.val_accuracy = result.history[-1]["val_loss"], result.history[-1]["val_accuracy"]
     result.images_per_second = sum(h["images_per_second"] for h in result.history) / len(result.history)
     return result
+
+
+def training_state(
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    ema: AveragedModel | None,
+    result: TrainResult,
+) -> TrainingState:
+    """Everything `train_model` needs to continue after `epoch`, copied to the CPU."""
+
+    def cpu(tree: Any) -> Any:
+        if isinstance(tree, torch.Tensor):
+            return tree.detach().to("cpu", copy=True)
+        if isinstance(tree, dict):
+            return {k: cpu(v) for k, v in tree.items()}
+        if isinstance(tree, list | tuple):
+            return type(tree)(cpu(v) for v in tree)
+        return tree
+
+    return TrainingState(
+        epoch=epoch,
+        model=cpu(model.state_dict()),
+        optimizer=cpu(optimizer.state_dict()),
+        schedule=cpu(schedule.state_dict()),
+        generator=generator.get_state().cpu(),
+        torch_rng=torch.get_rng_state(),
+        ema=cpu(ema.state_dict()) if ema is not None else None,
+        history=list(result.history),
+        train_seconds=result.train_seconds,
+    )
 
 
 def validate(model: nn.Module, splits: Splits, device: torch.device, amp: torch.dtype | None) -> tuple[float, float]:

@@ -102,3 +102,24 @@ def test_one_cycle_warms_up_then_decays_to_zero():
     f = one_cycle(100, 0.2)
     assert f(0) == pytest.approx(0.1) and f(20) == pytest.approx(1.0) and f(100) == 0.0
     assert all(f(s) >= f(s + 1) for s in range(20, 100))
+
+
+def test_the_gpu_profile_path_runs_on_a_cpu(small_splits):
+    """What of the `gpu` profile a CPU can run: its residual depth, weight averaging and bf16 autocast (slow on a
+    CPU without bf16 units, hence a small subset; the averaging decay is shortened to fit 2 short epochs)."""
+    from fmnist.config import CONFIG_DIR, load_profile
+    from fmnist.data import Splits
+
+    gpu = load_profile(CONFIG_DIR / "gpu.yaml").hparams
+    hp = gpu.model_copy(update={"width": 4, "epochs": 2, "batch_size": 64, "lr": 0.05, "ema_decay": 0.9})
+    assert gpu.depth >= 1 and gpu.ema_decay > 0
+    subset = Splits(
+        small_splits.train_images[:1500],
+        small_splits.train_labels[:1500],
+        small_splits.val_images[:300],
+        small_splits.val_labels[:300],
+    )
+    result = train_model(hp, subset, CPU, seed=0, amp=torch.bfloat16)
+    assert result.val_accuracy > 0.3  # learns (chance is 0.1) under bf16 autocast, through the weight average
+    assert any(k.startswith("features.1.body") for k in result.state_dict)  # a residual block was trained
+    assert all(v.dtype != torch.bfloat16 for v in result.state_dict.values())  # weights stay fp32
