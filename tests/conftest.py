@@ -1,60 +1,29 @@
-"""Shared test set-up: a private Metaflow datastore for the session, and one smoke run of the real flow."""
+"""Session set-up and shared fixtures: a private Metaflow datastore for the session, and one smoke run of the flow.
+
+Helpers live in `tests.support`; the AWS stand-in's fixtures (`aws`, `s3_client`) come from `tests.support.aws`.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-FLOW_FILE = ROOT / "flows" / "fashion_flow.py"
-SMOKE_PROFILE = ROOT / "configs" / "smoke.yaml"
-
 # Metaflow reads its configuration when it is first imported, so the datastore is chosen here, before any test
-# imports it: every run of the session lands in a throw-away directory, never in the user's .metaflow.
+# imports it: every run of the session lands in a throw-away directory, never in the user's .metaflow. pytest
+# imports this module before the plugins below and before any test module, and nothing above imports Metaflow.
 _root = os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", tempfile.mkdtemp(prefix="fashionflow-test-"))
-DATASTORE = Path(_root)
 # A task writes its cards under the first `.metaflow` folder above its working directory, while `get_cards` reads
 # them from the datastore root: flows therefore run from the datastore's directory, which holds `.metaflow`.
-(DATASTORE / ".metaflow").mkdir(parents=True, exist_ok=True)
+(Path(_root) / ".metaflow").mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("USERNAME", "test")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+pytest_plugins = ["tests.support.aws"]
 
-@dataclass(frozen=True)
-class FlowResult:
-    """What a finished Runner call left behind (its log files vanish when the Runner closes)."""
-
-    status: str
-    run: Any
-    stdout: str
-    stderr: str
-
-
-def _finished(executing) -> FlowResult:
-    return FlowResult(executing.status, executing.run, executing.stdout, executing.stderr)
-
-
-def run_flow(profile: Path = SMOKE_PROFILE, env: dict[str, str] | None = None, **run_options) -> FlowResult:
-    """Run FashionFlow through Metaflow's Runner API with a profile; returns the outcome, failed or not."""
-    from metaflow import Runner
-
-    with Runner(
-        str(FLOW_FILE), show_output=False, env=env, cwd=str(DATASTORE), config=[("config", str(profile))]
-    ) as runner:
-        return _finished(runner.run(**run_options))
-
-
-def resume_flow(origin_run_id: str, env: dict[str, str] | None = None, **options) -> FlowResult:
-    """Resume a run; no profile is passed, as Metaflow reuses the original run's."""
-    from metaflow import Runner
-
-    with Runner(str(FLOW_FILE), show_output=False, env=env, cwd=str(DATASTORE)) as runner:
-        return _finished(runner.resume(origin_run_id=origin_run_id, **options))
+from tests.support.flows import run_flow  # noqa: E402 - after the datastore is chosen
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FLOW_FILE, resume_flow, run_flow
 
 from fmnist.data import CLASS_NAMES
 from fmnist.model_record import ModelRecord
+from tests.support.flows import FLOW_FILE, SMOKE_PROFILE, resume_flow, run_flow
 
 STEPS = ["start", "load", "train", "join", "evaluate", "end"]
 
@@ -18,7 +18,7 @@ def test_smoke_run_stores_every_result_as_an_artifact(smoke_run):
     assert smoke_run.successful
     assert [s.id for s in smoke_run.steps()][::-1] == STEPS
     data = smoke_run.data
-    assert data.profile["name"] == "smoke"
+    assert data.config["name"] == "smoke"  # the profile, as Metaflow stores the flow's Config
     assert len(data.grid) == 2 and data.seed == 0
     assert data.environment["libraries"]["torch"] != "not installed"
     assert len(data.data_fingerprint) == 64
@@ -91,3 +91,33 @@ def test_failed_trial_resumes_reusing_finished_trials():
     assert by_trial[1].origin_pathspec is None
     assert run.data.config["name"] == "smoke"
     assert 0.3 < run.data.test_accuracy <= 1.0
+
+
+def _with_retries(tmp_path, retries: int):
+    """The smoke profile with `compute.retries` set: what a spot-prone Batch profile does, on this machine."""
+    profile = tmp_path / f"smoke-retries-{retries}.yaml"
+    profile.write_text(SMOKE_PROFILE.read_text() + f"compute:\n  retries: {retries}\n")
+    return profile
+
+
+def test_a_killed_trial_is_retried_and_continues_from_its_checkpoint(tmp_path):
+    """SIGKILL of the training process after epoch 1 of 2 (a spot reclamation): the retry resumes at epoch 2."""
+    result = run_flow(_with_retries(tmp_path, 1), env={"FASHIONFLOW_KILL_TRIALS": "1:1"}, max_workers=1)
+    assert result.status == "successful", result.stderr[-3000:]
+    trials = {t["trial_index"].data: t for t in result.run["train"]}
+    assert trials[1]["trial_summary"].data["resumed_at_epoch"] == 2
+    assert trials[1]["trial_summary"].data["attempt"] == 1
+    assert trials[0]["trial_summary"].data["resumed_at_epoch"] is None
+    assert "resumed at epoch 2" in result.stdout + result.stderr
+    # The whole history is there, the resumed epoch after the checkpointed one.
+    assert [h["epoch"] for h in trials[1]["history"].data] == [1, 2]
+
+
+def test_a_killed_trial_without_retries_fails_the_run_and_resume_finishes_it(tmp_path):
+    failed = run_flow(_with_retries(tmp_path, 0), env={"FASHIONFLOW_KILL_TRIALS": "1:1"}, max_workers=1)
+    assert failed.status == "failed"
+    resumed = resume_flow(failed.run.id, max_workers=1)
+    assert resumed.status == "successful", resumed.stderr[-3000:]
+    trials = {t["trial_index"].data: t for t in resumed.run["train"]}
+    assert trials[0].origin_pathspec is not None  # the finished trial was cloned
+    assert trials[1].origin_pathspec is None

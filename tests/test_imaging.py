@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from serving_fixtures import encode, real_test_images
 
 from fmnist.imaging import fit_background, normalize_photo, prepare_upload
 from fmnist.photos import PHOTO_CONDITIONS, photo_rng, render_photo
+from tests.support.images import encode, real_test_images
 
 LIMIT = 4_000_000
 CONDITIONS = {c.name: c for c in PHOTO_CONDITIONS}

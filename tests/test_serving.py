@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from serving_fixtures import encode, png_bomb, real_test_images
 
 from fmnist.data import CLASS_NAMES
 from fmnist.model import normalize
@@ -24,6 +23,7 @@ from fmnist.model_record import ModelRecord
 from serving.app import create_app
 from serving.model_loading import ModelLoadError
 from serving.settings import Settings
+from tests.support.images import encode, png_bomb, real_test_images
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = {"max_body_bytes": 300_000, "max_batch": 8, "max_image_pixels": 4_000_000}

@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serving_fixtures import encode, real_test_images
 
 from fmnist.data import CLASS_NAMES
 from fmnist.model import normalize
 from fmnist.model_record import ModelRecord
+from tests.support.images import encode, real_test_images
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from serving_fixtures import encode, png_bomb, real_test_images
 
 from fmnist.imaging import prepare_upload as prepare_image
 from fmnist.uploads import ImageError, ImageTooLarge, pixels_from_values
+from tests.support.images import encode, png_bomb, real_test_images
 
 LIMIT = 4_000_000
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the service's tests: real Fashion-MNIST test images as files, and a crafted decompression bomb."""
+"""Images for the upload and service tests: real Fashion-MNIST test images as files, and a decompression bomb."""
 
 from __future__ import annotations
 

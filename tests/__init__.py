@@ -1,0 +1,1 @@
+"""FashionFlow's tests; shared helpers live in `tests.support`."""
