@@ -5,9 +5,14 @@
 #
 # The train image carries the project's dependencies and an installed `fmnist`, but a Batch task imports the
 # `fmnist` shipped in Metaflow's code package (it sits next to the flow file, first on sys.path), so the image
-# only has to be rebuilt when dependencies change, not for every code change.
+# only has to be rebuilt when dependencies change (requirements/lock.txt), not for every code change.
+#
+# Both install from the lock (see the README's "Reproducible environment"): the project first, without its
+# dependencies, then the dependencies of the extras the image needs with the lock as a constraints file, so every
+# package is the locked version and every downloaded file is checked against the lock's sha256 (pip >= 26.1 honours
+# hashes in a constraints file). Python 3.11, the lock's.
 
-ARG TRAIN_BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+ARG TRAIN_BASE=python:3.11-slim-bookworm
 ARG SERVE_BASE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -21,11 +26,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     METAFLOW_SKIP_INSTALL_DEPENDENCIES=1
 
 WORKDIR /opt/fashionflow
+COPY requirements/ requirements/
 COPY pyproject.toml README.md ./
 COPY fmnist/ fmnist/
 COPY serving/ serving/
-# torch and torchvision come with the base image (CUDA builds); pip keeps them, as they satisfy pyproject.toml.
-RUN pip install . \
+# torch and torchvision are the lock's: PyPI's CUDA build, with the CUDA libraries as locked nvidia-* wheels, the
+# same files as the virtual environment's. The host only provides the NVIDIA driver (one recent enough for that
+# CUDA release, as the Batch GPU AMIs ship).
+RUN pip install --upgrade "pip>=26.1" \
+    && pip install --no-deps . \
+    && pip install --constraint requirements/lock.txt fashionflow \
     && python -c "import fmnist, metaflow, torch, boto3; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # Metaflow's Batch command downloads and unpacks the code package into ./metaflow under the working directory.
@@ -46,12 +56,21 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app app
 
 WORKDIR /opt/fashionflow
+COPY requirements/ requirements/
 COPY pyproject.toml README.md ./
 COPY fmnist/ fmnist/
 COPY serving/ serving/
-# CPU-only torch wheels first (a fraction of the CUDA wheels' size), then the project with its serving extra.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvision \
-    && pip install ".[serve]"
+# The one exception to the lock's hashes: torch and torchvision are the locked releases but PyTorch's CPU builds
+# (X.Y.Z+cpu, a tenth of the CUDA wheels and no nvidia-* libraries), checked against that index's own sha256.
+# Their dependencies and everything else come from the lock, hash-checked.
+RUN pip install --upgrade "pip>=26.1" \
+    && torch=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements/lock.txt) \
+    && torchvision=$(sed -n 's/^torchvision==\([^ ]*\).*/\1/p' requirements/lock.txt) \
+    && pip install --no-deps --index-url https://download.pytorch.org/whl/cpu \
+        "torch==${torch}" "torchvision==${torchvision}" \
+    && pip install --no-deps . \
+    && pip install --constraint requirements/lock.txt "fashionflow[serve]" \
+    && python -c "import serving.app, torch; print('torch', torch.__version__)"
 
 USER app
 WORKDIR /home/app

@@ -35,10 +35,13 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 # Re-resolve the newest versions pyproject.toml allows (torch and torchvision stay as requirements/torch.txt pins
 # them) for Python 3.11, with the sha256 of every file of every release. Commit the result; see the README.
+# `make lock UPGRADE=0` keeps the locked versions and only adds or drops what pyproject.toml changed.
+# pip-compile's closing warning about `fashionflow` is expected: `dev` names the project's own extras, and the
+# project is installed from the working tree, never from the lock.
 lock: $(VENV)/.installed
 	$(VENV)/bin/pip install -q "$(PIP_TOOLS)"
-	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --upgrade --extra dev \
-		--constraint requirements/torch.txt --generate-hashes --strip-extras \
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet $(if $(filter 0,$(UPGRADE)),,--upgrade) \
+		--extra dev --constraint requirements/torch.txt --generate-hashes --strip-extras \
 		--no-allow-unsafe --unsafe-package fashionflow \
 		--no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 		--output-file $(LOCK) pyproject.toml
