@@ -4,7 +4,7 @@
 resolves configs, before any step runs, and:
 
 - when `compute.batch` is set, adds `@batch` (GPUs, CPUs, memory, shared memory, image, queue) and
-  `@retry` (spot interruptions; the train step's `@checkpoint` makes a retry resume) to the train step, and to
+  `@retry` (spot interruptions; the train step's checkpoints make a retry resume) to the train step, and to
   nothing else;
 - when it is unset, adds `@retry` only if `compute.retries` asks for it: the flow runs where it is launched and
   needs no AWS.

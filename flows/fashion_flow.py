@@ -11,7 +11,8 @@ import logging
 
 from fashion_cloud import cloud_compute
 from flow_cards import LiveTrainingCard, dataset_card, leaderboard_card, report_card
-from metaflow import Config, FlowSpec, card, checkpoint, current, step
+from flow_checkpoints import datastore_checkpoints
+from metaflow import Config, FlowSpec, card, current, step
 
 from fmnist.config import DEFAULT_PROFILE_PATH, Profile, load_profile, parse_profile
 from fmnist.data import Splits
@@ -77,27 +78,20 @@ class FashionFlow(FlowSpec):
         current.card.extend(dataset_card(self.data_summary, self.train_images, self.train_labels))
         self.next(self.train, foreach="grid")
 
-    @checkpoint(show_card=False)
     @card(type="blank", refresh_interval=5)
     @step
     def train(self):
         """Train one trial (this foreach branch's grid point) on the device this task finds; live card per epoch.
 
-        The trial's full state is checkpointed through Metaflow's @checkpoint every `compute.checkpoint_every`
-        epochs; a retried task (spot reclamation on Batch, `compute.retries` locally) continues from the last one.
+        The trial's full state is checkpointed to the datastore every `compute.checkpoint_every` epochs; a retried
+        task (spot reclamation on Batch, `compute.retries` locally) continues from the last one.
         """
-        from fmnist.checkpoint import CheckpointStore
         from fmnist.pipeline import train_trial
 
         self.trial_index, self.hparams = self.index, self.input
         splits = Splits(self.train_images, self.train_labels, self.val_images, self.val_labels)
         live = LiveTrainingCard(self.trial_index, self.hparams)
-        checkpoints = CheckpointStore(
-            current.checkpoint.directory,
-            every=self.profile.compute.checkpoint_every,
-            on_save=lambda epoch: current.checkpoint.save(name="training_state", metadata={"epoch": epoch}),
-            on_resume=live.resumed,
-        )
+        checkpoints = datastore_checkpoints(self, self.profile.compute.checkpoint_every, on_resume=live.resumed)
         outcome = train_trial(
             self.profile,
             self.hparams,

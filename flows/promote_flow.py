@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from metaflow import Config, FlowSpec, Parameter, card, current, step, trigger_on_finish  # type: ignore[attr-defined]
+from metaflow import Config, FlowSpec, Parameter, card, current, step, trigger_on_finish
 from promotion_card import decision_card
 from promotion_runs import find_candidate, find_champion, move_tag, now_utc, run_facts
 
@@ -88,7 +88,7 @@ class PromoteFlow(FlowSpec):
         decision = decide(candidate, champion, self.policy, rollback=bool(self.rollback))
         self.decision = {**decision.to_dict(), "decided_by": current.username, "decided_at": now_utc()}
         self.promote = decision.promote
-        current.card.extend(decision_card(decision, candidate, champion))  # type: ignore[attr-defined]
+        current.card.extend(decision_card(decision, candidate, champion))
         self.next(self.apply)
 
     @step

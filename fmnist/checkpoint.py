@@ -6,8 +6,8 @@ interrupted after epoch k (a spot instance reclaimed, a killed process) and resu
 of an uninterrupted one. Only the latest checkpoint of a trial matters; each save replaces the previous one.
 
 Where checkpoints live is the caller's business: `CheckpointStore` is a directory plus a hook called after each
-save, so the flow can hand them to Metaflow's `@checkpoint` (which keeps them in the datastore, local or S3, and
-puts the latest back in the directory when a task is retried) while this package knows nothing of Metaflow.
+save, so the flow can mirror them to Metaflow's datastore (local or S3; `flows/flow_checkpoints.py`) and put the
+latest back in the directory when a task is retried, while this package knows nothing of Metaflow.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class TrainingState:
 class CheckpointStore:
     """The latest training state of one trial, as a file in `directory`, saved every `every` epochs.
 
-    `on_save(epoch)` runs after each write (the flow hands the directory to Metaflow's `@checkpoint` there);
+    `on_save(epoch)` runs after each write (the flow copies the file to Metaflow's datastore there);
     `on_resume(epoch)` runs when a state left by an earlier attempt is found (the flow's live card says so).
     """
 

@@ -131,8 +131,8 @@ class ComputeConfig(_Strict):
     # Retries of a failed train task where the flow runs (Batch uses `batch.retries`). None locally by default: a
     # local failure is usually a bug that a retry would only repeat; `resume` is the tool for the rest.
     retries: int = Field(0, ge=0, le=10)
-    # Epochs between training checkpoints (the trial's full state, in the datastore through Metaflow's
-    # @checkpoint): a retried task continues from the last one instead of epoch 1. A width-16 checkpoint is about
+    # Epochs between training checkpoints (the trial's full state, in the run's datastore): a retried task
+    # continues from the last one instead of epoch 1. A width-16 checkpoint is about
     # 0.5 MB and takes milliseconds, so every epoch; long GPU epochs could afford it as often.
     checkpoint_every: int = Field(1, ge=1, le=1000)
 

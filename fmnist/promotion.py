@@ -16,6 +16,7 @@ Three kinds of rule:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -189,9 +190,11 @@ class Decision:
 
 @dataclass(frozen=True)
 class _Metric:
-    rule: str
+    """An absolute rule: one number of the report against one threshold of the rules."""
+
+    rule: str  # the field of `PromotionRules` holding the threshold
     description: str
-    read: Any  # EvaluationReport -> float | None
+    read: Callable[[EvaluationReport], float | None]
     at_least: bool  # True: value >= threshold passes; False: value <= threshold passes
 
 
@@ -212,6 +215,8 @@ ABSOLUTE_RULES = (
         True,
     ),
 )
+ACCURACY = "test accuracy not below the champion's beyond their 95% intervals"
+RECALL = "largest drop of a class's test recall against the champion"
 
 
 def decide(candidate: RunFacts, champion: RunFacts | None, rules: PromotionRules, rollback: bool = False) -> Decision:
@@ -221,23 +226,12 @@ def decide(candidate: RunFacts, champion: RunFacts | None, rules: PromotionRules
     applies the profile and absolute rules, so even a rollback cannot put a smoke model into production.
     """
     notes: list[str] = []
-    checks = [*_profile_checks(candidate, rules)]
+    checks = _profile_checks(candidate, rules)
     try:
         report = candidate.typed_report()
     except ValueError as err:
-        checks.append(
-            Check(
-                "report",
-                "report",
-                "a readable evaluation report",
-                None,
-                None,
-                None,
-                False,
-                True,
-                f"candidate {candidate.pathspec}: {err}",
-            )
-        )
+        reason = f"candidate {candidate.pathspec}: {err}"
+        checks.append(_check("report", "report", "a readable evaluation report", passed=False, reason=reason))
         return _decision(candidate, champion, rollback, rules, checks, notes)
     champion_report = None
     if champion is not None:
@@ -245,14 +239,45 @@ def decide(candidate: RunFacts, champion: RunFacts | None, rules: PromotionRules
             champion_report = champion.typed_report()
         except ValueError as err:
             notes.append(f"champion {champion.pathspec}: {err}; the relative rules cannot be applied")
+        if champion.pathspec == candidate.pathspec:
+            notes.append("the candidate is the champion already")
     checks += [_absolute(metric, report, champion_report, rules) for metric in ABSOLUTE_RULES]
-    checks += _relative_checks(report, champion_report, rules, champion is not None, rollback)
-    if candidate.pathspec == (champion.pathspec if champion else None):
-        notes.append("the candidate is the champion already")
+    if champion_report is None or rollback:
+        why = "rollback: the champion comparison is skipped" if rollback else "no champion yet"
+        if champion is not None and champion_report is None and not rollback:
+            why = "the champion's report cannot be read"
+        theirs = champion_report.test.accuracy if champion_report is not None else None
+        checks.append(_check("accuracy_ci_factor", "relative", ACCURACY, report.test.accuracy, theirs, reason=why))
+        checks.append(_check("max_recall_drop", "relative", RECALL, reason=why))
+    else:
+        checks += [_accuracy(report, champion_report, rules), _recall(report, champion_report, rules)]
     return _decision(candidate, champion, rollback, rules, checks, notes)
 
 
-def _decision(candidate, champion, rollback, rules, checks, notes) -> Decision:
+def _check(
+    rule: str,
+    kind: RuleKind,
+    description: str,
+    candidate: Value = None,
+    champion: Value = None,
+    threshold: Value = None,
+    passed: bool = True,
+    applied: bool | None = None,
+    reason: str = "",
+) -> Check:
+    """A `Check`; `applied` defaults to "the rule decided something": failed, or had a threshold to pass."""
+    applied = (not passed or threshold is not None) if applied is None else applied
+    return Check(rule, kind, description, candidate, champion, threshold, passed, applied, reason)
+
+
+def _decision(
+    candidate: RunFacts,
+    champion: RunFacts | None,
+    rollback: bool,
+    rules: PromotionRules,
+    checks: list[Check],
+    notes: list[str],
+) -> Decision:
     return Decision(
         candidate=candidate.pathspec,
         champion=champion.pathspec if champion else None,
@@ -266,34 +291,38 @@ def _decision(candidate, champion, rollback, rules, checks, notes) -> Decision:
 
 
 def _profile_checks(candidate: RunFacts, rules: PromotionRules) -> list[Check]:
-    name = candidate.profile_name
+    name, subset = candidate.profile_name, candidate.train_subset
+    if not candidate.profile:  # a run without its profile cannot show it was a release profile
+        reason = f"{candidate.pathspec} has no profile artifact (`config`)"
+        return [
+            _check("refused_profiles", "profile", "a release profile", passed=False, reason=reason),
+            _check("require_full_data", "profile", "trained on the full training set", passed=False, reason=reason),
+        ]
     refused = name in rules.refused_profiles
-    profile = Check(
+    profile = _check(
         "refused_profiles",
         "profile",
         "a release profile (not one that only proves the pipeline runs)",
-        name,
-        None,
-        f"not in {rules.refused_profiles}",
-        not refused,
-        True,
-        f"profile {name!r} is refused for production" if refused else f"profile {name!r} may be released",
+        candidate=name,
+        threshold=f"not in {rules.refused_profiles}",
+        passed=not refused,
+        applied=True,
+        reason=f"profile {name!r} is refused for production" if refused else f"profile {name!r} may be released",
     )
-    subset = candidate.train_subset
-    full = subset is None
-    data = Check(
+    if subset is None:
+        reason = "trained on all training images"
+    else:
+        allowed = "" if rules.require_full_data else "; allowed by these rules"
+        reason = f"trained on a subset of {subset} images (data.train_subset){allowed}"
+    data = _check(
         "require_full_data",
         "profile",
         "trained on the full training set",
-        "all" if full else subset,
-        None,
-        "all" if rules.require_full_data else None,
-        full or not rules.require_full_data,
-        rules.require_full_data,
-        "trained on all training images"
-        if full
-        else f"trained on a subset of {subset} images (data.train_subset)"
-        + ("" if rules.require_full_data else "; allowed by these rules"),
+        candidate="all" if subset is None else subset,
+        threshold="all" if rules.require_full_data else None,
+        passed=subset is None or not rules.require_full_data,
+        applied=rules.require_full_data,
+        reason=reason,
     )
     return [profile, data]
 
@@ -301,125 +330,61 @@ def _profile_checks(candidate: RunFacts, rules: PromotionRules) -> list[Check]:
 def _absolute(
     metric: _Metric, report: EvaluationReport, champion: EvaluationReport | None, rules: PromotionRules
 ) -> Check:
-    threshold = getattr(rules, metric.rule)
-    value = metric.read(report)
-    theirs = metric.read(champion) if champion is not None else None
-    sign = ">=" if metric.at_least else "<="
+    threshold: float | None = getattr(rules, metric.rule)
+    value, theirs = metric.read(report), (metric.read(champion) if champion is not None else None)
     if threshold is None:
-        return Check(metric.rule, "absolute", metric.description, value, theirs, None, True, False, "rule off")
+        return _check(metric.rule, "absolute", metric.description, value, theirs, reason="rule off")
     if value is None:
-        return Check(
-            metric.rule,
-            "absolute",
-            metric.description,
-            None,
-            theirs,
-            threshold,
-            False,
-            True,
-            f"{metric.description}: not measured",
-        )
+        reason = f"{metric.description}: not measured"
+        return _check(metric.rule, "absolute", metric.description, None, theirs, threshold, False, reason=reason)
     passed = value >= threshold if metric.at_least else value <= threshold
-    reason = f"{metric.description} {_fmt(value)} {sign if passed else _negate(sign)} {_fmt(threshold)}"
-    return Check(metric.rule, "absolute", metric.description, float(value), theirs, threshold, passed, True, reason)
+    sign = {(True, True): ">=", (True, False): "<", (False, True): "<=", (False, False): ">"}[metric.at_least, passed]
+    reason = f"{metric.description} {_fmt(value)} {sign} {_fmt(threshold)}"
+    return _check(metric.rule, "absolute", metric.description, float(value), theirs, threshold, passed, reason=reason)
 
 
-def _relative_checks(
-    report: EvaluationReport,
-    champion: EvaluationReport | None,
-    rules: PromotionRules,
-    has_champion: bool,
-    rollback: bool,
-) -> list[Check]:
-    accuracy_text = "test accuracy not below the champion's beyond their 95% intervals"
-    recall_text = "largest drop of a class's test recall against the champion"
-    mine = report.test
-    if champion is None or rollback:
-        why = (
-            "rollback: the champion comparison is skipped"
-            if rollback
-            else ("no champion yet" if not has_champion else "the champion's report cannot be read")
-        )
-        theirs_acc = champion.test.accuracy if champion is not None else None
-        return [
-            Check("accuracy_ci_factor", "relative", accuracy_text, mine.accuracy, theirs_acc, None, True, False, why),
-            Check("max_recall_drop", "relative", recall_text, None, None, None, True, False, why),
-        ]
-    theirs = champion.test
-    half = (mine.accuracy_ci95[1] - mine.accuracy_ci95[0]) / 2 + (theirs.accuracy_ci95[1] - theirs.accuracy_ci95[0]) / 2
-    checks = []
+def _accuracy(report: EvaluationReport, champion: EvaluationReport, rules: PromotionRules) -> Check:
+    mine, theirs = report.test, champion.test
     if rules.accuracy_ci_factor is None:
-        checks.append(
-            Check(
-                "accuracy_ci_factor",
-                "relative",
-                accuracy_text,
-                mine.accuracy,
-                theirs.accuracy,
-                None,
-                True,
-                False,
-                "rule off",
-            )
-        )
-    else:
-        floor = theirs.accuracy - rules.accuracy_ci_factor * half
-        passed = mine.accuracy >= floor
-        reason = (
-            f"test accuracy {mine.accuracy:.4f} vs champion {theirs.accuracy:.4f}: "
-            + ("within" if passed else "below")
-            + f" the allowed floor {floor:.4f} (champion minus {rules.accuracy_ci_factor:g} x the half-widths"
-            f" {half:.4f})"
-        )
-        checks.append(
-            Check(
-                "accuracy_ci_factor",
-                "relative",
-                accuracy_text,
-                mine.accuracy,
-                theirs.accuracy,
-                round(floor, 6),
-                passed,
-                True,
-                reason,
-            )
-        )
-    mine_recall = {c.name: c.recall for c in mine.per_class}
-    theirs_recall = {c.name: c.recall for c in theirs.per_class}
-    drops = {name: recall - mine_recall.get(name, 0.0) for name, recall in theirs_recall.items()}
-    worst = max(drops, key=lambda name: drops[name]) if drops else None
-    drop = round(drops[worst], 6) if worst is not None else 0.0
+        return _check("accuracy_ci_factor", "relative", ACCURACY, mine.accuracy, theirs.accuracy, reason="rule off")
+    half_widths = sum((hi - lo) / 2 for lo, hi in (mine.accuracy_ci95, theirs.accuracy_ci95))
+    floor = theirs.accuracy - rules.accuracy_ci_factor * half_widths
+    passed = mine.accuracy >= floor
+    reason = (
+        f"test accuracy {mine.accuracy:.4f} vs champion {theirs.accuracy:.4f}: {'within' if passed else 'below'} the"
+        f" allowed floor {floor:.4f} (champion minus {rules.accuracy_ci_factor:g} x the half-widths {half_widths:.4f})"
+    )
+    return _check(
+        "accuracy_ci_factor",
+        "relative",
+        ACCURACY,
+        mine.accuracy,
+        theirs.accuracy,
+        round(floor, 6),
+        passed,
+        True,
+        reason,
+    )
+
+
+def _recall(report: EvaluationReport, champion: EvaluationReport, rules: PromotionRules) -> Check:
+    mine = {c.name: c.recall for c in report.test.per_class}
+    theirs = {c.name: c.recall for c in champion.test.per_class}
+    drops = {name: recall - mine.get(name, 0.0) for name, recall in theirs.items()}
+    if not drops:
+        return _check("max_recall_drop", "relative", RECALL, reason="the champion's report has no per-class scores")
+    worst = max(drops, key=lambda name: drops[name])
+    drop = round(drops[worst], 6)
     if rules.max_recall_drop is None:
-        checks.append(Check("max_recall_drop", "relative", recall_text, drop, None, None, True, False, "rule off"))
-    elif worst is None:
-        checks.append(
-            Check(
-                "max_recall_drop",
-                "relative",
-                recall_text,
-                None,
-                None,
-                rules.max_recall_drop,
-                True,
-                False,
-                "the champion's report has no per-class scores",
-            )
-        )
-    else:
-        passed = drop <= rules.max_recall_drop
-        reason = (
-            f"recall of {worst!r}: {mine_recall.get(worst, 0.0):.4f} vs champion {theirs_recall[worst]:.4f}, a drop"
-            f" of {_fmt(drop)} {'<=' if passed else '>'} {_fmt(rules.max_recall_drop)}"
-        )
-        checks.append(
-            Check("max_recall_drop", "relative", recall_text, drop, None, rules.max_recall_drop, passed, True, reason)
-        )
-    return checks
+        return _check("max_recall_drop", "relative", RECALL, drop, reason="rule off")
+    passed = drop <= rules.max_recall_drop
+    reason = (
+        f"recall of {worst!r}: {mine.get(worst, 0.0):.4f} vs champion {theirs[worst]:.4f}, a drop of {_fmt(drop)}"
+        f" {'<=' if passed else '>'} {_fmt(rules.max_recall_drop)}"
+    )
+    return _check("max_recall_drop", "relative", RECALL, drop, None, rules.max_recall_drop, passed, True, reason)
 
 
 def _fmt(value: float) -> str:
+    """Shares as percentages, anything else as a number."""
     return f"{100 * value:.2f}%" if abs(value) <= 1.0 else f"{value:.4g}"
-
-
-def _negate(sign: str) -> str:
-    return {">=": "<", "<=": ">"}[sign]

@@ -3,6 +3,7 @@ not at import), middleware and routers. The routes live in `serving/routes/`, th
 
 uvicorn serving.app:app            # from the repository root; settings from FASHIONFLOW_* variables
 fmnist-serve --run FashionFlow/123 # the console script (serving/cli.py)
+fmnist-serve --tag production      # follows the tag: switches to a newly tagged run without a restart
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from PIL import Image
 
 from fmnist.imaging import prepare_upload
 
-from .inference import MicroBatcher, Predictor
+from .following import ModelFollower, install, warm
+from .inference import MicroBatcher
 from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .model_loading import ModelLoadError, load_model
-from .routes import model, predict, status
+from .routes import drift, model, predict, status
 from .settings import Settings
 
 log = logging.getLogger("serving")
@@ -31,7 +33,8 @@ log = logging.getLogger("serving")
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load and warm up the model before the first request; put the service out of readiness on the way down."""
+    """Load and warm up the model before the first request, then follow the tag if asked to (`serving.following`);
+    put the service out of readiness on the way down."""
     settings: Settings = app.state.settings
     app.state.not_ready = "loading the model"
     try:
@@ -39,20 +42,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except ModelLoadError as err:
         log.error("cannot start: %s", err)
         raise
-    predictor = Predictor(served)
-    seconds = predictor.warm_up(settings.max_batch)
+    try:
+        predictor, seconds = warm(served, settings)
+    except RuntimeError as err:
+        log.error("cannot start: the model of %s fails its warm-up: %s", served.run_pathspec, err)
+        raise ModelLoadError(f"the model of {served.run_pathspec} fails its warm-up: {err}") from None
     prepare_upload(_warm_up_png(), settings.max_image_pixels)
     log.info("model of %s warm in %.2fs; serving", served.run_pathspec, seconds)
     if settings.batching:
         app.state.batcher = MicroBatcher(predictor, settings.max_batch)
         app.state.batcher.start()
-    app.state.predictor, app.state.not_ready = predictor, None
+    install(app, predictor)
+    app.state.not_ready = None
     app.state.metrics.model_loaded.set(1)
+    if settings.reload_interval > 0:
+        app.state.follower = ModelFollower(app, settings)
+        app.state.follower.start()
     try:
         yield
     finally:
         app.state.predictor, app.state.not_ready = None, "shutting down"
         app.state.metrics.model_loaded.set(0)
+        if app.state.follower is not None:
+            await app.state.follower.stop()
+            app.state.follower = None
         if app.state.batcher is not None:
             await app.state.batcher.stop()
             app.state.batcher = None
@@ -73,13 +86,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.2.0",
         lifespan=lifespan,
     )
-    app.state.settings, app.state.metrics = settings or Settings(), ServiceMetrics()
-    app.state.predictor, app.state.batcher = None, None
+    app.state.settings, app.state.metrics = settings or Settings(), ServiceMetrics(app.state)
+    app.state.predictor, app.state.batcher, app.state.follower, app.state.drift = None, None, None, None
+    app.state.model_since = None
     app.state.not_ready = "the model is loaded when the service starts (lifespan not run)"
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=app.state.settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_problem)
-    for router in (status.router, model.router, predict.router):
+    for router in (status.router, model.router, predict.router, drift.router):
         app.include_router(router)
     return app
 

@@ -12,7 +12,9 @@ from .settings import Settings
 
 OPTIONS = {  # option -> setting (and FASHIONFLOW_<SETTING> variable)
     "run": "Run pathspec to serve, e.g. FashionFlow/1795693605953813.",
-    "tag": "Serve the newest successful run with this tag.",
+    "tag": "Serve the newest successful run with this tag, and follow it: switch to a newly tagged run without a"
+    " restart (e.g. --tag production).",
+    "reload_seconds": "Seconds between checks for a newly tagged run (default 30 with --tag; 0 = off).",
     "flow": "Flow name (default FashionFlow).",
     "metadata": "Metaflow metadata provider, e.g. local@/path/to/dir or service@https://...",
     "host": "Interface to listen on (default 127.0.0.1; 0.0.0.0 in a container).",
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Serve the FashionFlow model over REST. Without --run or --tag, the latest successful run.",
     )
     for name, text in OPTIONS.items():
-        parser.add_argument(f"--{name}", help=text)
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=text)
     parser.add_argument("--log-level", default="info", help="uvicorn log level (default info).")
     args = parser.parse_args(argv)
     # Options become environment variables so that every uvicorn worker process sees the same settings.

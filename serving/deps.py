@@ -1,4 +1,4 @@
-"""Typed dependencies of the routes, all from one place: settings, metrics, the predictor and the batcher.
+"""Typed dependencies of the routes, all from one place: settings, metrics, the predictor, the batcher, drift.
 
 Everything lives on `app.state`, set by `serving.app.create_app` and its lifespan; a route asks for what it needs
 with one of the `Annotated` aliases below, as FastAPI's own project template does.
@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
+from .drift import DriftMonitor
 from .inference import MicroBatcher, Predictor
 from .metrics import ServiceMetrics
 from .settings import Settings
@@ -26,7 +27,10 @@ def get_metrics(request: Request) -> ServiceMetrics:
 
 
 def get_predictor(request: Request) -> Predictor:
-    """The loaded model; 503 with the reason while there is none."""
+    """The loaded model; 503 with the reason while there is none.
+
+    Taken once per request: a request is answered by this predictor to the end, even if the service switches to a
+    newly tagged model meanwhile (`serving.following`), so its response names the run that produced it."""
     predictor = request.app.state.predictor
     if predictor is None:
         raise HTTPException(503, f"model not ready: {request.app.state.not_ready}")
@@ -36,6 +40,14 @@ def get_predictor(request: Request) -> Predictor:
 def get_batcher(request: Request) -> MicroBatcher | None:
     """The micro-batcher of single-image requests, when batching is on."""
     return request.app.state.batcher
+
+
+def get_drift(request: Request) -> DriftMonitor:
+    """The drift window of the served model; 503 while no model is loaded."""
+    monitor = request.app.state.drift
+    if monitor is None or request.app.state.predictor is None:
+        raise HTTPException(503, f"model not ready: {request.app.state.not_ready}")
+    return monitor
 
 
 def require_multipart(request: Request) -> None:
@@ -56,4 +68,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 BatcherDep = Annotated[MicroBatcher | None, Depends(get_batcher)]
+DriftDep = Annotated[DriftMonitor, Depends(get_drift)]
 TopK = Annotated[int | None, Query(ge=1, le=10, description="How many classes to list (default 3, configurable).")]

@@ -31,12 +31,26 @@ class Predictor:
         return self.classifier.score(pixels, empty)
 
     def warm_up(self, max_batch: int, rounds: int = 3) -> float:
-        """Run the batch sizes the service will see, so the first real request pays no one-off costs; seconds."""
+        """Run the batch sizes the service will see, so the first real request pays no one-off costs; seconds.
+
+        Raises RuntimeError when the model's answers are not probabilities (NaN weights, a broken record): such a
+        model must not be served."""
         start = time.perf_counter()
         for _ in range(rounds):
             for size in sorted({1, min(8, max_batch), max_batch}):
-                self.score(np.zeros((size, 28, 28), dtype=np.uint8))
+                scored = self.score(np.zeros((size, 28, 28), dtype=np.uint8))
+                probs = np.stack([s.probabilities for s in scored])
+                if probs.shape != (size, len(self.class_names)) or not np.isfinite(probs).all():
+                    raise RuntimeError(
+                        f"warm-up: the model's answers are not {len(self.class_names)} finite"
+                        f" probabilities per image (shape {probs.shape})"
+                    )
         return time.perf_counter() - start
+
+    @property
+    def run(self) -> str:
+        """The run pathspec of the served model, named in every prediction response."""
+        return self.served.run_pathspec
 
     def describe(self, scored: Scored, top_k: int, inverted: bool | None = None) -> Prediction:
         """One scored image -> the response's prediction."""
@@ -70,7 +84,7 @@ class MicroBatcher:
     def __init__(self, predictor: Predictor, max_batch: int) -> None:
         self.predictor = predictor
         self.max_batch = max_batch
-        self.queue: asyncio.Queue[tuple[np.ndarray, bool, asyncio.Future[Scored]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[np.ndarray, bool, Predictor, asyncio.Future[Scored]]] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.task: asyncio.Task[None] | None = None
 
@@ -84,10 +98,12 @@ class MicroBatcher:
                 await self.task
         self.executor.shutdown(wait=True)
 
-    async def score(self, pixels: np.ndarray, empty: bool = False) -> Scored:
-        """(28, 28) uint8 -> its `Scored`, computed in a batch with concurrent requests."""
+    async def score(self, pixels: np.ndarray, empty: bool = False, predictor: Predictor | None = None) -> Scored:
+        """(28, 28) uint8 -> its `Scored`, computed in a batch with concurrent requests, by `predictor` (the one the
+        request started with; default the batcher's current one), so a request is answered by one model even while
+        the service switches to another."""
         future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((pixels, empty, future))
+        self.queue.put_nowait((pixels, empty, predictor or self.predictor, future))
         return await future
 
     async def _serve(self) -> None:
@@ -96,15 +112,20 @@ class MicroBatcher:
             items = [await self.queue.get()]
             while len(items) < self.max_batch and not self.queue.empty():
                 items.append(self.queue.get_nowait())
-            batch = np.stack([pixels for pixels, _, _ in items])  # (B, 28, 28)
-            empty = [blank for _, blank, _ in items]
-            try:
-                scored = await loop.run_in_executor(self.executor, self.predictor.score, batch, empty)
-            except Exception as err:  # hand the failure to every waiting request rather than kill the loop
-                for _, _, future in items:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
-            for (_, _, future), row in zip(items, scored, strict=True):
+            # One forward pass per model: during a switch, requests of the old and the new model may be queued.
+            for predictor in {id(item[2]): item[2] for item in items}.values():
+                await self._score_group(loop, predictor, [item for item in items if item[2] is predictor])
+
+    async def _score_group(self, loop: asyncio.AbstractEventLoop, predictor: Predictor, items: list) -> None:
+        batch = np.stack([pixels for pixels, _, _, _ in items])  # (B, 28, 28)
+        empty = [blank for _, blank, _, _ in items]
+        try:
+            scored = await loop.run_in_executor(self.executor, predictor.score, batch, empty)
+        except Exception as err:  # hand the failure to every waiting request rather than kill the loop
+            for *_, future in items:
                 if not future.done():
-                    future.set_result(row)
+                    future.set_exception(err)
+            return
+        for (*_, future), row in zip(items, scored, strict=True):
+            if not future.done():
+                future.set_result(row)

@@ -9,13 +9,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class ServiceMetrics:
-    """Request counts and latencies per route, predictions per class, and whether a model is loaded.
+    """Request counts and latencies per route, predictions per class, the served model (loaded, which run, switches,
+    failed switches) and the drift signals.
 
     With several uvicorn workers every worker counts its own requests; scrape each or run one worker per container.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, app_state: Any = None) -> None:
+        """`app_state`: the app's state, whose `drift` monitor the drift gauges read (none without it)."""
         self.registry = CollectorRegistry()
+        if app_state is not None:  # drift gauges, computed from the app's window at scrape time
+            from .drift import DriftCollector
+
+            self.registry.register(DriftCollector(app_state))
         self.requests = Counter(
             "fashionflow_http_requests",
             "HTTP requests by route, method and status code",
@@ -50,6 +56,30 @@ class ServiceMetrics:
         self.model_loaded = Gauge(
             "fashionflow_model_loaded", "1 once the model is loaded and warm", registry=self.registry
         )
+        self.model_info = Gauge(
+            "fashionflow_model_info",
+            "1 for the run whose model is served (one series: the previous run's is removed on a switch)",
+            ["run"],
+            registry=self.registry,
+        )
+        self.model_switches = Counter(
+            "fashionflow_model_switches",
+            "Switches to a newly tagged run's model, without a restart",
+            registry=self.registry,
+        )
+        self.model_switched_at = Gauge(
+            "fashionflow_model_switched_at_seconds",
+            "Unix time at which the served model was loaded or last switched to",
+            registry=self.registry,
+        )
+        self.model_reload_failures = Counter(
+            "fashionflow_model_reload_failures",
+            "Newly tagged runs not switched to, by stage: find (the lookup), load (the record) or warm_up",
+            ["stage"],
+            registry=self.registry,
+        )
+        for stage in ("find", "load", "warm_up"):  # every series from the start, at 0
+            self.model_reload_failures.labels(stage)
 
 
 class MetricsMiddleware:

@@ -91,8 +91,12 @@ def _describe_metadata() -> str:
     return f"metadata {get_metadata()}"
 
 
-def load_model(settings: Settings) -> ServedModel:
-    """Load, validate and build the selected run's model record on the configured device, in eval mode."""
+def load_model(settings: Settings, pathspec: str | None = None) -> ServedModel:
+    """Load, validate and build the selected run's model record on the configured device, in eval mode.
+
+    `pathspec` names the run to load instead of the one the settings select (the tag follower found it already)."""
+    if pathspec is not None:
+        settings = settings.model_copy(update={"run": pathspec})
     try:
         device = pick_device(settings.device)
     except RuntimeError as err:

@@ -55,6 +55,20 @@ class ModelInfo(BaseModel):
     )
     device: str
     provenance: dict[str, Any]
+    loaded_at: str | None = Field(
+        None, description="When this model started serving (UTC, ISO 8601): at start-up or at the last switch."
+    )
+    following: str | None = Field(
+        None,
+        description="What the service follows for newly tagged models (e.g. \"tag 'production' every 30s\"); null"
+        " when it serves one run until restarted.",
+    )
+    switches: int = Field(0, description="Switches to a newly tagged run since the service started.")
+    drift_reference: dict[str, Any] | None = Field(
+        None,
+        description="What in-distribution traffic looks like for this model (class prior, unsure share, input"
+        " statistics), from its record; the /drift signals compare against it. null for older records.",
+    )
 
 
 class ClassProbability(BaseModel):
@@ -91,10 +105,16 @@ class Prediction(BaseModel):
     filename: str | None = None
 
 
+class SinglePrediction(Prediction):
+    """The answer for one uploaded image, and the run whose model gave it."""
+
+    run: str = Field(description="Run pathspec of the model that produced this answer.")
+
+
 class BatchPrediction(BaseModel):
     """Predictions for several images, in the order they were sent."""
 
-    run: str
+    run: str = Field(description="Run pathspec of the model that produced these answers.")
     predictions: list[Prediction]
 
 
@@ -113,3 +133,25 @@ class PixelBatch(BaseModel):
     normalize: bool = Field(
         default=False, description="Normalise each image as uploads are, instead of taking the values as they are."
     )
+
+
+class DriftSignal(BaseModel):
+    """One drift signal over the window."""
+
+    name: str
+    value: float | None = Field(description="Over the current window; null while it cannot be measured.")
+    reference: float | None = Field(description="The same quantity for the training or test data, where known.")
+    threshold: float
+    past_threshold: bool = Field(description="Past its threshold, on at least `min_samples` predictions.")
+    description: str
+
+
+class DriftReport(BaseModel):
+    """Whether recent traffic still looks like the data the served model was trained and judged on."""
+
+    run: str = Field(description="The served model's run; the window restarts when the service switches models.")
+    window_size: int = Field(description="Most recent predictions the signals are computed over.")
+    count: int = Field(description="Predictions in the window now.")
+    min_samples: int = Field(description="No signal counts as past its threshold on fewer predictions.")
+    drifting: bool = Field(description="Any signal past its threshold.")
+    signals: list[DriftSignal]

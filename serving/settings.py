@@ -27,6 +27,16 @@ class Settings(BaseSettings):
         " working directory).",
     )
 
+    # Following the tag: the service looks for a newly tagged run at this interval and switches to it without a
+    # restart. None: every 30 s when a tag is set (a promotion reaches users within half a minute, and a lookup of the
+    # tag costs one metadata query), off otherwise; 0: off. With `run` set there is nothing to follow.
+    reload_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="Seconds between checks for a newly tagged run (default 30 with a tag, else off; 0 = off).",
+    )
+
     host: str = Field(default="127.0.0.1", description="Interface to listen on; 0.0.0.0 in a container.")
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes, each with its own model copy.")
@@ -52,8 +62,35 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=64, ge=1, le=1024, description="Most images in one batch request.")
     default_top_k: int = Field(default=3, ge=1, le=10)
 
+    # Drift signals over a sliding window of recent predictions (GET /drift, fashionflow_drift_* gauges). 1000
+    # predictions: enough that an in-distribution window stays well inside the thresholds below (the class
+    # divergence of 1000 draws from the prior is ~0.003 bits), few enough that a shift shows within minutes.
+    drift_window: int = Field(default=1000, ge=10, le=1_000_000, description="Predictions in the drift window.")
+    # No signal is judged on fewer predictions than this: a handful of requests says nothing about a distribution.
+    drift_min_samples: int = Field(default=100, ge=1, description="Predictions needed before drift is judged.")
+    # Jensen-Shannon divergence (bits) of predicted classes from the training prior: 0.1 is, for example, a third of
+    # the traffic moving to one class; one class only is ~0.76.
+    drift_class_divergence: float = Field(default=0.1, gt=0, le=1)
+    # Unsure answers above the test set's share by more than this (15 points): the model is less sure of the traffic.
+    drift_unsure_increase: float = Field(default=0.15, gt=0, le=1)
+    # Most uploads being product photos (a garment darker than its backdrop, negated by the normalisation): the
+    # traffic is no longer Fashion-MNIST-like scans, where the photo suite, not the test set, predicts accuracy.
+    drift_inverted_share: float = Field(default=0.5, gt=0, le=1)
+    # Mean pixel or foreground share of the model's input moved by half a reference standard deviation (a medium
+    # effect size; a window of 100 in-distribution images has a standard error of 0.1).
+    drift_input_shift: float = Field(default=0.5, gt=0)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.run is not None and not self.run.strip():
             raise ValueError("run must be a pathspec such as 'FashionFlow/123', not empty")
         return self
+
+    @property
+    def reload_interval(self) -> float:
+        """Seconds between checks for a newly tagged run; 0 when the service does not follow a tag."""
+        if self.run:
+            return 0.0
+        if self.reload_seconds is None:
+            return 30.0 if self.tag else 0.0
+        return self.reload_seconds

@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 import torch  # noqa: F401 - before metaflow: torch fails to import once metaflow's vendored typing_extensions is loaded
 import yaml
-from fashion_cloud import batch_decorators, package_files
+from fashion_cloud import batch_decorators, package_files, retry_decorators
+from flow_checkpoints import checkpoint_key
 
 import fmnist
 from fmnist.config import load_profile
@@ -88,6 +89,13 @@ def test_batch_section_becomes_batch_and_retry_decorators():
     assert decorators["retry"] == {"times": batch["retries"]}
     # Unset image/queue fall back to Metaflow's configured defaults instead of being passed as None.
     assert "image" not in dict(batch_decorators({**batch, "image": None, "queue": None}))["batch"]
+
+
+def test_local_retries_come_from_the_profile_and_batch_keeps_its_own():
+    assert retry_decorators({"retries": 0}) == []
+    assert retry_decorators({"retries": 2}) == [("retry", {"times": 2})]
+    batch = load_profile(CONFIGS / "batch.yaml").compute
+    assert dict(retry_decorators(batch.model_dump()))["retry"] == {"times": batch.batch.retries}
 
 
 def test_code_package_lists_fmnist_sources():
@@ -165,6 +173,15 @@ def test_batch_profile_sends_only_trials_to_batch(aws, s3_client, tmp_path):
     for submitted in ran:
         resources = {r["type"]: r["value"] for r in submitted["overrides"]["resourceRequirements"]}
         assert resources == {"GPU": str(profile.gpu), "VCPU": str(profile.cpu), "MEMORY": str(profile.memory)}
+
+    # The train step carries the profile's retries (a reclaimed spot instance resumes the trial), and each trial's
+    # checkpoint lives where the datastore lives: in the bucket, next to the task's own files.
+    decorators = {d["name"]: d for d in run["start"].task["_graph_info"].data["steps"]["train"]["decorators"]}
+    assert {"batch", "retry"} <= set(decorators)
+    assert int(decorators["retry"]["attributes"]["times"]) == profile.retries
+    for task in run["train"]:
+        key = f"metaflow/{checkpoint_key('FashionFlow', run.id, 'train', task.id)}"
+        assert key in _keys(s3_client, key), f"no checkpoint of {task.pathspec} in the bucket"
 
     # The trials ran in the stand-in containers and the Client sees their results; the rest stayed local.
     for task in run["train"]:
@@ -286,18 +303,17 @@ def test_dockerfile_has_train_and_serve_targets():
     assert set(stages) == {"train", "serve"}
 
     train = dict(stages["train"])
-    base = train["FROM"]
-    assert base.startswith("pytorch/pytorch:") and "cuda" in base and base.endswith("-runtime")
-    assert any(i == "RUN" and "pip install ." in a for i, a in stages["train"])
+    assert train["FROM"].startswith("python:3.11")  # torch and its CUDA libraries come from the lock, not the base
+    assert any(i == "RUN" and "--constraint requirements/lock.txt" in a for i, a in stages["train"])
     copied = {word for i, a in stages["train"] if i == "COPY" for word in a.split()}
-    assert {"fmnist/", "serving/", "pyproject.toml"} <= copied
+    assert {"fmnist/", "serving/", "pyproject.toml", "requirements/"} <= copied
     assert "METAFLOW_SKIP_INSTALL_DEPENDENCIES=1" in train["ENV"]
 
     serve = stages["serve"]
     instructions = [i for i, _ in serve]
     assert "slim" in dict(serve)["FROM"]
     assert any(i == "RUN" and "download.pytorch.org/whl/cpu" in a for i, a in serve)  # CPU wheels only
-    assert any(i == "RUN" and '".[serve]"' in a for i, a in serve)
+    assert any(i == "RUN" and '"fashionflow[serve]"' in a and "requirements/lock.txt" in a for i, a in serve)
     user = dict(serve)["USER"]
     assert user not in {"root", "0"} and any(i == "RUN" and "useradd" in a and user in a for i, a in serve)
     # Nothing is installed after the switch away from root.

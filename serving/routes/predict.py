@@ -1,7 +1,9 @@
 """Classify images: one upload, several uploads, or raw 28x28 pixel values sent as JSON.
 
 Every upload goes through `fmnist.imaging.prepare_upload`, the normalisation the evaluate step measured on rendered
-photos; every answer says whether the model is sure (`confident`) and, when not, why (`unsure_reason`).
+photos; every answer says whether the model is sure (`confident`) and, when not, why (`unsure_reason`), and names
+the run whose model produced it (`run`). A request takes the served model once (`PredictorDep`) and is answered by
+it to the end, even while the service switches to a newly tagged model. Each prediction also enters the drift window.
 """
 
 from __future__ import annotations
@@ -9,15 +11,25 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from fmnist.imaging import Prepared, normalize_photo, prepare_upload
 from fmnist.uploads import ImageError, ImageTooLarge, pixels_from_values
 
-from ..deps import BatcherDep, MetricsDep, PredictorDep, SettingsDep, TopK, require_json, require_multipart
+from ..deps import (
+    BatcherDep,
+    MetricsDep,
+    PredictorDep,
+    SettingsDep,
+    TopK,
+    require_json,
+    require_multipart,
+)
+from ..drift import DriftMonitor
+from ..inference import Predictor
 from ..metrics import ServiceMetrics
-from ..schemas import ERRORS, BatchPrediction, PixelBatch, Prediction
+from ..schemas import ERRORS, BatchPrediction, PixelBatch, Prediction, SinglePrediction
 from ..settings import Settings
 
 router = APIRouter(prefix="/predict", tags=["predict"])
@@ -36,19 +48,21 @@ async def predict(
     settings: SettingsDep,
     metrics: MetricsDep,
     file: Annotated[UploadFile, File(description="One image: PNG, JPEG, GIF, BMP, TIFF, WebP; any size/mode.")],
+    request: Request,
     top_k: TopK = None,
-) -> Prediction:
+) -> SinglePrediction:
     """Classify one uploaded image; probabilities are calibrated (softmax of logits / temperature), and
-    `confident: false` with an `unsure_reason` marks an answer not to be relied on."""
+    `confident: false` with an `unsure_reason` marks an answer not to be relied on. `run` names the model's run."""
     prepared = await _prepare(file, settings)
     if batcher is not None:
-        scored = await batcher.score(prepared.pixels, prepared.empty)
+        scored = await batcher.score(prepared.pixels, prepared.empty, model)
     else:
         scored = model.score(prepared.pixels[None], [prepared.empty])[0]
     prediction = model.describe(scored, top_k or settings.default_top_k, inverted=prepared.inverted)
     prediction.filename = file.filename
     _count(metrics, [prediction])
-    return prediction
+    _observe(request, model, prepared.pixels[None], [prediction])
+    return SinglePrediction(**prediction.model_dump(), run=model.run)
 
 
 @router.post("/batch", dependencies=[Depends(require_multipart)], responses=UPLOAD_ERRORS)
@@ -57,6 +71,7 @@ async def predict_batch(
     settings: SettingsDep,
     metrics: MetricsDep,
     files: Annotated[list[UploadFile], File(description="Several images (limit: FASHIONFLOW_MAX_BATCH, default 64).")],
+    request: Request,
     top_k: TopK = None,
 ) -> BatchPrediction:
     """Classify several uploaded images in one forward pass; results in upload order."""
@@ -69,12 +84,13 @@ async def predict_batch(
     for prediction, f in zip(predictions, files, strict=True):
         prediction.filename = f.filename
     _count(metrics, predictions)
-    return BatchPrediction(run=model.served.run_pathspec, predictions=predictions)
+    _observe(request, model, pixels, predictions)
+    return BatchPrediction(run=model.run, predictions=predictions)
 
 
 @router.post("/pixels", dependencies=[Depends(require_json)], responses={k: ERRORS[k] for k in (413, 415, 422, 503)})
 async def predict_pixels(
-    model: PredictorDep, settings: SettingsDep, metrics: MetricsDep, batch: PixelBatch
+    model: PredictorDep, settings: SettingsDep, metrics: MetricsDep, batch: PixelBatch, request: Request
 ) -> BatchPrediction:
     """Classify raw 28x28 images sent as JSON numbers (0-255, light garment on dark, as in Fashion-MNIST); with
     `normalize: true` they first go through the same normalisation as uploads."""
@@ -92,7 +108,8 @@ async def predict_pixels(
     scored = await run_in_threadpool(model.score, pixels, empty)
     predictions = [model.describe(s, batch.top_k, inverted=inv) for s, inv in zip(scored, inverted, strict=True)]
     _count(metrics, predictions)
-    return BatchPrediction(run=model.served.run_pathspec, predictions=predictions)
+    _observe(request, model, pixels, predictions)
+    return BatchPrediction(run=model.run, predictions=predictions)
 
 
 async def _prepare(upload: UploadFile, settings: Settings, index: int | None = None) -> Prepared:
@@ -120,3 +137,16 @@ def _count(metrics: ServiceMetrics, predictions: list[Prediction]) -> None:
         metrics.predictions.labels(p.class_name).inc()
         if not p.confident:
             metrics.unsure.labels(p.unsure_reason or "unknown").inc()
+
+
+def _observe(request: Request, model: Predictor, pixels: np.ndarray, predictions: list[Prediction]) -> None:
+    """Add the request's predictions to the drift window (O(1) each; the signals are computed when read)."""
+    monitor: DriftMonitor | None = request.app.state.drift
+    if monitor is not None:
+        monitor.observe(
+            model.run,
+            pixels,
+            [p.class_index for p in predictions],
+            [not p.confident for p in predictions],
+            [p.inverted for p in predictions],
+        )
