@@ -7,7 +7,9 @@ so the report's figures are what a user of the API gets.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +27,8 @@ LEGACY_CONFIDENCE = 0.9
 LOW_CONFIDENCE = "low_confidence"
 # Uploads are scored this many at a time when a whole list is classified (the evaluate step's photo suites).
 CHUNK = 256
+# Threads normalising a list of uploads at once: one per core the process may use.
+WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 # Uploads larger than this are refused by decoding; the evaluate step's renderings are far below it.
 MAX_UPLOAD_PIXELS = 40_000_000
 
@@ -75,7 +79,9 @@ class Classifier:
         """Encoded images -> `Scored`, each through the service's normalisation (`fmnist.imaging.prepare_upload`)."""
         scored: list[Scored] = []
         for start in range(0, len(uploads), CHUNK):
-            prepared = [prepare_upload(data, max_pixels) for data in uploads[start : start + CHUNK]]
+            # Decoding and normalising release the GIL for most of their work: threads use every core.
+            with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+                prepared = list(pool.map(lambda data: prepare_upload(data, max_pixels), uploads[start : start + CHUNK]))
             pixels = np.stack([p.pixels for p in prepared])  # (b, 28, 28)
             scored += self.score(pixels, [p.empty for p in prepared])
         return scored

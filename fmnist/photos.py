@@ -23,6 +23,8 @@ import colorsys
 import io
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -31,6 +33,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 log = logging.getLogger(__name__)
 
+# Threads rendering a condition's photos at once: one per core the process may use.
+WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 IMAGE_SIZE = 28  # Fashion-MNIST's side; repeated here rather than imported so the renderer stands alone
 REFERENCE_SIZE = 224  # pixel distances (blur radii) are given for a 224x224 photo and scale with `size`
 
@@ -437,10 +441,15 @@ def photo_robustness(
     results = [PhotoResult("clean", "the plain 28x28 test images as PNG", 0.0, False, clean, 1.0, len(indices))]
     for condition in conditions:
         for k, severity in enumerate(condition.severities):
-            uploads = [
-                render_photo(x, condition, severity, photo_rng(seed, int(i)), size=size)
-                for x, i in zip(sample, indices, strict=True)
-            ]
+            # Pillow and NumPy release the GIL for the heavy part of rendering: threads use every core.
+            with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+                uploads = list(
+                    pool.map(
+                        lambda x, i: render_photo(x, condition, severity, photo_rng(seed, int(i)), size=size),
+                        sample,
+                        indices,
+                    )
+                )
             accuracy = _accuracy(classify, uploads, truth)
             relative = accuracy / clean if clean > 0 else math.nan
             results.append(
