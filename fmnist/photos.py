@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -443,13 +444,8 @@ def photo_robustness(
         for k, severity in enumerate(condition.severities):
             # Pillow and NumPy release the GIL for the heavy part of rendering: threads use every core.
             with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-                uploads = list(
-                    pool.map(
-                        lambda x, i: render_photo(x, condition, severity, photo_rng(seed, int(i)), size=size),
-                        sample,
-                        indices,
-                    )
-                )
+                render = partial(_render_one, condition=condition, severity=severity, seed=seed, size=size)
+                uploads = list(pool.map(render, sample, indices))
             accuracy = _accuracy(classify, uploads, truth)
             relative = accuracy / clean if clean > 0 else math.nan
             results.append(
@@ -471,6 +467,13 @@ def photo_robustness(
                 relative,
             )
     return results
+
+
+def _render_one(
+    image: np.ndarray, index: int, condition: PhotoCondition, severity: float, seed: int, size: int
+) -> bytes:
+    """One test image's photo under one condition and severity, with its own generator."""
+    return render_photo(image, condition, severity, photo_rng(seed, int(index)), size=size)
 
 
 def worst_realistic(results: Sequence[PhotoResult]) -> PhotoResult:
