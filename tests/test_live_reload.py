@@ -23,8 +23,8 @@ from fmnist.classifier import Classifier, Scored
 from fmnist.model_record import ModelRecord
 from serving.inference import MicroBatcher
 from serving.settings import Settings
-from tests.release_helpers import Load, ServiceProcess, private_datastore, second_smoke_run, stand_in_run
 from tests.support.images import encode, real_test_images
+from tests.support.releases import Load, ServiceProcess, private_datastore, second_smoke_run, stand_in_run
 
 INTERVAL = 0.5  # seconds between the service's looks at the tag, in these tests
 

@@ -24,8 +24,8 @@ from fmnist.promotion import (
     parse_rules,
 )
 from fmnist.report_schema import EvaluationReport
-from tests.release_helpers import PROMOTE_FLOW, second_smoke_run
 from tests.support.flows import session_datastore
+from tests.support.releases import PROMOTE_FLOW, second_smoke_run
 
 RULES = load_rules()
 FULL = {"name": "default", "data": {"train_subset": None}}

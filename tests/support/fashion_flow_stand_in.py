@@ -1,8 +1,8 @@
 """A stand-in FashionFlow for the live-reload tests: a run of a flow named FashionFlow whose end step holds whatever
 model record the test hands it (a good one, a corrupt one, or none at all), in seconds instead of a training run.
 
-python tests/fashion_flow_stand_in.py run --record /path/to/bytes     # `calibrated_model` = the file's bytes
-python tests/fashion_flow_stand_in.py run                             # no `calibrated_model` artifact
+python tests/support/fashion_flow_stand_in.py run --record /path/to/bytes     # `calibrated_model` = the file's bytes
+python tests/support/fashion_flow_stand_in.py run                             # no `calibrated_model` artifact
 
 The tests run it in a private datastore, so its runs never become the session's "latest successful FashionFlow run".
 """
