@@ -90,7 +90,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(app: str, port: int, app_dir: Path, log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+def start_server(
+    app: str, port: int, app_dir: Path, log_path: Path, env: dict[str, str], cwd: Path = REPO
+) -> subprocess.Popen:
     """uvicorn `app` on loopback, one worker, no access log (logging every request would be measured too)."""
     command = [
         sys.executable,
@@ -108,7 +110,7 @@ def start_server(app: str, port: int, app_dir: Path, log_path: Path, env: dict[s
         "--no-access-log",
     ]
     log = log_path.open("wb")
-    return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+    return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
 
 
 def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 180.0) -> None:

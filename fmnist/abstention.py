@@ -178,13 +178,24 @@ def mahalanobis_scores(features: torch.Tensor, class_means: torch.Tensor, precis
     matmuls ((N, D) x (D, D) and (N, D) x (D, C)) instead of an (N, C, D) difference tensor. float64 keeps the
     cancellation in the expansion harmless.
     """
-    f = features.double()  # (N, D)
+    return _mahalanobis(features, mahalanobis_terms(class_means, precision))
+
+
+def mahalanobis_terms(class_means: torch.Tensor, precision: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What `mahalanobis_scores` computes from the density alone: float64 means (C, D), precision (D, D) and
+    mu_c P mu_c (C,). A policy keeps them, so a request pays only for its own features' matmuls."""
     mu = class_means.double()  # (C, D)
     p = precision.double()  # (D, D)
+    quad_mu = ((mu @ p) * mu).sum(1)  # (C,)
+    return mu, p, quad_mu
+
+
+def _mahalanobis(features: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    mu, p, quad_mu = terms
+    f = features.double()  # (N, D)
     fp = f @ p  # (N, D)
     quad_f = (fp * f).sum(1, keepdim=True)  # (N, 1)
     cross = fp @ mu.T  # (N, C)
-    quad_mu = ((mu @ p) * mu).sum(1)  # (C,)
     distances = (quad_f - 2 * cross + quad_mu).clamp_min(0.0)  # (N, C)
     return distances.min(1).values
 
@@ -277,7 +288,12 @@ class AbstentionPolicy:
         """(N,) float64 scores of the policy's OOD method; higher is less like the training images."""
         if self.ood_score == "energy":
             return energy_scores(logits)
-        return mahalanobis_scores(power_transform(features, self.feature_power), self.class_means, self.precision)
+        # The density's own terms are computed once per (class_means, precision) pair, not on every request.
+        cached = self.__dict__.get("_mahalanobis_cache")
+        if cached is None or cached[0] is not self.class_means or cached[1] is not self.precision:
+            cached = (self.class_means, self.precision, mahalanobis_terms(self.class_means, self.precision))
+            self.__dict__["_mahalanobis_cache"] = cached
+        return _mahalanobis(power_transform(features, self.feature_power), cached[2])
 
     def scores(
         self, logits: torch.Tensor, features: torch.Tensor, temperature: float

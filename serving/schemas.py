@@ -118,6 +118,17 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
+_PIXEL: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 255}
+_FLAT: dict[str, Any] = {"type": "array", "items": _PIXEL, "minItems": 784, "maxItems": 784, "title": "784 values"}
+_ROWS: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "array", "items": _PIXEL, "minItems": 28, "maxItems": 28},
+    "minItems": 28,
+    "maxItems": 28,
+    "title": "28 rows of 28 values",
+}
+
+
 class PixelBatch(BaseModel):
     """Raw images as numbers: each one 28 rows of 28 values or a flat list of 784, 0 (black) to 255 (white).
     By default they are taken as they are, in Fashion-MNIST's convention (light garment on a black background);
@@ -128,7 +139,13 @@ class PixelBatch(BaseModel):
         json_schema_extra={"examples": [{"images": [[0] * 784]}]},
     )
 
-    images: list[list[Any]] = Field(min_length=1, description="One entry per image: [28][28] or [784] numbers.")
+    # Typed loosely on purpose: `fmnist.uploads.pixels_from_values` checks each image and says what is wrong with it
+    # (shape, type, range) in the 422. The schema states exactly what is valid.
+    images: list[list[Any]] = Field(
+        min_length=1,
+        description="One entry per image: [28][28] or [784] numbers.",
+        json_schema_extra={"items": {"oneOf": [_ROWS, _FLAT]}},
+    )
     top_k: int = Field(default=3, ge=1, le=10, description="How many of the most probable classes to list.")
     normalize: bool = Field(
         default=False, description="Normalise each image as uploads are, instead of taking the values as they are."

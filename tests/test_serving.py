@@ -366,6 +366,21 @@ def test_schemathesis_finds_no_server_errors(client):
     assert len(calls) > 100 and any(code == 200 for code in calls)
 
 
+def test_openapi_says_which_uploads_and_pixels_are_valid(client):
+    """What the service rejects with a 4xx is not schema-valid: no empty file, no empty batch, pixel images only as
+    28 rows of 28 numbers or 784 numbers in 0-255 (schemathesis' positive phase found all three)."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    single = schemas["Body_predict_predict_post"]["properties"]["file"]
+    assert single["minLength"] == 1
+    batch = schemas["Body_predict_batch_predict_batch_post"]["properties"]["files"]
+    assert batch["minItems"] == 1 and batch["items"]["minLength"] == 1
+    shapes = schemas["PixelBatch"]["properties"]["images"]["items"]["oneOf"]
+    pixel = {"type": "number", "minimum": 0, "maximum": 255}
+    assert {"type": "array", "items": pixel, "minItems": 784, "maxItems": 784, "title": "784 values"} in shapes
+    rows = next(s for s in shapes if s["minItems"] == 28)
+    assert rows["maxItems"] == 28 and rows["items"]["items"] == pixel and rows["items"]["minItems"] == 28
+
+
 # --- the load benchmark ---------------------------------------------------------------------------------------------
 
 

@@ -47,7 +47,13 @@ async def predict(
     batcher: BatcherDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    file: Annotated[UploadFile, File(description="One image: PNG, JPEG, GIF, BMP, TIFF, WebP; any size/mode.")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description="One image: PNG, JPEG, GIF, BMP, TIFF, WebP; any size/mode.",
+            json_schema_extra={"minLength": 1},  # an empty file is no image (422): the schema says so
+        ),
+    ],
     request: Request,
     top_k: TopK = None,
 ) -> SinglePrediction:
@@ -70,7 +76,18 @@ async def predict_batch(
     model: PredictorDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    files: Annotated[list[UploadFile], File(description="Several images (limit: FASHIONFLOW_MAX_BATCH, default 64).")],
+    files: Annotated[
+        list[UploadFile],
+        File(
+            description="Several images (limit: FASHIONFLOW_MAX_BATCH, default 64).",
+            # At least one, each non-empty: what the service accepts, stated in the schema only, so the answers to
+            # anything else keep the service's own 4xx messages.
+            json_schema_extra={
+                "minItems": 1,
+                "items": {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1},
+            },
+        ),
+    ],
     request: Request,
     top_k: TopK = None,
 ) -> BatchPrediction:

@@ -1,0 +1,270 @@
+"""Load benchmark of the prediction service with wrk, a native load generator, against the bare endpoint in the
+same run.
+
+    python benchmarks/serve_wrk.py --run FashionFlow/123            # 2 threads, 16 connections, 10 s per phase
+    python benchmarks/serve_wrk.py --compare-tree /tmp/before       # also the service of another checkout
+
+Needs `wrk` on PATH (Debian: `apt-get install wrk`). Starts benchmarks/bare_app.py and the service (uvicorn
+serving.app:app, one worker each, settings from FASHIONFLOW_* variables) and runs wrk against each in turn with a
+Lua script posting a multipart upload of one real 28x28 Fashion-MNIST test image as PNG:
+  bare     POST /predict on the bare endpoint (reads the upload, fixed answer)
+  single   POST /predict on the service
+  batch    POST /predict/batch on the service, --batch-size images per request
+Prints requests/s, p50/p99 latency, errors (non-2xx answers and socket errors), the share of one core that wrk itself
+and the server used, and the service/bare ratio. wrk's own CPU share shows whether the load generator was the limit.
+Exits 1 on any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve_load import (
+    P99_TARGET_MS,
+    REPO,
+    THROUGHPUT_TARGET,
+    free_port,
+    start_server,
+    test_images,
+    wait_ready,
+)
+
+BOUNDARY = "fashionflowwrkboundary"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+LUA = """
+local f = assert(io.open("{body}", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "multipart/form-data; boundary={boundary}"
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRK_JSON {{\\"requests\\": %d, \\"duration_us\\": %d, \\"connect\\": %d, \\"read\\": %d, \\"write\\": %d, "
+    .. "\\"status\\": %d, \\"timeout\\": %d, \\"p50_us\\": %d, \\"p99_us\\": %d, \\"max_us\\": %d}}\\n",
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    """What one wrk phase measured."""
+
+    name: str
+    requests: int
+    seconds: float
+    images_per_request: int
+    socket_errors: int
+    non_2xx: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    wrk_cpu: float  # CPU seconds of wrk / wall seconds: 1.0 is one full core
+    server_cpu: float  # the same for the server process during the phase
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def errors(self) -> int:
+        return self.socket_errors + self.non_2xx
+
+
+def multipart(field: str, images: list[bytes]) -> bytes:
+    """A multipart/form-data body with one part per image, all under `field`."""
+    parts = []
+    for i, png in enumerate(images):
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{i}.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        )
+        parts.append(head.encode() + png + b"\r\n")
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def run_wrk(
+    name: str, url: str, script: Path, server_pid: int, threads: int, connections: int, seconds: float, images: int
+) -> WrkResult:
+    """One wrk run; its CPU from the kernel's rusage of the child, the server's from /proc around the run."""
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "-s", str(script), url]
+    server_before = process_cpu_seconds(server_pid)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    output = process.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    server_cpu = (process_cpu_seconds(server_pid) - server_before) / wall
+    line = next((x for x in output.splitlines() if x.startswith("WRK_JSON ")), None)
+    if process.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({process.returncode}) for {name}:\n{output[-3000:]}")
+    data = json.loads(line.removeprefix("WRK_JSON "))
+    return WrkResult(
+        name=name,
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        images_per_request=images,
+        socket_errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
+        non_2xx=data["status"],
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        wrk_cpu=(usage.ru_utime + usage.ru_stime) / wall,
+        server_cpu=server_cpu,
+    )
+
+
+def print_report(results: list[WrkResult], threads: int, connections: int) -> int:
+    """The table and the targets; returns the number of errors."""
+    print(f"\nwrk: {threads} threads, {connections} connections, loopback, {os.cpu_count()} CPU core(s)")
+    print("CPU columns: share of one core used during the phase by wrk and by the (single-worker) server")
+    print(
+        f"{'phase':<14} {'requests':>8} {'errors':>6} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'wrk CPU':>7} {'srv CPU':>7}"
+    )
+    for r in results:
+        print(
+            f"{r.name:<14} {r.requests:>8} {r.errors:>6} {r.requests_per_s:>8.1f}"
+            f" {r.requests_per_s * r.images_per_request:>9.1f} {r.p50_ms:>7.1f} {r.p99_ms:>7.1f}"
+            f" {r.wrk_cpu:>7.0%} {r.server_cpu:>7.0%}"
+        )
+    by_name = {r.name: r for r in results}
+    bare = by_name["bare"]
+    errors = sum(r.errors for r in results)
+    for r in results:
+        if r.name.startswith("single") and bare.requests_per_s:
+            ratio = r.requests_per_s / bare.requests_per_s
+            print(f"{r.name}/bare: {ratio:.1%} of the bare endpoint's req/s")
+            met = ratio >= THROUGHPUT_TARGET and r.p99_ms <= P99_TARGET_MS
+            print(
+                f"[{'met' if met else 'MISSED'}] {r.name}: >= {THROUGHPUT_TARGET:.0%} of bare and p99 <= "
+                f"{P99_TARGET_MS:.0f} ms"
+            )
+    for r in results:
+        if r.errors:
+            print(f"  {r.name}: {r.non_2xx} non-2xx answers, {r.socket_errors} socket errors")
+    print(f"[{'met' if errors == 0 else 'MISSED'}] errors: {errors} (target 0)")
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2).")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16).")
+    parser.add_argument("--duration", type=float, default=10.0, help="Seconds per phase (default 10).")
+    parser.add_argument("--batch-size", type=int, default=32, help="Images per batch request (default 32; 0: skip).")
+    parser.add_argument("--rounds", type=int, default=1, help="Interleaved rounds; each phase reports its best.")
+    parser.add_argument("--run", help="Model run pathspec (sets FASHIONFLOW_RUN for the service).")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="Another checkout (e.g. `git archive HEAD | tar -x -C DIR`) whose service is measured too, as 'before'.",
+    )
+    parser.add_argument(
+        "--compare-batching",
+        action="store_true",
+        help="Also measure the service with server-side micro-batching on (FASHIONFLOW_BATCHING=true).",
+    )
+    parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not on PATH (Debian: apt-get install wrk)")
+    if args.run:
+        os.environ["FASHIONFLOW_RUN"] = args.run
+    os.environ.setdefault("USERNAME", os.environ.get("USER", "benchmark"))
+
+    images, _ = test_images(args.batch_size or 1)
+    work = Path(tempfile.mkdtemp(prefix="serve_wrk_"))
+    scripts = {}
+    for name, body in {
+        "single": multipart("file", images[:1]),
+        "batch": multipart("files", images[: args.batch_size or 1]),
+    }.items():
+        (work / f"{name}.body").write_bytes(body)
+        scripts[name] = work / f"{name}.lua"
+        scripts[name].write_text(LUA.format(body=work / f"{name}.body", boundary=BOUNDARY))
+
+    servers: dict[str, tuple[str, Path, dict[str, str]]] = {
+        "bare": ("bare_app:app", REPO / "benchmarks", {}),
+        "service": ("serving.app:app", REPO, {}),
+    }
+    phases = [("bare", "bare", "/predict", "single", 1), ("single", "service", "/predict", "single", 1)]
+    if args.compare_batching:
+        servers["batching"] = ("serving.app:app", REPO, {"FASHIONFLOW_BATCHING": "true"})
+        phases.append(("single-batching", "batching", "/predict", "single", 1))
+    if args.compare_tree:
+        tree = args.compare_tree.resolve()
+        servers["before"] = ("serving.app:app", tree, {})
+        phases.append(("single-before", "before", "/predict", "single", 1))
+    if args.batch_size:
+        phases.append(("batch", "service", "/predict/batch", "batch", args.batch_size))
+        if args.compare_tree:
+            phases.append(("batch-before", "before", "/predict/batch", "batch", args.batch_size))
+    ports = {name: free_port() for name in servers}
+    logs = {name: work / f"{name}.log" for name in servers}
+    processes = {}
+    for name, (app, app_dir, env) in servers.items():
+        # The server runs from its own tree, so `serving` and `fmnist` are imported from there.
+        cwd = app_dir if name == "before" else REPO
+        processes[name] = start_server(app, ports[name], app_dir, logs[name], env, cwd=cwd)
+    best: dict[str, WrkResult] = {}
+    try:
+        for name, process in processes.items():
+            wait_ready(process, f"http://127.0.0.1:{ports[name]}", logs[name])
+        for _ in range(args.rounds):
+            for name, server, path, kind, count in phases:
+                url = f"http://127.0.0.1:{ports[server]}{path}"
+                r = run_wrk(
+                    name,
+                    url,
+                    scripts[kind],
+                    processes[server].pid,
+                    args.threads,
+                    args.connections,
+                    args.duration,
+                    count,
+                )
+                if name not in best or r.requests_per_s > best[name].requests_per_s or r.errors:
+                    best[name] = r
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    results = [best[name] for name, *_ in phases]
+    errors = print_report(results, args.threads, args.connections)
+    if args.json:
+        args.json.write_text(
+            json.dumps([{**asdict(r), "requests_per_s": r.requests_per_s} for r in results], indent=2) + "\n"
+        )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
