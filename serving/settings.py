@@ -45,9 +45,9 @@ class Settings(BaseSettings):
     # One intra-op thread: a single 28x28 image is far too small for torch's thread pool to pay for itself, and
     # the event loop needs the other core.
     torch_threads: int = Field(default=1, ge=1, le=256)
-    # Off by default: with the small CNN on 2 CPU cores, benchmarks/serve_load.py --compare-batching measured no
-    # gain (a forward pass of one image costs well under the HTTP handling around it). On a GPU or with a wider
-    # model the forward pass dominates and batching pays.
+    # Off by default: with the small CNN on 2 CPU cores, benchmarks/serve_wrk.py --compare-batching measured +28%
+    # single-image throughput but a p99 of 107 ms instead of 25 ms (past the 50 ms target). On a GPU or with a
+    # wider model the forward pass dominates and batching pays.
     batching: bool = Field(
         default=False, description="Batch concurrent single-image requests into one forward pass on a model thread."
     )
