@@ -21,27 +21,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fmnist.classifier import Classifier, Scored
+from fmnist.classifier import Scored
 from fmnist.data import load_dataset
-from fmnist.model_record import ModelRecord
-from fmnist.nongarments import encode_png, synthetic_nongarments
 from fmnist.photos import PHOTO_CONDITIONS, photo_rng, render_clean, render_photo, sample_indices
+from fmnist.report import nongarment_detection
+from serving.model_loading import ModelLoadError, load_model
+from serving.settings import Settings
 
 # The targets of the photo suite: each condition at its realistic severity at least 0.9 x clean, none below 0.8 x.
 REALISTIC_TARGET, FLOOR_TARGET = 0.9, 0.8
-
-
-def load_record(run: str | None) -> tuple[str, ModelRecord]:
-    """The model record of `run` (a pathspec or run id), or of the latest successful FashionFlow run."""
-    from metaflow import Flow, Run, namespace
-
-    namespace(None)
-    chosen = Run(run if "/" in run else f"FashionFlow/{run}") if run else Flow("FashionFlow").latest_successful_run
-    if chosen is None:
-        raise SystemExit("no successful FashionFlow run found; train one first (python flows/fashion_flow.py run)")
-    return chosen.pathspec, ModelRecord.from_bytes(chosen["end"].task.data.calibrated_model)
 
 
 def summarize(scored: list[Scored], truth: np.ndarray) -> dict[str, float]:
@@ -66,10 +55,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(1)
 
-    pathspec, record = load_record(args.run)
-    classifier = Classifier(record, torch.device("cpu"))
+    # The run and its model record found and built exactly as the service does (a run id, or the latest success).
+    try:
+        served = load_model(Settings(run=args.run, device="cpu"))
+    except ModelLoadError as err:
+        raise SystemExit(f"{err} (train one with: python flows/fashion_flow.py run)") from None
+    pathspec, classifier = served.run_pathspec, served.classifier
     data = load_dataset()
     indices = sample_indices(data.test_labels, args.per_class, args.seed)
     truth = data.test_labels[indices].astype(np.int64)
@@ -95,12 +87,8 @@ def main() -> None:
                     "relative": relative,
                 }
             )
-    nongarments = synthetic_nongarments(args.nongarments, args.seed)
-    scored = classifier.classify_uploads([encode_png(image) for _, image in nongarments])
-    unsure = {
-        kind: float(np.mean([not s.confident for (k, _), s in zip(nongarments, scored, strict=True) if k == kind]))
-        for kind in dict.fromkeys(k for k, _ in nongarments)
-    }
+    nongarments = nongarment_detection(classifier, args.nongarments, args.seed)
+    unsure = nongarments["per_kind"]
     seconds = time.perf_counter() - started
 
     print(f"model of {pathspec}: {len(indices)} test garments as {args.size}x{args.size} photos ({seconds:.0f} s)")
@@ -120,7 +108,7 @@ def main() -> None:
         f" (target >= {FLOOR_TARGET} at realistic severities)"
     )
     print("non-garments marked unsure: " + ", ".join(f"{k} {v:.0%}" for k, v in unsure.items()))
-    print(f"non-garments marked unsure overall: {np.mean([not s.confident for s in scored]):.1%} of {len(scored)}")
+    print(f"non-garments marked unsure overall: {nongarments['overall']:.1%} of {nongarments['count']}")
     if args.json:
         args.json.write_text(
             json.dumps(

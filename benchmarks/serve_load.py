@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_servers(processes: Iterable[subprocess.Popen]) -> None:
+    """Terminate every server, then wait for each (killing one that does not stop within 10 s)."""
+    processes = list(processes)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def start_server(
@@ -319,13 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 results[name].merge(measured)
     finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_servers(processes.values())
     missed = print_report(results, args.concurrency, args.batch_size)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

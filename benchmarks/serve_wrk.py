@@ -36,6 +36,7 @@ from serve_load import (
     THROUGHPUT_TARGET,
     free_port,
     start_server,
+    stop_servers,
     test_images,
     wait_ready,
 )
@@ -250,13 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name not in best or r.requests_per_s > best[name].requests_per_s or r.errors:
                     best[name] = r
     finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_servers(processes.values())
     results = [best[name] for name, *_ in phases]
     errors = print_report(results, args.threads, args.connections)
     if args.json:

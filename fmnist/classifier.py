@@ -7,7 +7,6 @@ so the report's figures are what a user of the API gets.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,20 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .abstention import UNLIKE_TRAINING
+from .abstention import LOW_CONFIDENCE, UNLIKE_TRAINING, AbstentionPolicy
 from .calibration import softmax
 from .imaging import prepare_upload
 from .model import normalize
 from .model_record import ModelRecord
+from .runtime import available_cores
 
 # A record written before abstention thresholds existed carries none: its answers count as confident only above
 # this calibrated probability, a conservative stand-in that the service's /model reports as such.
 LEGACY_CONFIDENCE = 0.9
-LOW_CONFIDENCE = "low_confidence"
 # Uploads are scored this many at a time when a whole list is classified (the evaluate step's photo suites).
 CHUNK = 256
 # Threads normalising a list of uploads at once: one per core the process may use.
-WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+WORKERS = available_cores()
 # Uploads larger than this are refused by decoding; the evaluate step's renderings are far below it.
 MAX_UPLOAD_PIXELS = 40_000_000
 
@@ -53,7 +52,11 @@ class Classifier:
     def __init__(self, record: ModelRecord, device: torch.device) -> None:
         self.record, self.device = record, device
         self.network = record.build(device)
-        self.policy = record.abstention
+
+    @property
+    def policy(self) -> AbstentionPolicy | None:
+        """The record's abstention policy; read from the record, so one fitted after construction counts."""
+        return self.record.abstention
 
     @torch.inference_mode()
     def score(self, pixels: np.ndarray, empty: Sequence[bool] | None = None) -> list[Scored]:

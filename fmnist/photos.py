@@ -23,7 +23,6 @@ import colorsys
 import io
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -32,11 +31,13 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .data import IMAGE_SIZE
+from .runtime import available_cores
+
 log = logging.getLogger(__name__)
 
 # Threads rendering a condition's photos at once: one per core the process may use.
-WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-IMAGE_SIZE = 28  # Fashion-MNIST's side; repeated here rather than imported so the renderer stands alone
+WORKERS = available_cores()
 REFERENCE_SIZE = 224  # pixel distances (blur radii) are given for a 224x224 photo and scale with `size`
 
 # --- The garment, common to every condition ------------------------------------------------------------------------

@@ -65,7 +65,10 @@ def build_report(
     the temperature, then the abstention policy (confidence and out-of-distribution thresholds). The photo suite and
     the non-garments then go through `Classifier.classify_uploads`, the service's own path.
     """
-    model = record.build(device)
+    # One network for the whole report: the classifier reads the temperature and the policy from the record as
+    # they are fitted below, so the photo suite and the non-garments see the calibrated model.
+    classifier = Classifier(record, device)
+    model = classifier.network
     val_features, val_logits = features_and_logits(model, val_images, device, mean=record.mean, std=record.std)
     record.temperature = temperature = fit_temperature(val_logits, val_labels)
     record.abstention = fit_abstention(
@@ -93,7 +96,6 @@ def build_report(
     robustness = robustness_table(
         model, test_images, test_labels, device, mean=record.mean, std=record.std, clean_accuracy=test["accuracy"]
     )
-    classifier = Classifier(record, device)
     return EvaluationReport.model_validate(
         {
             "test": test,
@@ -154,25 +156,32 @@ def abstention_section(
     selective = selective_summary(policy, test_logits, test_features, test_labels, temperature)
     confidence = softmax(test_logits, temperature).max(1).values.numpy()
     correct = test_logits.argmax(1).numpy() == np.asarray(test_labels)
-    nongarments = synthetic_nongarments(evaluation.nongarments_per_kind, seed)
-    scored = classifier.classify_uploads([encode_png(image) for _, image in nongarments])
-    kinds = sorted({kind for kind, _ in nongarments}, key=[k for k, _ in nongarments].index)
-    detection = {
-        kind: float(np.mean([not s.confident for (k, _), s in zip(nongarments, scored, strict=True) if k == kind]))
-        for kind in kinds
-    }
-    overall = float(np.mean([not s.confident for s in scored]))
+    nongarments = nongarment_detection(classifier, evaluation.nongarments_per_kind, seed)
     log.info(
         "abstention on test: coverage %.4f, accuracy among confident %.4f; non-garments marked unsure %.3f",
         selective["coverage"],
         selective["accuracy"] or 0.0,
-        overall,
+        nongarments["overall"],
     )
     return {
         "policy": policy.metadata(),
         "test": selective,
         "risk_coverage": risk_coverage_curve(confidence, correct),
-        "nongarments": {"per_kind": detection, "overall": overall, "count": len(nongarments)},
+        "nongarments": nongarments,
+    }
+
+
+def nongarment_detection(classifier: Classifier, per_kind: int, seed: int) -> dict[str, Any]:
+    """Synthetic non-garments uploaded as PNGs through the service's path: the share marked unsure, per kind (in
+    `NONGARMENT_KINDS` order) and overall, and how many were sent."""
+    nongarments = synthetic_nongarments(per_kind, seed)
+    scored = classifier.classify_uploads([encode_png(image) for _, image in nongarments])
+    unsure = np.array([not s.confident for s in scored])  # (N,)
+    kinds = np.array([kind for kind, _ in nongarments])  # (N,)
+    return {
+        "per_kind": {kind: float(unsure[kinds == kind].mean()) for kind in dict.fromkeys(kinds.tolist())},
+        "overall": float(unsure.mean()) if len(unsure) else 0.0,
+        "count": len(nongarments),
     }
 
 

@@ -24,13 +24,17 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def configure_threads(threads: int | None, parallel_tasks: int = 1) -> int:
     """Set torch's intra-op threads: `threads` if given, else the cores shared among tasks running at once.
 
     Local foreach trials run as parallel processes; each using every core would oversubscribe the machine.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = threads or max(1, cores // max(1, parallel_tasks))
+    n = threads or max(1, available_cores() // max(1, parallel_tasks))
     torch.set_num_threads(n)
     return n
 
