@@ -191,13 +191,17 @@ def mahalanobis_terms(class_means: torch.Tensor, precision: torch.Tensor) -> tup
 
 
 def _mahalanobis(features: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return squared_distances(features, terms).min(1).values
+
+
+def squared_distances(features: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """(N, D) features and `mahalanobis_terms` -> (N, C) float64 squared Mahalanobis distance to each class mean."""
     mu, p, quad_mu = terms
     f = features.double()  # (N, D)
     fp = f @ p  # (N, D)
     quad_f = (fp * f).sum(1, keepdim=True)  # (N, 1)
     cross = fp @ mu.T  # (N, C)
-    distances = (quad_f - 2 * cross + quad_mu).clamp_min(0.0)  # (N, C)
-    return distances.min(1).values
+    return (quad_f - 2 * cross + quad_mu).clamp_min(0.0)  # (N, C)
 
 
 @dataclass(frozen=True)
@@ -304,23 +308,32 @@ class AbstentionPolicy:
         """
         confidence = confidence_scores(logits, temperature)  # (N,)
         ood = self.ood_scores(logits, features)  # (N,)
+        return confidence, ood, torch.from_numpy(self.reason_codes(confidence.numpy(), ood.numpy()))
+
+    def reason_codes(self, confidence: np.ndarray, ood: np.ndarray) -> np.ndarray:
+        """(N,) maximum calibrated probabilities and (N,) OOD scores -> (N,) int64 reason codes (see `scores`)."""
         # Negated comparisons, so that a NaN score (from non-finite logits or features) is never confident.
         unlike = ~(ood <= self.ood_threshold)
         low = ~(confidence >= self.confidence_threshold)
         # The OOD check wins: confidence on an input unlike the training data means nothing.
-        code = torch.where(unlike, 1, torch.where(low, 2, 0))
-        return confidence, ood, code
+        return np.where(unlike, 1, np.where(low, 2, 0)).astype(np.int64)
 
     def decide(self, logits: torch.Tensor, features: torch.Tensor, temperature: float) -> list[Decision]:
         """One Decision per row of (N, C) logits and (N, D) features, softmax temperature `temperature`.
 
         A few small matmuls per batch, cheap enough for every request.
         """
-        confidence, ood, code = self.scores(logits, features, temperature)
+        confidence, ood, _ = self.scores(logits, features, temperature)
+        return self.decisions(confidence.numpy(), ood.numpy())
+
+    def decisions(self, confidence: np.ndarray, ood: np.ndarray) -> list[Decision]:
+        """One Decision per (maximum calibrated probability, OOD score) pair: the rule every runtime applies."""
         reasons = (None, UNLIKE_TRAINING, LOW_CONFIDENCE)
         return [
-            Decision(confident=c == 0, reason=reasons[c], confidence=float(p), ood_score=float(s))
-            for c, p, s in zip(code.tolist(), confidence.tolist(), ood.tolist(), strict=True)
+            Decision(confident=c == 0, reason=reasons[c], confidence=p, ood_score=s)
+            for c, p, s in zip(
+                self.reason_codes(confidence, ood).tolist(), confidence.tolist(), ood.tolist(), strict=True
+            )
         ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from .imaging import prepare_upload
 from .model import normalize
 from .model_record import ModelRecord
 from .runtime import available_cores
+from .scoring_graph import OnnxScorer
 
 # A record written before abstention thresholds existed carries none: its answers count as confident only above
 # this calibrated probability, a conservative stand-in that the service's /model reports as such.
@@ -30,6 +32,9 @@ CHUNK = 256
 WORKERS = available_cores()
 # Uploads larger than this are refused by decoding; the evaluate step's renderings are far below it.
 MAX_UPLOAD_PIXELS = 40_000_000
+
+# What runs the network: eager torch (any device) or the exported graph in ONNX Runtime (CPU; `fmnist.scoring_graph`).
+Runtime = Literal["torch", "onnxruntime"]
 
 
 @dataclass(frozen=True)
@@ -47,36 +52,55 @@ class Scored:
 
 
 class Classifier:
-    """A model record built on a device, answering as the service does."""
+    """A model record built on a device, answering as the service does.
 
-    def __init__(self, record: ModelRecord, device: torch.device) -> None:
-        self.record, self.device = record, device
+    `runtime="onnxruntime"` runs the record's `ScoringGraph` in ONNX Runtime on the CPU (raises
+    `scoring_graph.RuntimeUnavailable` where it cannot); the answers are torch's within float rounding."""
+
+    def __init__(self, record: ModelRecord, device: torch.device, runtime: Runtime = "torch", threads: int = 1) -> None:
+        self.record, self.device, self.runtime, self.threads = record, device, runtime, threads
         self.network = record.build(device)
+        self.onnx = OnnxScorer(record, threads) if runtime == "onnxruntime" else None
 
     @property
     def policy(self) -> AbstentionPolicy | None:
         """The record's abstention policy; read from the record, so one fitted after construction counts."""
         return self.record.abstention
 
-    @torch.inference_mode()
     def score(self, pixels: np.ndarray, empty: Sequence[bool] | None = None) -> list[Scored]:
         """(B, 28, 28) uint8 images, light on dark -> one `Scored` per image. `empty[i]` marks an upload in which
         normalisation found nothing but background: whatever the network says, that is no garment."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-        features, logits = self.network.describe(normalize(x, self.record.mean, self.record.std))  # (B, D), (B, C)
-        logits = logits.float().cpu()
-        # The same calibrated softmax the evaluation report used, so served probabilities match the report's.
-        probs = softmax(logits, self.record.temperature).float().numpy()  # (B, C)
-        blank = list(empty) if empty is not None else [False] * len(probs)
-        if self.policy is not None:
-            decisions = self.policy.decide(logits, features.float().cpu(), self.record.temperature)
-            verdicts = [(d.confident, d.reason) for d in decisions]
+        if len(pixels) == 0:
+            return []
+        if self.onnx is not None and self.onnx.policy is not self.policy:
+            self.onnx = OnnxScorer(self.record, self.threads)  # the graph carries the policy: rebuild it
+        if self.onnx is not None:
+            probs64, ood = self.onnx(pixels)  # (B, C), (B,) float64
         else:
-            verdicts = [(sure, None if sure else LOW_CONFIDENCE) for sure in (probs.max(1) >= LEGACY_CONFIDENCE)]
+            probs64, ood = self._torch_scores(pixels)
+        probs = probs64.astype(np.float32)
+        confidence = probs64.max(1)  # (B,) float64
+        if self.policy is not None:
+            verdicts = [(d.confident, d.reason) for d in self.policy.decisions(confidence, ood)]
+        else:
+            verdicts = [(sure, None if sure else LOW_CONFIDENCE) for sure in (confidence >= LEGACY_CONFIDENCE)]
+        blank = list(empty) if empty is not None else [False] * len(probs)
         return [
             Scored(p, False, UNLIKE_TRAINING) if nothing else Scored(p, bool(sure), reason)
             for p, (sure, reason), nothing in zip(probs, verdicts, blank, strict=True)
         ]
+
+    @torch.inference_mode()
+    def _torch_scores(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 28, 28) uint8 -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score), eager torch."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        features, logits = self.network.describe(normalize(x, self.record.mean, self.record.std))  # (B, D), (B, C)
+        logits = logits.float().cpu()
+        # The same calibrated softmax the evaluation report used, so served probabilities match the report's.
+        probs = softmax(logits, self.record.temperature)  # (B, C) float64
+        if self.policy is None:
+            return probs.numpy(), np.zeros(len(probs))
+        return probs.numpy(), self.policy.ood_scores(logits, features.float().cpu()).numpy()
 
     def classify_uploads(self, uploads: Sequence[bytes], max_pixels: int = MAX_UPLOAD_PIXELS) -> list[Scored]:
         """Encoded images -> `Scored`, each through the service's normalisation (`fmnist.imaging.prepare_upload`)."""

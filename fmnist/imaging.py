@@ -27,6 +27,7 @@ An image with no foreground at all (a blank frame, pure noise) comes out black a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,28 +144,61 @@ def fit_background(gray: np.ndarray, iterations: int = 3) -> tuple[np.ndarray, f
     of the previous fit: the first fit is the ring's median, so garment pixels at the edge never steer it.
     """
     h, w = gray.shape
-    t = max(1, round(min(h, w) * RING_FRACTION))
-    ring = np.zeros((h, w), dtype=bool)
-    ring[:t], ring[-t:], ring[:, :t], ring[:, -t:] = True, True, True, True
-    ys, xs = np.nonzero(ring)
-    values = gray[ys, xs]  # (R,)
-    design = _quadratic_terms(ys / max(1, h - 1), xs / max(1, w - 1))  # (R, 6)
+    geometry = _ring_geometry(h, w)
+    values = gray[geometry.ys, geometry.xs]  # (R,)
+    design = geometry.design  # (R, 6)
     fitted = np.full_like(values, _median(values))
     coef = np.zeros(design.shape[1], dtype=np.float64)
     coef[0] = float(fitted[0])
     noise = _robust_sigma(values - fitted)
+    previous = None
     for _ in range(iterations):
         inliers = np.abs(values - fitted) <= max(SIGNIFICANT_SIGMAS * noise, MIN_NOISE * SIGNIFICANT_SIGMAS)
         if inliers.sum() < design.shape[1] * 4:
             break
+        if previous is not None and np.array_equal(inliers, previous):
+            break  # the same pixels give the same fit: further rounds change nothing
+        previous = inliers
         # Normal equations of a 6-term fit: a 6x6 solve, far cheaper than an SVD of the (R, 6) design matrix.
         a = design[inliers]
         coef = np.linalg.solve(a.T @ a + 1e-9 * np.eye(a.shape[1]), a.T @ values[inliers].astype(np.float64))
         fitted = (design @ coef).astype(np.float32)
         noise = _robust_sigma((values - fitted)[inliers])
-    gy, gx = np.mgrid[0:h, 0:w]
-    surface = (_quadratic_terms(gy.ravel() / max(1, h - 1), gx.ravel() / max(1, w - 1)) @ coef).reshape(h, w)
-    return surface.astype(np.float32), max(noise, MIN_NOISE)
+    return geometry.surface(coef), max(noise, MIN_NOISE)
+
+
+@dataclass(frozen=True)
+class _RingGeometry:
+    """What `fit_background` needs of an (h, w) frame besides its pixels; the same for every frame of that size."""
+
+    ys: np.ndarray  # (R,) row of each ring pixel
+    xs: np.ndarray  # (R,) column of each ring pixel
+    design: np.ndarray  # (R, 6) quadratic terms of the ring pixels
+    y: np.ndarray  # (h, 1) centred row coordinate
+    x: np.ndarray  # (1, w) centred column coordinate
+
+    def surface(self, coef: np.ndarray) -> np.ndarray:
+        """(6,) coefficients of 1, x, y, x^2, xy, y^2 -> the (h, w) float32 surface, evaluated separably: a few
+        (h, 1) and (1, w) vectors broadcast together instead of an (h * w, 6) design matrix."""
+        c0, c1, c2, c3, c4, c5 = coef.tolist()
+        rows = c0 + self.y * (c2 + c5 * self.y)  # (h, 1)
+        cols = self.x * (c1 + c3 * self.x)  # (1, w)
+        return (rows + cols + (c4 * self.y) * self.x).astype(np.float32)  # (h, w)
+
+
+@functools.lru_cache(maxsize=64)
+def _ring_geometry(h: int, w: int) -> _RingGeometry:
+    """The ring of an (h, w) frame, cached: uploads come in a handful of sizes (28x28 scans, the working size)."""
+    t = max(1, round(min(h, w) * RING_FRACTION))
+    ring = np.zeros((h, w), dtype=bool)
+    ring[:t], ring[-t:], ring[:, :t], ring[:, -t:] = True, True, True, True
+    ys, xs = np.nonzero(ring)
+    y = np.arange(h, dtype=np.float64)[:, None] / max(1, h - 1) - 0.5
+    x = np.arange(w, dtype=np.float64)[None, :] / max(1, w - 1) - 0.5
+    geometry = _RingGeometry(ys, xs, _quadratic_terms(ys / max(1, h - 1), xs / max(1, w - 1)), y, x)
+    for array in (geometry.ys, geometry.xs, geometry.design, geometry.y, geometry.x):
+        array.flags.writeable = False  # shared by every call: nobody may change it
+    return geometry
 
 
 def _illumination_gain(surface: np.ndarray) -> np.ndarray:

@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from fmnist.classifier import Classifier
+from fmnist.classifier import Classifier, Runtime
 from fmnist.model_record import ModelRecord, RecordError
 from fmnist.runtime import pick_device
+from fmnist.scoring_graph import RuntimeUnavailable, runtime_available
 
 from .settings import Settings
 
@@ -109,7 +110,9 @@ def load_model(settings: Settings, pathspec: str | None = None) -> ServedModel:
         raise ModelLoadError(f"run {run.pathspec} has no 'calibrated_model' artifact; was it produced by FashionFlow?")
     try:
         record = ModelRecord.from_bytes(blob)
-        classifier = Classifier(record, device)
+        classifier = build_classifier(record, device, settings)
+    except RuntimeUnavailable as err:
+        raise ModelLoadError(f"runtime 'onnxruntime' requested but unavailable: {err}") from None
     except (RecordError, RuntimeError, TypeError) as err:
         raise ModelLoadError(f"run {run.pathspec}: model record cannot be used: {err}") from None
     info = {
@@ -120,8 +123,39 @@ def load_model(settings: Settings, pathspec: str | None = None) -> ServedModel:
         "data_fingerprint": _artifact(data, "data_fingerprint", record.provenance.get("data_fingerprint")),
         "test_metrics": _artifact(data, "test_metrics", {}),
     }
-    log.info("loaded model of %s on %s (temperature %.3f)", run.pathspec, device, record.temperature)
+    info["runtime"] = classifier.runtime
+    log.info(
+        "loaded model of %s on %s with %s (temperature %.3f)",
+        run.pathspec,
+        device,
+        classifier.runtime,
+        record.temperature,
+    )
     return ServedModel(record=record, classifier=classifier, device=device, run_pathspec=run.pathspec, info=info)
+
+
+def build_classifier(record: ModelRecord, device: torch.device, settings: Settings) -> Classifier:
+    """The record on `device`, run by the runtime the settings ask for. Under "auto", ONNX Runtime on a CPU when it
+    can be used, else torch with a log line saying why; a runtime named explicitly that cannot be used is an error
+    (`RuntimeUnavailable`)."""
+    wanted: Runtime = "torch"
+    if settings.runtime == "onnxruntime":
+        if device.type != "cpu":
+            raise RuntimeUnavailable(f"the ONNX graph runs on the CPU, the model is on {device}")
+        wanted = "onnxruntime"
+    elif settings.runtime == "auto" and device.type == "cpu":
+        why = runtime_available()
+        if why is None:
+            wanted = "onnxruntime"
+        else:
+            log.warning("serving with torch, not ONNX Runtime: %s", why)
+    try:
+        return Classifier(record, device, wanted, settings.torch_threads)
+    except RuntimeUnavailable as err:
+        if settings.runtime == "onnxruntime":
+            raise
+        log.warning("serving with torch, not ONNX Runtime: %s", err)
+        return Classifier(record, device, "torch", settings.torch_threads)
 
 
 def _artifact(data: Any, name: str, default: Any) -> Any:

@@ -54,6 +54,7 @@ class ModelInfo(BaseModel):
         " thresholds existed: those answer confident only at a calibrated probability of at least 0.9."
     )
     device: str
+    runtime: str = Field(description="What runs the model: onnxruntime (the exported graph) or torch.")
     provenance: dict[str, Any]
     loaded_at: str | None = Field(
         None, description="When this model started serving (UTC, ISO 8601): at start-up or at the last switch."

@@ -42,9 +42,15 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes, each with its own model copy.")
 
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA if present, else CPU.")
-    # One intra-op thread: a single 28x28 image is far too small for torch's thread pool to pay for itself, and
-    # the event loop needs the other core.
-    torch_threads: int = Field(default=1, ge=1, le=256)
+    # auto: the model's graph in ONNX Runtime on a CPU (a single image scores in ~1/4 of eager torch's time,
+    # benchmarks/serve_wrk.py), torch on a GPU or where onnx/onnxruntime are not installed (with a log line).
+    runtime: Literal["auto", "onnxruntime", "torch"] = Field(
+        default="auto",
+        description="What runs the model: auto (ONNX Runtime on CPU when installed, else torch), onnxruntime or torch.",
+    )
+    # One intra-op thread: a single 28x28 image is far too small for a thread pool to pay for itself, and the event
+    # loop (or another worker) needs the other core. Applies to torch and to ONNX Runtime.
+    torch_threads: int = Field(default=1, ge=1, le=256, description="Threads of the model runtime per worker.")
     # Off by default: with the small CNN on 2 CPU cores, benchmarks/serve_wrk.py --compare-batching measured +28%
     # single-image throughput but a p99 of 107 ms instead of 25 ms (past the 50 ms target). On a GPU or with a
     # wider model the forward pass dominates and batching pays.

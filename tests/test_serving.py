@@ -176,12 +176,12 @@ def test_non_garments_are_marked_unsure(client, picture):
 
 def test_the_service_and_the_report_see_the_same_model_input(client, record):
     """The report's photo suite classifies through `Classifier.classify_uploads`; for the same bytes the service
-    must answer bit for bit the same (one image at a time, as the service runs it)."""
+    must answer bit for bit the same (one image at a time, as the service runs it, with the service's runtime)."""
     from fmnist.classifier import Classifier
     from fmnist.photos import PHOTO_CONDITIONS, photo_rng, render_photo
 
     images, _ = real_test_images()
-    classifier = Classifier(record, torch.device("cpu"))
+    classifier = Classifier(record, torch.device("cpu"), runtime=client.get("/model").json()["runtime"])
     for i, c in enumerate(PHOTO_CONDITIONS):
         photo = render_photo(images[i], c, c.severities[c.realistic], photo_rng(0, i))
         (scored,) = classifier.classify_uploads([photo])
