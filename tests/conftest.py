@@ -21,6 +21,11 @@ _root = os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", tempfile.mkdte
 os.environ.setdefault("USERNAME", "test")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+# torch imports its compiler stack (torch._dynamo) lazily, on an optimiser's first step. Metaflow's Runner, which
+# the tests use in-process, loads its vendored typeguard, whose old typing_extensions patches `typing` so that the
+# compiler stack's generics no longer import. Loaded first, they are unaffected, whichever test trains first.
+import torch._dynamo  # noqa: E402, F401
+
 pytest_plugins = ["tests.support.aws"]
 
 from tests.support.flows import run_flow  # noqa: E402 - after the datastore is chosen
