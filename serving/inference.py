@@ -14,7 +14,7 @@ import numpy as np
 from fmnist.classifier import Scored
 
 from .model_loading import ServedModel
-from .schemas import ClassProbability, Prediction
+from .schemas import ClassProbability, Prediction, SinglePrediction
 
 
 class Predictor:
@@ -52,24 +52,31 @@ class Predictor:
         """The run pathspec of the served model, named in every prediction response."""
         return self.served.run_pathspec
 
-    def describe(self, scored: Scored, top_k: int, inverted: bool | None = None) -> Prediction:
-        """One scored image -> the response's prediction."""
-        probs = scored.probabilities
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        best = int(order[0])
-        return Prediction(
-            class_index=best,
-            class_name=self.class_names[best],
-            probability=float(probs[best]),
-            confident=scored.confident,
-            unsure_reason=scored.unsure_reason,
-            top_k=[
-                ClassProbability(class_index=int(i), class_name=self.class_names[i], probability=float(probs[i]))
-                for i in order
-            ],
-            probabilities=[float(p) for p in probs],
-            inverted=inverted,
-        )
+    def describe(
+        self,
+        scored: Scored,
+        top_k: int,
+        inverted: bool | None = None,
+        filename: str | None = None,
+        run: str | None = None,
+    ) -> Prediction:
+        """One scored image -> the response's prediction; a `SinglePrediction` naming `run` when one is given."""
+        probs = scored.probabilities.tolist()  # Python floats: pydantic checks them without numpy conversions
+        order = np.argsort(-scored.probabilities, kind="stable")[:top_k].tolist()
+        best = order[0]
+        names = self.class_names
+        fields = {
+            "class_index": best,
+            "class_name": names[best],
+            "probability": probs[best],
+            "confident": scored.confident,
+            "unsure_reason": scored.unsure_reason,
+            "top_k": [ClassProbability(class_index=i, class_name=names[i], probability=probs[i]) for i in order],
+            "probabilities": probs,
+            "inverted": inverted,
+            "filename": filename,
+        }
+        return Prediction(**fields) if run is None else SinglePrediction(**fields, run=run)
 
 
 class MicroBatcher:

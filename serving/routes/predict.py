@@ -4,6 +4,10 @@ Every upload goes through `fmnist.imaging.prepare_upload`, the normalisation the
 photos; every answer says whether the model is sure (`confident`) and, when not, why (`unsure_reason`), and names
 the run whose model produced it (`run`). A request takes the served model once (`PredictorDep`) and is answered by
 it to the end, even while the service switches to a newly tagged model. Each prediction also enters the drift window.
+
+Answers are serialised by pydantic-core straight to JSON bytes (`_json`); FastAPI's own path validates the returned
+model again and encodes it in Python, a tenth of a request's time at full load. The response models still document
+the bodies in the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -11,24 +15,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from fmnist.imaging import Prepared, normalize_photo, prepare_upload
 from fmnist.uploads import ImageError, ImageTooLarge, pixels_from_values
 
-from ..deps import (
-    BatcherDep,
-    MetricsDep,
-    PredictorDep,
-    SettingsDep,
-    TopK,
-    require_json,
-    require_multipart,
-)
-from ..drift import DriftMonitor
-from ..inference import Predictor
-from ..metrics import ServiceMetrics
+from ..deps import JsonServingDep, Serving, TopK, UploadServingDep
 from ..schemas import ERRORS, BatchPrediction, PixelBatch, Prediction, SinglePrediction
 from ..settings import Settings
 
@@ -41,12 +36,9 @@ INLINE_DECODE_BYTES = 64 * 1024
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 413, 415, 422, 503)}
 
 
-@router.post("", dependencies=[Depends(require_multipart)], responses=UPLOAD_ERRORS)
+@router.post("", response_model=SinglePrediction, responses=UPLOAD_ERRORS)
 async def predict(
-    model: PredictorDep,
-    batcher: BatcherDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    serving: UploadServingDep,
     file: Annotated[
         UploadFile,
         File(
@@ -54,28 +46,24 @@ async def predict(
             json_schema_extra={"minLength": 1},  # an empty file is no image (422): the schema says so
         ),
     ],
-    request: Request,
     top_k: TopK = None,
-) -> SinglePrediction:
+) -> Response:
     """Classify one uploaded image; probabilities are calibrated (softmax of logits / temperature), and
     `confident: false` with an `unsure_reason` marks an answer not to be relied on. `run` names the model's run."""
+    model, settings = serving.predictor, serving.settings
     prepared = await _prepare(file, settings)
-    if batcher is not None:
-        scored = await batcher.score(prepared.pixels, prepared.empty, model)
+    if serving.batcher is not None:
+        scored = await serving.batcher.score(prepared.pixels, prepared.empty, model)
     else:
         scored = model.score(prepared.pixels[None], [prepared.empty])[0]
-    prediction = model.describe(scored, top_k or settings.default_top_k, inverted=prepared.inverted)
-    prediction.filename = file.filename
-    _count(metrics, [prediction])
-    _observe(request, model, prepared.pixels[None], [prediction])
-    return SinglePrediction(**prediction.model_dump(), run=model.run)
+    prediction = model.describe(scored, top_k or settings.default_top_k, prepared.inverted, file.filename, model.run)
+    _record(serving, prepared.pixels[None], [prediction])
+    return _json(prediction)
 
 
-@router.post("/batch", dependencies=[Depends(require_multipart)], responses=UPLOAD_ERRORS)
+@router.post("/batch", response_model=BatchPrediction, responses=UPLOAD_ERRORS)
 async def predict_batch(
-    model: PredictorDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    serving: UploadServingDep,
     files: Annotated[
         list[UploadFile],
         File(
@@ -88,30 +76,28 @@ async def predict_batch(
             },
         ),
     ],
-    request: Request,
     top_k: TopK = None,
-) -> BatchPrediction:
+) -> Response:
     """Classify several uploaded images in one forward pass; results in upload order."""
+    model, settings = serving.predictor, serving.settings
     _check_batch_size(len(files), settings)
     prepared = [await _prepare(f, settings, i) for i, f in enumerate(files)]
     pixels = np.stack([p.pixels for p in prepared])  # (B, 28, 28)
     scored = await run_in_threadpool(model.score, pixels, [p.empty for p in prepared])
     k = top_k or settings.default_top_k
-    predictions = [model.describe(s, k, inverted=p.inverted) for s, p in zip(scored, prepared, strict=True)]
-    for prediction, f in zip(predictions, files, strict=True):
-        prediction.filename = f.filename
-    _count(metrics, predictions)
-    _observe(request, model, pixels, predictions)
-    return BatchPrediction(run=model.run, predictions=predictions)
+    predictions = [
+        model.describe(s, k, p.inverted, f.filename) for s, p, f in zip(scored, prepared, files, strict=True)
+    ]
+    _record(serving, pixels, predictions)
+    return _json(BatchPrediction(run=model.run, predictions=predictions))
 
 
-@router.post("/pixels", dependencies=[Depends(require_json)], responses={k: ERRORS[k] for k in (413, 415, 422, 503)})
-async def predict_pixels(
-    model: PredictorDep, settings: SettingsDep, metrics: MetricsDep, batch: PixelBatch, request: Request
-) -> BatchPrediction:
+@router.post("/pixels", response_model=BatchPrediction, responses={k: ERRORS[k] for k in (413, 415, 422, 503)})
+async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response:
     """Classify raw 28x28 images sent as JSON numbers (0-255, light garment on dark, as in Fashion-MNIST); with
     `normalize: true` they first go through the same normalisation as uploads."""
-    _check_batch_size(len(batch.images), settings)
+    model = serving.predictor
+    _check_batch_size(len(batch.images), serving.settings)
     try:
         pixels = np.stack([pixels_from_values(values, i) for i, values in enumerate(batch.images)])  # (B, 28, 28)
     except ImageError as err:
@@ -123,10 +109,9 @@ async def predict_pixels(
         pixels = np.stack([n.pixels for n in normalized])
         inverted, empty = [n.inverted for n in normalized], [n.empty for n in normalized]
     scored = await run_in_threadpool(model.score, pixels, empty)
-    predictions = [model.describe(s, batch.top_k, inverted=inv) for s, inv in zip(scored, inverted, strict=True)]
-    _count(metrics, predictions)
-    _observe(request, model, pixels, predictions)
-    return BatchPrediction(run=model.run, predictions=predictions)
+    predictions = [model.describe(s, batch.top_k, inv) for s, inv in zip(scored, inverted, strict=True)]
+    _record(serving, pixels, predictions)
+    return _json(BatchPrediction(run=model.run, predictions=predictions))
 
 
 async def _prepare(upload: UploadFile, settings: Settings, index: int | None = None) -> Prepared:
@@ -148,20 +133,22 @@ def _check_batch_size(n: int, settings: Settings) -> None:
         raise HTTPException(413, f"too many images in one request: {n}, the limit is {settings.max_batch}")
 
 
-def _count(metrics: ServiceMetrics, predictions: list[Prediction]) -> None:
+def _json(body: BaseModel) -> Response:
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+def _record(serving: Serving, pixels: np.ndarray, predictions: list[Prediction]) -> None:
+    """Count the predictions (Prometheus) and add them to the drift window (O(1) each; signals are computed when
+    read). `pixels`: the (B, 28, 28) model inputs."""
+    metrics = serving.metrics
     metrics.images.observe(len(predictions))
     for p in predictions:
         metrics.predictions.labels(p.class_name).inc()
         if not p.confident:
             metrics.unsure.labels(p.unsure_reason or "unknown").inc()
-
-
-def _observe(request: Request, model: Predictor, pixels: np.ndarray, predictions: list[Prediction]) -> None:
-    """Add the request's predictions to the drift window (O(1) each; the signals are computed when read)."""
-    monitor: DriftMonitor | None = request.app.state.drift
-    if monitor is not None:
-        monitor.observe(
-            model.run,
+    if serving.drift is not None:
+        serving.drift.observe(
+            serving.predictor.run,
             pixels,
             [p.class_index for p in predictions],
             [not p.confident for p in predictions],
