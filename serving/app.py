@@ -95,7 +95,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_problem)
     for router in (status.router, model.router, predict.router, drift.router):
         app.include_router(router)
+    _document_limits(app, app.state.settings)
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put the batch limit of these settings into the OpenAPI schema (`maxItems`), so the schema says what is valid."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schemas = generate()["components"]["schemas"]
+            schemas["Body_predict_batch_predict_batch_post"]["properties"]["files"]["maxItems"] = settings.max_batch
+            schemas["PixelBatch"]["properties"]["images"]["maxItems"] = settings.max_batch
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _warm_up_png() -> bytes:

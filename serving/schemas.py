@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class Health(BaseModel):
@@ -130,15 +130,25 @@ _ROWS: dict[str, Any] = {
 }
 
 
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: a number with no fractional part (3 and 3.0), never a string or a boolean."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+JsonInteger = Annotated[int, BeforeValidator(_json_integer), Field(strict=False)]
+
+
 class PixelBatch(BaseModel):
     """Raw images as numbers: each one 28 rows of 28 values or a flat list of 784, 0 (black) to 255 (white).
     By default they are taken as they are, in Fashion-MNIST's convention (light garment on a black background);
     `normalize: true` runs them through the same normalisation as uploads first (backdrop removed, polarity decided,
     trimmed, centred, contrast stretched)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"images": [[0] * 784]}]},
-    )
+    # Strict: `normalize` must be a JSON boolean and `top_k` a JSON integer (3 or 3.0), as the schema says; not 0,
+    # 1, true or "3", which lax validation would accept.
+    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [{"images": [[0] * 784]}]})
 
     # Typed loosely on purpose: `fmnist.uploads.pixels_from_values` checks each image and says what is wrong with it
     # (shape, type, range) in the 422. The schema states exactly what is valid.
@@ -147,7 +157,7 @@ class PixelBatch(BaseModel):
         description="One entry per image: [28][28] or [784] numbers.",
         json_schema_extra={"items": {"oneOf": [_ROWS, _FLAT]}},
     )
-    top_k: int = Field(default=3, ge=1, le=10, description="How many of the most probable classes to list.")
+    top_k: JsonInteger = Field(default=3, ge=1, le=10, description="How many of the most probable classes to list.")
     normalize: bool = Field(
         default=False, description="Normalise each image as uploads are, instead of taking the values as they are."
     )

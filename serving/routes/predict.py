@@ -12,13 +12,14 @@ the bodies in the OpenAPI schema.
 
 from __future__ import annotations
 
+import io
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, File, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from fmnist.imaging import Prepared, normalize_photo, prepare_upload
 from fmnist.uploads import ImageError, ImageTooLarge, pixels_from_values
@@ -35,12 +36,39 @@ INLINE_DECODE_BYTES = 64 * 1024
 
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 413, 415, 422, 503)}
 
+# What an uploaded file must be: an image in a format the decoder reads. Stated in the OpenAPI schema as the file
+# parts' `encoding.contentType`, so generated clients and schema-driven test tools send images, not arbitrary bytes.
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/tiff", "image/webp")
 
-@router.post("", response_model=SinglePrediction, responses=UPLOAD_ERRORS)
+
+def _file_part(value: Any) -> Any:
+    """A form part sent without a filename, as a file. RFC 7578 only recommends the filename, but Starlette hands such
+    a part over as text: decoded as UTF-8 where the bytes are valid UTF-8, else as Latin-1. Encoding it back gives the
+    bytes: Latin-1 whenever every character fits (always the case for binary image data, which is never valid UTF-8),
+    UTF-8 otherwise. Files with a filename pass through untouched."""
+    if not isinstance(value, str):
+        return value
+    try:
+        data = value.encode("latin-1")
+    except UnicodeEncodeError:
+        data = value.encode("utf-8")
+    return UploadFile(io.BytesIO(data), size=len(data))
+
+
+# An uploaded image: a file part, with or without a filename.
+ImagePart = Annotated[UploadFile, BeforeValidator(_file_part)]
+
+
+def _images_only(field: str) -> dict[str, Any]:
+    encoding = {field: {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}}
+    return {"requestBody": {"content": {"multipart/form-data": {"encoding": encoding}}}}
+
+
+@router.post("", response_model=SinglePrediction, responses=UPLOAD_ERRORS, openapi_extra=_images_only("file"))
 async def predict(
     serving: UploadServingDep,
     file: Annotated[
-        UploadFile,
+        ImagePart,
         File(
             description="One image: PNG, JPEG, GIF, BMP, TIFF, WebP; any size/mode.",
             json_schema_extra={"minLength": 1},  # an empty file is no image (422): the schema says so
@@ -61,11 +89,11 @@ async def predict(
     return _json(prediction)
 
 
-@router.post("/batch", response_model=BatchPrediction, responses=UPLOAD_ERRORS)
+@router.post("/batch", response_model=BatchPrediction, responses=UPLOAD_ERRORS, openapi_extra=_images_only("files"))
 async def predict_batch(
     serving: UploadServingDep,
     files: Annotated[
-        list[UploadFile],
+        list[ImagePart],
         File(
             description="Several images (limit: FASHIONFLOW_MAX_BATCH, default 64).",
             # At least one, each non-empty: what the service accepts, stated in the schema only, so the answers to
@@ -92,7 +120,7 @@ async def predict_batch(
     return _json(BatchPrediction(run=model.run, predictions=predictions))
 
 
-@router.post("/pixels", response_model=BatchPrediction, responses={k: ERRORS[k] for k in (413, 415, 422, 503)})
+@router.post("/pixels", response_model=BatchPrediction, responses={k: ERRORS[k] for k in (400, 413, 415, 422, 503)})
 async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response:
     """Classify raw 28x28 images sent as JSON numbers (0-255, light garment on dark, as in Fashion-MNIST); with
     `normalize: true` they first go through the same normalisation as uploads."""
@@ -116,7 +144,8 @@ async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response
 
 async def _prepare(upload: UploadFile, settings: Settings, index: int | None = None) -> Prepared:
     """Read and normalise one upload; 413 or 422 naming the file and the problem."""
-    where = f"file {upload.filename!r}" if index is None else f"files[{index}] ({upload.filename!r})"
+    named = f" ({upload.filename!r})" if upload.filename is not None else " (no filename)"
+    where = f"the file{named}" if index is None else f"files[{index}]{named}"
     data = await upload.read()
     try:
         if len(data) <= INLINE_DECODE_BYTES:
