@@ -10,7 +10,7 @@ PIP_TOOLS := pip-tools==7.6.2
 # Metaflow needs a user name; shells in containers and CI often have no $USER.
 export USERNAME ?= $(or $(USER),fashionflow)
 
-.PHONY: setup data browser lock run smoke test lint serve clean
+.PHONY: setup data browser wrk lock run smoke test lint serve clean
 
 setup: data $(VENV)/.installed
 
@@ -57,7 +57,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check fmnist serving flows tests benchmarks
 	$(VENV)/bin/mypy fmnist serving flows
 
-test: setup browser lint
+# Debian's wrk, the native load generator of benchmarks/serve_wrk.py (its quick mode runs in the tests).
+wrk:
+	@command -v wrk >/dev/null || (command -v apt-get >/dev/null && apt-get install -y -q wrk) \
+		|| echo "wrk not installed: the wrk load benchmark's test will be skipped"
+
+test: setup browser wrk lint
 	$(PY) -m pytest --cov=fmnist --cov=serving --cov-report=term-missing --cov-report=xml --cov-fail-under=85
 
 serve: setup

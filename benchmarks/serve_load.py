@@ -104,24 +104,21 @@ def stop_servers(processes: Iterable[subprocess.Popen]) -> None:
 
 
 def start_server(
-    app: str, port: int, app_dir: Path, log_path: Path, env: dict[str, str], cwd: Path = REPO
+    app: str, port: int, app_dir: Path, log_path: Path, env: dict[str, str], cwd: Path = REPO, workers: int = 1
 ) -> subprocess.Popen:
-    """uvicorn `app` on loopback, one worker, no access log (logging every request would be measured too)."""
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--app-dir",
-        str(app_dir),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
+    """uvicorn `app` on loopback, no access log (logging every request would be measured too).
+
+    One worker: uvicorn's own command line, so any checkout's service can be started. Several: through
+    `serving.cli.run_uvicorn`, as `fmnist-serve --workers N` starts them (with TCP_NODELAY on every connection)."""
+    if workers == 1:
+        command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--app-dir", str(app_dir), "--log-level", "warning", "--no-access-log"]
+    else:
+        code = (
+            f"import sys; sys.path[:0] = [{str(app_dir)!r}, {str(REPO)!r}]; from serving.cli import run_uvicorn; "
+            f"run_uvicorn({app!r}, '127.0.0.1', {port}, {workers}, 'warning', access_log=False)"
+        )
+        command = [sys.executable, "-c", code]
     log = log_path.open("wb")
     return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
 

@@ -3,10 +3,12 @@ same run.
 
     python benchmarks/serve_wrk.py --run FashionFlow/123            # 2 threads, 16 connections, 10 s per phase
     python benchmarks/serve_wrk.py --compare-tree /tmp/before       # also the service of another checkout
+    python benchmarks/serve_wrk.py --workers 2                      # both servers with 2 uvicorn workers
+    python benchmarks/serve_wrk.py --quick                          # 2 s per phase (the test suite's run)
 
 Needs `wrk` on PATH (Debian: `apt-get install wrk`). Starts benchmarks/bare_app.py and the service (uvicorn
-serving.app:app, one worker each, settings from FASHIONFLOW_* variables) and runs wrk against each in turn with a
-Lua script posting a multipart upload of one real 28x28 Fashion-MNIST test image as PNG:
+serving.app:app; --workers each, default 1; settings from FASHIONFLOW_* variables) and runs wrk against each in turn
+with a Lua script posting a multipart upload of one real 28x28 Fashion-MNIST test image as PNG:
   bare     POST /predict on the bare endpoint (reads the upload, fixed answer)
   single   POST /predict on the service
   batch    POST /predict/batch on the service, --batch-size images per request
@@ -100,9 +102,24 @@ def multipart(field: str, images: list[bytes]) -> bytes:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User + system CPU seconds of a live process and of its live descendants (the workers of a multi-worker
+    server), from /proc/<pid>/stat."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, CPU seconds)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # exited meanwhile
+                continue
+            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(child)
+    tree, todo = set(), [pid]
+    while todo:
+        tree.add(current := todo.pop())
+        todo += children.get(current, [])
+    return sum(stats[p][1] for p in tree if p in stats)
 
 
 def run_wrk(
@@ -138,10 +155,11 @@ def run_wrk(
     )
 
 
-def print_report(results: list[WrkResult], threads: int, connections: int) -> int:
+def print_report(results: list[WrkResult], threads: int, connections: int, workers: int) -> int:
     """The table and the targets; returns the number of errors."""
     print(f"\nwrk: {threads} threads, {connections} connections, loopback, {os.cpu_count()} CPU core(s)")
-    print("CPU columns: share of one core used during the phase by wrk and by the (single-worker) server")
+    print(f"servers: {workers} uvicorn worker(s) each")
+    print("CPU columns: share of one core used during the phase by wrk and by the server (all its workers)")
     print(
         f"{'phase':<14} {'requests':>8} {'errors':>6} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7}"
         f" {'wrk CPU':>7} {'srv CPU':>7}"
@@ -178,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="Seconds per phase (default 10).")
     parser.add_argument("--batch-size", type=int, default=32, help="Images per batch request (default 32; 0: skip).")
     parser.add_argument("--rounds", type=int, default=1, help="Interleaved rounds; each phase reports its best.")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn workers of the bare endpoint and the service alike (default 1)."
+    )
     parser.add_argument("--run", help="Model run pathspec (sets FASHIONFLOW_RUN for the service).")
     parser.add_argument(
         "--compare-tree",
@@ -190,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         help="Also measure the service with server-side micro-batching on (FASHIONFLOW_BATCHING=true).",
     )
     parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 s per phase, 8 images per batch: checks the machinery (the test suite)."
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.batch_size, args.rounds = 2.0, min(args.batch_size, 8) or 0, 1
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not on PATH (Debian: apt-get install wrk)")
     if args.run:
@@ -230,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (app, app_dir, env) in servers.items():
         # The server runs from its own tree, so `serving` and `fmnist` are imported from there.
         cwd = app_dir if name == "before" else REPO
-        processes[name] = start_server(app, ports[name], app_dir, logs[name], env, cwd=cwd)
+        workers = 1 if name == "before" else args.workers  # another checkout: uvicorn's command line, one worker
+        processes[name] = start_server(app, ports[name], app_dir, logs[name], env, cwd=cwd, workers=workers)
     best: dict[str, WrkResult] = {}
     try:
         for name, process in processes.items():
@@ -253,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_servers(processes.values())
     results = [best[name] for name, *_ in phases]
-    errors = print_report(results, args.threads, args.connections)
+    errors = print_report(results, args.threads, args.connections, args.workers)
     if args.json:
         args.json.write_text(
             json.dumps([{**asdict(r), "requests_per_s": r.requests_per_s} for r in results], indent=2) + "\n"

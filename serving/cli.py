@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -45,15 +47,37 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
+    run_uvicorn("serving.app:app", settings.host, settings.port, settings.workers, args.log_level)
 
-    uvicorn.run(
-        "serving.app:app",
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=args.log_level,
-    )
+
+def run_uvicorn(
+    app: str, host: str, port: int, workers: int = 1, log_level: str = "info", access_log: bool = True
+) -> None:
+    """uvicorn serving `app` (an import string) with `workers` processes.
+
+    Several workers share one listening socket that this function binds itself: uvicorn's own (0.54) is created
+    without IPPROTO_TCP, so asyncio never sets TCP_NODELAY on its connections and every keep-alive response waits
+    ~40 ms for the client's delayed ACK (uvicorn issue #3149; measured here as 363 req/s instead of 2,300).
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(app, host=host, port=port, workers=workers, log_level=log_level, access_log=access_log)
+    if workers == 1:
+        uvicorn.Server(config).run()
+        return
+    Multiprocess(config, sockets=[listening_socket(config)]).run()
+
+
+def listening_socket(config: Any) -> socket.socket:
+    """The socket uvicorn binds for `config` (a `uvicorn.Config`), marked as TCP, so that asyncio sets TCP_NODELAY on
+    every connection it accepts."""
+    bound = config.bind_socket()
+    if bound.family not in (socket.AF_INET, socket.AF_INET6):
+        return bound
+    sock = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

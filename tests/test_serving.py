@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -451,3 +452,55 @@ def test_load_benchmark_quick_mode_runs_without_errors(smoke_run):
     for phase in ("bare", "single", "batch"):
         assert f"\n{phase} " in result.stdout
     assert "[met] errors: 0" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (make wrk, or apt-get install wrk)")
+def test_wrk_benchmark_quick_mode_measures_both_endpoints_with_two_workers(smoke_run, tmp_path):
+    """benchmarks/serve_wrk.py --quick: the bare endpoint and the service measured with the same two workers, no
+    errors, every figure of the table present (the figures themselves are the benchmark's business, not the test's)."""
+    out = tmp_path / "wrk.json"
+    command = [sys.executable, "benchmarks/serve_wrk.py", "--quick", "--workers", "2", "--run", smoke_run.pathspec]
+    result = subprocess.run(
+        [*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ.copy()
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "servers: 2 uvicorn worker(s) each" in result.stdout and "single/bare:" in result.stdout
+    assert "[met] errors: 0" in result.stdout
+    phases = {r["name"]: r for r in json.loads(out.read_text())}
+    assert set(phases) == {"bare", "single", "batch"}
+    for r in phases.values():
+        assert r["requests"] > 0 and r["socket_errors"] == r["non_2xx"] == 0
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["wrk_cpu"] > 0 and r["server_cpu"] > 0
+    assert phases["batch"]["images_per_request"] == 8
+
+
+def test_several_workers_share_a_socket_whose_connections_send_at_once():
+    """uvicorn's own shared socket for several workers leaves Nagle's algorithm on (every keep-alive answer then
+    waits ~40 ms for a delayed ACK); the CLI's has TCP_NODELAY on each accepted connection."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from serving.cli import listening_socket
+
+    config = uvicorn.Config("serving.app:app", host="127.0.0.1", port=0, workers=2, log_level="warning")
+
+    async def nodelay_of_accepted(sock: socket.socket) -> int:
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                raw = transport.get_extra_info("socket")
+                accepted.set_result(raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        try:
+            return await asyncio.wait_for(accepted, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(nodelay_of_accepted(listening_socket(config))) != 0
