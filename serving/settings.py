@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     # One intra-op thread: a single 28x28 image is far too small for a thread pool to pay for itself, and the event
     # loop (or another worker) needs the other core. Applies to torch and to ONNX Runtime.
     torch_threads: int = Field(default=1, ge=1, le=256, description="Threads of the model runtime per worker.")
-    # Off by default: with the small CNN on 2 CPU cores, benchmarks/serve_wrk.py --compare-batching measured +28%
-    # single-image throughput but a p99 of 107 ms instead of 25 ms (past the 50 ms target). On a GPU or with a
+    # Off by default: with the model in ONNX Runtime on 2 CPU cores, benchmarks/serve_wrk.py --compare-batching measured
+    # +13% single-image throughput but a p99 of 113 ms instead of 15 ms (past the 50 ms target). On a GPU or with a
     # wider model the forward pass dominates and batching pays.
     batching: bool = Field(
         default=False, description="Batch concurrent single-image requests into one forward pass on a model thread."
