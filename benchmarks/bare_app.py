@@ -3,6 +3,7 @@ answers a fixed prediction, without decoding the image or running a model."""
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from fastapi import FastAPI, File, UploadFile
@@ -20,8 +21,8 @@ ANSWER = {
 
 @app.get("/ready")
 async def ready() -> dict:
-    """Always ready."""
-    return {"ready": True}
+    """Always ready; `pid` names the worker that answered."""
+    return {"ready": True, "pid": os.getpid()}
 
 
 @app.post("/predict")

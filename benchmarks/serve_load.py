@@ -123,15 +123,22 @@ def start_server(
     return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
 
 
-def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 180.0) -> None:
-    """Poll /ready until 200; fail with the server's log if it exits or takes too long."""
+def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: float = 180.0, workers: int = 1) -> None:
+    """Poll /ready until 200 from `workers` distinct worker processes (each answer names its `pid`; every poll is a
+    new connection, which any worker may accept); fail with the server's log if it exits or takes too long. Measuring
+    while one worker still loads would hand it no connections for the whole phase."""
     deadline = time.monotonic() + timeout
+    ready: set[int] = set()
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"server for {url} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return
+            response = httpx.get(url + "/ready", timeout=2)
+            if response.status_code == 200:
+                ready.add(response.json().get("pid", 0))
+                if len(ready) >= workers:
+                    return
+                continue
         except httpx.HTTPError:
             pass
         time.sleep(0.3)

@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     best: dict[str, WrkResult] = {}
     try:
         for name, process in processes.items():
-            wait_ready(process, f"http://127.0.0.1:{ports[name]}", logs[name])
+            wait_ready(
+                process, f"http://127.0.0.1:{ports[name]}", logs[name], workers=1 if name == "before" else args.workers
+            )
         for _ in range(args.rounds):
             for name, server, path, kind, count in phases:
                 url = f"http://127.0.0.1:{ports[server]}{path}"

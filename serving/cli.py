@@ -23,6 +23,7 @@ OPTIONS = {  # option -> setting (and FASHIONFLOW_<SETTING> variable)
     "port": "Port (default 8000).",
     "workers": "uvicorn worker processes (default 1).",
     "device": "auto, cpu or cuda (default auto).",
+    "runtime": "What runs the model: auto (ONNX Runtime on a CPU when installed, else torch), onnxruntime or torch.",
 }
 
 

@@ -18,6 +18,9 @@ class Readiness(BaseModel):
 
     ready: bool
     run: str | None = Field(default=None, description="Run pathspec of the model served.")
+    pid: int | None = Field(
+        default=None, description="Process id of the worker that answered: with several workers, each says for itself."
+    )
 
 
 class Problem(BaseModel):

@@ -63,7 +63,7 @@ def upload(client, data: bytes, name: str = "image.png", **params):
 
 def test_health_and_ready(client, smoke_run):
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").json() == {"ready": True, "run": smoke_run.pathspec}
+    assert client.get("/ready").json() == {"ready": True, "run": smoke_run.pathspec, "pid": os.getpid()}
 
 
 def test_model_describes_the_served_run(client, smoke_run, record):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 
 from fastapi import APIRouter, HTTPException, Request
@@ -28,7 +29,7 @@ async def ready(request: Request) -> Readiness:
     predictor = request.app.state.predictor
     if predictor is None:
         raise HTTPException(503, f"not ready: {request.app.state.not_ready}")
-    return Readiness(ready=True, run=predictor.served.run_pathspec)
+    return Readiness(ready=True, run=predictor.served.run_pathspec, pid=os.getpid())
 
 
 @router.get("/metrics", response_class=Response)
