@@ -154,17 +154,22 @@ def fit_background(gray: np.ndarray, iterations: int = 3) -> tuple[np.ndarray, f
     previous = None
     for _ in range(iterations):
         inliers = np.abs(values - fitted) <= max(SIGNIFICANT_SIGMAS * noise, MIN_NOISE * SIGNIFICANT_SIGMAS)
-        if inliers.sum() < design.shape[1] * 4:
+        if np.count_nonzero(inliers) < design.shape[1] * 4:
             break
-        if previous is not None and np.array_equal(inliers, previous):
+        if previous is not None and (inliers == previous).all():
             break  # the same pixels give the same fit: further rounds change nothing
         previous = inliers
         # Normal equations of a 6-term fit: a 6x6 solve, far cheaper than an SVD of the (R, 6) design matrix.
         a = design[inliers]
-        coef = np.linalg.solve(a.T @ a + 1e-9 * np.eye(a.shape[1]), a.T @ values[inliers].astype(np.float64))
+        coef = np.linalg.solve(a.T @ a + _RIDGE, a.T @ values[inliers].astype(np.float64))
         fitted = (design @ coef).astype(np.float32)
         noise = _robust_sigma((values - fitted)[inliers])
     return geometry.surface(coef), max(noise, MIN_NOISE)
+
+
+# Keeps the 6x6 normal equations of the background fit solvable when the ring is flat (a 1e-9 ridge).
+_RIDGE = 1e-9 * np.eye(6)
+_RIDGE.flags.writeable = False
 
 
 @dataclass(frozen=True)
