@@ -16,12 +16,10 @@ import numpy as np
 import torch
 
 from .abstention import LOW_CONFIDENCE, UNLIKE_TRAINING, AbstentionPolicy
-from .calibration import softmax
 from .imaging import prepare_upload
-from .model import normalize
 from .model_record import ModelRecord
 from .runtime import available_cores
-from .scoring_graph import OnnxScorer
+from .scoring_graph import OnnxScorer, ScoringGraph
 
 # A record written before abstention thresholds existed carries none: its answers count as confident only above
 # this calibrated probability, a conservative stand-in that the service's /model reports as such.
@@ -60,7 +58,8 @@ class Classifier:
     def __init__(self, record: ModelRecord, device: torch.device, runtime: Runtime = "torch", threads: int = 1) -> None:
         self.record, self.device, self.runtime, self.threads = record, device, runtime, threads
         self.network = record.build(device)
-        self.onnx = OnnxScorer(record, threads) if runtime == "onnxruntime" else None
+        self.graph = ScoringGraph(record, self.network).to(device)
+        self.onnx = OnnxScorer(self.graph, threads) if runtime == "onnxruntime" else None
 
     @property
     def policy(self) -> AbstentionPolicy | None:
@@ -72,8 +71,9 @@ class Classifier:
         normalisation found nothing but background: whatever the network says, that is no garment."""
         if len(pixels) == 0:
             return []
-        if self.onnx is not None and self.onnx.policy is not self.policy:
-            self.onnx = OnnxScorer(self.record, self.threads)  # the graph carries the policy: rebuild it
+        if not self.graph.matches(self.record):  # the graph carries policy and temperature: rebuild it
+            self.graph = ScoringGraph(self.record, self.network).to(self.device)
+            self.onnx = OnnxScorer(self.graph, self.threads) if self.onnx is not None else None
         if self.onnx is not None:
             probs64, ood = self.onnx(pixels)  # (B, C), (B,) float64
         else:
@@ -92,15 +92,11 @@ class Classifier:
 
     @torch.inference_mode()
     def _torch_scores(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 28, 28) uint8 -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score), eager torch."""
+        """(B, 28, 28) uint8 -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score), eager torch: the
+        calibrated softmax the evaluation report used, so served probabilities match the report's."""
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-        features, logits = self.network.describe(normalize(x, self.record.mean, self.record.std))  # (B, D), (B, C)
-        logits = logits.float().cpu()
-        # The same calibrated softmax the evaluation report used, so served probabilities match the report's.
-        probs = softmax(logits, self.record.temperature)  # (B, C) float64
-        if self.policy is None:
-            return probs.numpy(), np.zeros(len(probs))
-        return probs.numpy(), self.policy.ood_scores(logits, features.float().cpu()).numpy()
+        probabilities, ood = self.graph(x)
+        return probabilities.cpu().numpy(), ood.cpu().numpy()
 
     def classify_uploads(self, uploads: Sequence[bytes], max_pixels: int = MAX_UPLOAD_PIXELS) -> list[Scored]:
         """Encoded images -> `Scored`, each through the service's normalisation (`fmnist.imaging.prepare_upload`)."""

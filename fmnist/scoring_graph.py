@@ -4,12 +4,13 @@ out-of-distribution score out.
 Eager torch spends most of a single image's time on per-operator overhead: the network is small, but normalisation,
 about twenty layers, the temperature softmax and the Mahalanobis score are each a Python-level call. `ScoringGraph`
 puts all of it in one module built from the same functions the torch path uses (`fmnist.model.normalize`,
-`FashionCNN.describe`, `fmnist.calibration.softmax`, the abstention policy's score), `export_onnx` traces it into an
-ONNX graph with the record's temperature and feature density as constants, and `OnnxScorer` runs that graph in
-ONNX Runtime, where batch norm is folded into the convolutions and one call does the lot.
+`FashionCNN.describe`, `fmnist.calibration.softmax`, the abstention policy's score) and is what the torch runtime
+runs; `export_onnx` traces it into an ONNX graph with the record's temperature and feature density as constants,
+and `OnnxScorer` runs that graph in ONNX Runtime, where batch norm is folded into the convolutions and one call
+does the lot.
 
 The thresholds stay outside the graph: the decision is `AbstentionPolicy.decisions`, the same rule the torch path
-applies. `tests/test_scoring_graph.py` checks that both runtimes answer the same on real test images.
+applies. `tests/test_scoring_graph.py` checks that both runtimes answer the same on real test images and photos.
 
 onnx (to export) and onnxruntime (to run) are optional: `runtime_available()` says whether both import, and the
 service falls back to torch with a log line when they do not.
@@ -18,7 +19,6 @@ service falls back to torch with a log line when they do not.
 from __future__ import annotations
 
 import io
-import logging
 import warnings
 from typing import Any, cast
 
@@ -31,8 +31,6 @@ from .calibration import softmax
 from .data import IMAGE_SIZE
 from .model import FashionCNN, normalize
 from .model_record import ModelRecord
-
-log = logging.getLogger(__name__)
 
 # The graph's ONNX operator set: 17 has every operator the graph uses and runs on any ONNX Runtime of the last years.
 OPSET = 17
@@ -58,6 +56,8 @@ def runtime_available() -> str | None:
 class ScoringGraph(nn.Module):
     """(B, 28, 28) uint8 pixels -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score).
 
+    Both runtimes answer with it: eager torch runs it as a module, ONNX Runtime as its export. It is built from the
+    record's normalisation, temperature and policy at the time (`matches` says whether they are still the record's).
     Without an abstention policy (records written before abstention existed) the OOD score is zero.
     """
 
@@ -69,7 +69,7 @@ class ScoringGraph(nn.Module):
         super().__init__()
         self.network = network.eval()
         self.mean, self.std, self.temperature = record.mean, record.std, record.temperature
-        policy = record.abstention
+        self.policy = policy = record.abstention
         self.method = policy.ood_score if policy is not None else "none"
         self.power = policy.feature_power if policy is not None else 1.0
         if policy is not None and policy.ood_score == "mahalanobis":
@@ -77,6 +77,12 @@ class ScoringGraph(nn.Module):
             self.register_buffer("mu", mu)  # (C, D) float64
             self.register_buffer("precision", p)  # (D, D) float64
             self.register_buffer("quad_mu", quad_mu)  # (C,) float64
+
+    def matches(self, record: ModelRecord) -> bool:
+        """Whether the record still has the policy, temperature and normalisation this graph was built with (the
+        evaluate step fits the policy after it has built its classifier)."""
+        built = (self.mean, self.std, self.temperature)
+        return self.policy is record.abstention and built == (record.mean, record.std, record.temperature)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, logits = self.network.describe(normalize(pixels, self.mean, self.std))  # (B, D), (B, C)
@@ -86,16 +92,16 @@ class ScoringGraph(nn.Module):
             ood = squared_distances(power_transform(features, self.power), terms).min(1).values  # (B,)
         elif self.method == "energy":
             ood = energy_scores(logits)
-        else:
-            ood = torch.zeros(len(logits), dtype=torch.float64)
+        else:  # zeros_like keeps the batch size dynamic in the export (torch.zeros(len(...)) would fix it)
+            ood = torch.zeros_like(probabilities[:, 0])
         return probabilities, ood
 
 
-def export_onnx(record: ModelRecord) -> bytes:
-    """The record's `ScoringGraph` as an ONNX model (dynamic batch size), built on the CPU."""
-    if runtime_available() is not None:
-        raise RuntimeUnavailable(runtime_available())
-    graph = ScoringGraph(record, record.build(torch.device("cpu"))).eval()
+def export_onnx(graph: ScoringGraph) -> bytes:
+    """A CPU `ScoringGraph` as an ONNX model (dynamic batch size)."""
+    why = runtime_available()
+    if why is not None:
+        raise RuntimeUnavailable(why)
     example = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     buffer = io.BytesIO()
     axes = {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
@@ -117,33 +123,27 @@ def export_onnx(record: ModelRecord) -> bytes:
 
 
 class OnnxScorer:
-    """The record's graph in an ONNX Runtime session: (B, 28, 28) uint8 -> (probabilities, OOD score) as numpy."""
+    """A CPU `ScoringGraph` exported and run in an ONNX Runtime session: (B, 28, 28) uint8 -> (probabilities, OOD
+    score) as numpy. Raises `RuntimeUnavailable` where onnx or onnxruntime is missing or the export fails."""
 
-    def __init__(self, record: ModelRecord, threads: int = 1) -> None:
+    def __init__(self, graph: ScoringGraph, threads: int = 1) -> None:
+        self.graph = graph  # what was exported
         try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise RuntimeUnavailable(f"onnxruntime not installed: {err}") from None
-        self.policy = record.abstention  # the policy the graph was built with
-        try:
-            model = export_onnx(record)
+            model = export_onnx(graph)
         except RuntimeUnavailable:
             raise
         except Exception as err:  # an exporter failure must not take the service down: torch still works
             raise RuntimeUnavailable(f"ONNX export failed: {type(err).__name__}: {err}") from None
+        import onnxruntime as ort  # there: export_onnx checked
+
         options = ort.SessionOptions()
         # One request's graph is far too small to share among threads; several workers each use their own core.
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        self.version = ort.__version__
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, 28, 28) uint8 -> ((B, C) float64 probabilities, (B,) float64 OOD score)."""
         probabilities, ood = self.session.run(None, {INPUT: np.ascontiguousarray(pixels, dtype=np.uint8)})
         return probabilities, ood
-
-    def describe(self) -> dict[str, Any]:
-        """What /model reports about the runtime."""
-        return {"runtime": "onnxruntime", "onnxruntime_version": self.version, "opset": OPSET}

@@ -36,8 +36,8 @@ async def get_metrics(request: Request) -> ServiceMetrics:
 
 async def get_drift(request: Request) -> DriftMonitor:
     """The drift window of the served model; 503 while no model is loaded."""
-    monitor = request.app.state.drift
-    if monitor is None or request.app.state.predictor is None:
+    monitor = _serving(request).drift
+    if monitor is None:  # set together with the predictor (`serving.following.install`)
         raise HTTPException(503, f"model not ready: {request.app.state.not_ready}")
     return monitor
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from fmnist.classifier import Classifier, Runtime
+from fmnist.classifier import Classifier
 from fmnist.model_record import ModelRecord, RecordError
 from fmnist.runtime import pick_device
-from fmnist.scoring_graph import RuntimeUnavailable, runtime_available
+from fmnist.scoring_graph import RuntimeUnavailable
 
 from .settings import Settings
 
@@ -138,20 +138,13 @@ def build_classifier(record: ModelRecord, device: torch.device, settings: Settin
     """The record on `device`, run by the runtime the settings ask for. Under "auto", ONNX Runtime on a CPU when it
     can be used, else torch with a log line saying why; a runtime named explicitly that cannot be used is an error
     (`RuntimeUnavailable`)."""
-    wanted: Runtime = "torch"
-    if settings.runtime == "onnxruntime":
-        if device.type != "cpu":
-            raise RuntimeUnavailable(f"the ONNX graph runs on the CPU, the model is on {device}")
-        wanted = "onnxruntime"
-    elif settings.runtime == "auto" and device.type == "cpu":
-        why = runtime_available()
-        if why is None:
-            wanted = "onnxruntime"
-        else:
-            log.warning("serving with torch, not ONNX Runtime: %s", why)
+    if settings.runtime == "torch" or (settings.runtime == "auto" and device.type != "cpu"):
+        return Classifier(record, device, "torch", settings.torch_threads)
+    if device.type != "cpu":
+        raise RuntimeUnavailable(f"the ONNX graph runs on the CPU, the model is on {device}")
     try:
-        return Classifier(record, device, wanted, settings.torch_threads)
-    except RuntimeUnavailable as err:
+        return Classifier(record, device, "onnxruntime", settings.torch_threads)
+    except RuntimeUnavailable as err:  # onnx or onnxruntime missing, or the export failed
         if settings.runtime == "onnxruntime":
             raise
         log.warning("serving with torch, not ONNX Runtime: %s", err)

@@ -68,13 +68,38 @@ def test_both_runtimes_give_the_same_answers(record, pixels):
 
 
 def test_the_graph_is_one_module_of_the_torch_functions(record, pixels):
-    """ScoringGraph in eager torch equals the classifier's torch path exactly: the export starts from the same math."""
-    graph = ScoringGraph(record, record.build(torch.device("cpu")))
+    """ScoringGraph in eager torch (the torch runtime) equals the functions it is made of, called one by one: the
+    network's descriptor and logits, the calibrated softmax, the policy's OOD score."""
+    from fmnist.calibration import softmax
+    from fmnist.model import normalize
+
+    cpu = torch.device("cpu")
+    graph = ScoringGraph(record, record.build(cpu))
+    network = record.build(cpu)
     with torch.inference_mode():
         probabilities, ood = graph(torch.from_numpy(pixels[:64]))
-    reference = Classifier(record, torch.device("cpu"))._torch_scores(pixels[:64])
+        features, logits = network.describe(normalize(torch.from_numpy(pixels[:64]), record.mean, record.std))
+        reference = softmax(logits, record.temperature).numpy(), record.abstention.ood_scores(logits, features).numpy()
     np.testing.assert_allclose(probabilities.numpy(), reference[0], rtol=0, atol=1e-12)
     np.testing.assert_allclose(ood.numpy(), reference[1], rtol=1e-9)
+    torch_runtime = Classifier(record, cpu, "torch").score(pixels[:64])
+    np.testing.assert_array_equal(
+        np.stack([s.probabilities for s in torch_runtime]), probabilities.numpy().astype(np.float32)
+    )
+
+
+def test_a_record_without_a_policy_scores_any_batch_size(record, pixels):
+    """Records made before abstention existed: no OOD score, and the exported graph keeps its batch size dynamic."""
+    legacy = ModelRecord.from_bytes(record.to_bytes())
+    legacy.abstention = None
+    cpu = torch.device("cpu")
+    fast, reference = (
+        Classifier(legacy, cpu, "onnxruntime").score(pixels[:5]),
+        Classifier(legacy, cpu).score(pixels[:5]),
+    )
+    assert len(fast) == len(reference) == 5
+    p_fast, p_ref = (np.stack([s.probabilities for s in x]) for x in (fast, reference))
+    assert np.abs(p_fast - p_ref).max() <= PROBABILITY_TOLERANCE
 
 
 def test_single_images_and_batches_agree(record, pixels):

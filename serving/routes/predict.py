@@ -2,8 +2,9 @@
 
 Every upload goes through `fmnist.imaging.prepare_upload`, the normalisation the evaluate step measured on rendered
 photos; every answer says whether the model is sure (`confident`) and, when not, why (`unsure_reason`), and names
-the run whose model produced it (`run`). A request takes the served model once (`PredictorDep`) and is answered by
-it to the end, even while the service switches to a newly tagged model. Each prediction also enters the drift window.
+the run whose model produced it (`run`). A request takes the served model once (`Serving.predictor`) and is answered
+by it to the end, even while the service switches to a newly tagged model. Each prediction also enters the drift
+window.
 
 Answers are serialised by pydantic-core straight to JSON bytes (`_json`); FastAPI's own path validates the returned
 model again and encodes it in Python, a tenth of a request's time at full load. The response models still document
