@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-batching",
         action="store_true",
-        help="Also measure the service with server-side batching off (FASHIONFLOW_BATCHING=false).",
+        help="Also measure the service with server-side batching on (FASHIONFLOW_BATCHING=true).",
     )
     parser.add_argument("--quick", action="store_true", help="300 requests / 5 s per phase, one round.")
     parser.add_argument("--run", help="Model run pathspec (sets FASHIONFLOW_RUN for the service).")
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         ("batch", "service", "/predict/batch", args.batch_size),
     ]
     if args.compare_batching:
-        # The same service with server-side batching switched off, measured in the same rounds.
+        # The same service with server-side batching switched on, measured in the same rounds.
         servers["batched"] = ("serving.app:app", REPO, {"FASHIONFLOW_BATCHING": "true"})
         phases.insert(2, ("batched", "batched", "/predict", 1))
     ports = {name: free_port() for name in servers}

@@ -4,6 +4,7 @@ same run.
     python benchmarks/serve_wrk.py --run FashionFlow/123            # 2 threads, 16 connections, 10 s per phase
     python benchmarks/serve_wrk.py --compare-tree /tmp/before       # also the service of another checkout
     python benchmarks/serve_wrk.py --workers 2                      # both servers with 2 uvicorn workers
+    python benchmarks/serve_wrk.py --compare-batching               # also the service with FASHIONFLOW_BATCHING=true
     python benchmarks/serve_wrk.py --quick                          # 2 s per phase (the test suite's run)
 
 Needs `wrk` on PATH (Debian: `apt-get install wrk`). Starts benchmarks/bare_app.py and the service (uvicorn
@@ -13,7 +14,8 @@ with a Lua script posting a multipart upload of one real 28x28 Fashion-MNIST tes
   single   POST /predict on the service
   batch    POST /predict/batch on the service, --batch-size images per request
 Prints requests/s, p50/p99 latency, errors (non-2xx answers and socket errors), the share of one core that wrk itself
-and the server used, and the service/bare ratio. wrk's own CPU share shows whether the load generator was the limit.
+and the server used, the service/bare ratio and, with --compare-batching, what server-side batching changed. wrk's own
+CPU share shows whether the load generator was the limit.
 Exits 1 on any error.
 """
 
@@ -182,6 +184,12 @@ def print_report(results: list[WrkResult], threads: int, connections: int, worke
                 f"[{'met' if met else 'MISSED'}] {r.name}: >= {THROUGHPUT_TARGET:.0%} of bare and p99 <= "
                 f"{P99_TARGET_MS:.0f} ms"
             )
+    batching, single = by_name.get("single-batching"), by_name.get("single")
+    if batching and single and single.requests_per_s:
+        print(
+            f"server-side batching: {batching.requests_per_s / single.requests_per_s - 1:+.0%} single-image req/s"
+            f" against the service without it, p99 {batching.p99_ms:.0f} vs {single.p99_ms:.0f} ms"
+        )
     for r in results:
         if r.errors:
             print(f"  {r.name}: {r.non_2xx} non-2xx answers, {r.socket_errors} socket errors")

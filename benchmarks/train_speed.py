@@ -197,7 +197,7 @@ def main() -> None:
         nargs="+",
         help="profiles to time (default: default and fast on CPU, default and gpu on CUDA; --quick: default)",
     )
-    parser.add_argument("--baseline-epochs", type=int, default=6, help="baseline epochs (6 reach ~91.5%%)")
+    parser.add_argument("--baseline-epochs", type=int, default=6, help="baseline epochs (default 6)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -53,7 +53,7 @@ class PromotionRules(BaseModel):
     accuracy_ci_factor: float | None = Field(1.0, ge=0.0, le=10.0)
     # No class's test recall may drop by more than this (2 points): an average gain must not hide a class lost.
     max_recall_drop: float | None = Field(0.02, ge=0.0, le=1.0)
-    # Test ECE after temperature scaling: served probabilities are read as probabilities (default profile: ~0.5%).
+    # Test ECE after temperature scaling: served probabilities are read as probabilities (a run's end step prints it).
     max_ece: float | None = Field(0.015, ge=0.0, le=1.0)
     # Photo suite: the worst realistic condition keeps at least this share of the clean accuracy.
     min_photo_worst_relative: float | None = Field(0.90, ge=0.0, le=2.0)

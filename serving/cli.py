@@ -58,7 +58,7 @@ def run_uvicorn(
 
     Several workers share one listening socket that this function binds itself: uvicorn's own (0.54) is created
     without IPPROTO_TCP, so asyncio never sets TCP_NODELAY on its connections and every keep-alive response waits
-    ~40 ms for the client's delayed ACK (uvicorn issue #3149; measured here as 363 req/s instead of 2,300).
+    for the client's delayed ACK (uvicorn issue #3149).
     """
     import uvicorn
     from uvicorn.supervisors import Multiprocess

@@ -42,8 +42,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes, each with its own model copy.")
 
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA if present, else CPU.")
-    # auto: the model's graph in ONNX Runtime on a CPU (a single image scores in ~1/4 of eager torch's time,
-    # benchmarks/serve_wrk.py), torch on a GPU or where onnx/onnxruntime are not installed (with a log line).
+    # auto: the model's graph in ONNX Runtime on a CPU (one call instead of eager torch's per-operator overhead,
+    # fmnist/scoring_graph.py), torch on a GPU or where onnx/onnxruntime are not installed (with a log line).
     runtime: Literal["auto", "onnxruntime", "torch"] = Field(
         default="auto",
         description="What runs the model: auto (ONNX Runtime on CPU when installed, else torch), onnxruntime or torch.",
@@ -51,9 +51,9 @@ class Settings(BaseSettings):
     # One intra-op thread: a single 28x28 image is far too small for a thread pool to pay for itself, and the event
     # loop (or another worker) needs the other core. Applies to torch and to ONNX Runtime.
     torch_threads: int = Field(default=1, ge=1, le=256, description="Threads of the model runtime per worker.")
-    # Off by default: with the model in ONNX Runtime on 2 CPU cores, benchmarks/serve_wrk.py --compare-batching measured
-    # +13% single-image throughput but a p99 of 113 ms instead of 15 ms (past the 50 ms target). On a GPU or with a
-    # wider model the forward pass dominates and batching pays.
+    # Off by default: with the model in ONNX Runtime on 2 CPU cores, `benchmarks/serve_wrk.py --compare-batching` (its
+    # "server-side batching" line) measured +13% single-image throughput but a p99 of 113 ms instead of 15 ms (past
+    # the 50 ms target). On a GPU or with a wider model the forward pass dominates and batching pays.
     batching: bool = Field(
         default=False, description="Batch concurrent single-image requests into one forward pass on a model thread."
     )
@@ -69,8 +69,9 @@ class Settings(BaseSettings):
     default_top_k: int = Field(default=3, ge=1, le=10)
 
     # Drift signals over a sliding window of recent predictions (GET /drift, fashionflow_drift_* gauges). 1000
-    # predictions: enough that an in-distribution window stays well inside the thresholds below (the class
-    # divergence of 1000 draws from the prior is ~0.003 bits), few enough that a shift shows within minutes.
+    # predictions: enough that an in-distribution window stays well inside the thresholds below (sampling noise
+    # alone, 1000 draws from the prior, moves the class divergence a small fraction of its threshold), few enough
+    # that a shift shows within minutes.
     drift_window: int = Field(default=1000, ge=10, le=1_000_000, description="Predictions in the drift window.")
     # No signal is judged on fewer predictions than this: a handful of requests says nothing about a distribution.
     drift_min_samples: int = Field(default=100, ge=1, description="Predictions needed before drift is judged.")
