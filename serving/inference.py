@@ -1,15 +1,19 @@
 """The served model behind the routes: scores from `fmnist.classifier` (calibrated probabilities and whether the model
-may be relied on), shaped into response bodies; and the optional micro-batcher of concurrent single-image requests."""
+may be relied on), shaped into response bodies; the image the model saw, for answers that ask for it; and the optional
+micro-batcher of concurrent single-image requests."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from PIL import Image
 
 from fmnist.classifier import Scored
 
@@ -77,6 +81,16 @@ class Predictor:
             "filename": filename,
         }
         return Prediction(**fields) if run is None else SinglePrediction(**fields, run=run)
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    """A (28, 28) uint8 model input -> `data:image/png;base64,...`, an 8-bit grayscale PNG. PNG is lossless, so a
+    client decodes exactly the pixels the network received (a JPEG would show its own artefacts instead)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D uint8 image, got {pixels.shape} {pixels.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")  # 2-D uint8: mode L
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 class MicroBatcher:

@@ -122,6 +122,39 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
+# The image the network received, asked for with `return_input`: lets a user tell a bad crop from a bad model.
+# Base64 of a PNG, so the pattern is exact: the prefix, then base64 characters with at most two `=` of padding.
+ModelInput = Annotated[
+    str,
+    Field(
+        pattern=r"^data:image/png;base64,[A-Za-z0-9+/]+={0,2}$",
+        description="The 28x28 image the network received, after the service's normalisation (light garment on"
+        " black, as in Fashion-MNIST), as a PNG data URL (`data:image/png;base64,...`): 8-bit grayscale and"
+        " lossless, so it decodes to exactly the pixels the model classified.",
+    ),
+]
+
+
+class SinglePredictionWithInput(SinglePrediction):
+    """The answer for one uploaded image with the image the model saw (`return_input=true`)."""
+
+    model_input: ModelInput
+
+
+class PredictionWithInput(Prediction):
+    """The model's answer for one image of a batch, with the image the model saw (`return_input`)."""
+
+    model_input: ModelInput
+
+
+class BatchPredictionWithInput(BaseModel):
+    """Predictions for several images, in the order they were sent, each with the image the model saw
+    (`return_input`)."""
+
+    run: str = Field(description="Run pathspec of the model that produced these answers.")
+    predictions: list[PredictionWithInput]
+
+
 _PIXEL: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 255}
 _FLAT: dict[str, Any] = {"type": "array", "items": _PIXEL, "minItems": 784, "maxItems": 784, "title": "784 values"}
 _ROWS: dict[str, Any] = {
@@ -149,8 +182,8 @@ class PixelBatch(BaseModel):
     `normalize: true` runs them through the same normalisation as uploads first (backdrop removed, polarity decided,
     trimmed, centred, contrast stretched)."""
 
-    # Strict: `normalize` must be a JSON boolean and `top_k` a JSON integer (3 or 3.0), as the schema says; not 0,
-    # 1, true or "3", which lax validation would accept.
+    # Strict: `normalize` and `return_input` must be JSON booleans and `top_k` a JSON integer (3 or 3.0), as the
+    # schema says; not 0, 1, true or "3", which lax validation would accept.
     model_config = ConfigDict(strict=True, json_schema_extra={"examples": [{"images": [[0] * 784]}]})
 
     # Typed loosely on purpose: `fmnist.uploads.pixels_from_values` checks each image and says what is wrong with it
@@ -163,6 +196,11 @@ class PixelBatch(BaseModel):
     top_k: JsonInteger = Field(default=3, ge=1, le=10, description="How many of the most probable classes to list.")
     normalize: bool = Field(
         default=False, description="Normalise each image as uploads are, instead of taking the values as they are."
+    )
+    return_input: bool = Field(
+        default=False,
+        description="Also return each image as the network received it (`model_input`, a PNG data URL): after"
+        " `normalize`, or the values sent, rounded to whole grey levels.",
     )
 
 

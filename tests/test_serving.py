@@ -6,6 +6,8 @@ session's temporary datastore; the service finds it through the same METAFLOW_DA
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import shutil
@@ -13,12 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from fmnist.data import CLASS_NAMES
+from fmnist.imaging import normalize_photo, prepare_upload
 from fmnist.model import normalize
 from fmnist.model_record import ModelRecord
 from serving.app import create_app
@@ -56,6 +61,16 @@ def reference_probabilities(record: ModelRecord, pixels: np.ndarray) -> np.ndarr
 
 def upload(client, data: bytes, name: str = "image.png", **params):
     return client.post("/predict", files={"file": (name, data, "image/png")}, params=params)
+
+
+def product_photo(index: int = 1) -> bytes:
+    """A real test garment rendered as a 224x224 JPEG product photo (dark garment on grey paper), as the report's
+    photo suite renders them."""
+    from fmnist.photos import PHOTO_CONDITIONS, photo_rng, render_photo
+
+    images, _ = real_test_images()
+    condition = next(c for c in PHOTO_CONDITIONS if c.name == "grey_backdrop")
+    return render_photo(images[index], condition, condition.severities[condition.realistic], photo_rng(0, index))
 
 
 # --- status and model endpoints -------------------------------------------------------------------------------------
@@ -202,6 +217,99 @@ def test_pixels_can_opt_in_to_the_upload_normalisation(client):
     assert normalized["predictions"][0]["inverted"] is False
 
 
+# --- what the model saw: return_input --------------------------------------------------------------------------------
+
+
+def model_input_pixels(prediction: dict) -> np.ndarray:
+    """An answer's `model_input`, decoded: it must be a PNG data URL of a 28x28 8-bit grayscale image."""
+    prefix = "data:image/png;base64,"
+    url = prediction["model_input"]
+    assert url.startswith(prefix), url[:40]
+    image = Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :], validate=True)))
+    assert (image.format, image.mode, image.size) == ("PNG", "L", (28, 28))
+    pixels = np.asarray(image)
+    assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+    return pixels
+
+
+def conforms(client, body: dict, schema_name: str) -> None:
+    """`body` is valid against the OpenAPI schema `schema_name` (its references resolved in the same document)."""
+    spec = client.get("/openapi.json").json()
+    schema = {"$ref": f"#/components/schemas/{schema_name}", "components": spec["components"]}
+    jsonschema.Draft202012Validator(schema).validate(body)
+
+
+@pytest.mark.parametrize("kind", ["test image", "product photo"])
+def test_return_input_is_exactly_the_image_the_model_classified(client, settings, kind):
+    """The PNG decodes to the classifier's normalisation of the same bytes (`prepare_upload`, which the evaluate step
+    runs too), the rest of the answer is the default answer, and those pixels, sent as they are, get the same
+    probabilities: they are what the network received."""
+    images, _ = real_test_images()
+    data, name = (encode(images[0]), "image.png") if kind == "test image" else (product_photo(), "photo.jpg")
+    default = upload(client, data, name).json()
+    body = upload(client, data, name, return_input="true").json()
+    seen = model_input_pixels(body)
+    np.testing.assert_array_equal(seen, prepare_upload(data, settings.max_image_pixels).pixels)
+    if kind == "test image":  # already in Fashion-MNIST's form: it passes the normalisation unchanged
+        np.testing.assert_array_equal(seen, images[0])
+    else:  # a dark garment on grey paper: the model saw it negated, light on black
+        assert body["inverted"] is True and seen[0, 0] == 0 and seen.max() >= 200
+    assert {k: v for k, v in body.items() if k != "model_input"} == default
+    again = client.post("/predict/pixels", json={"images": [seen.tolist()]}).json()["predictions"][0]
+    assert again["probabilities"] == body["probabilities"]
+    conforms(client, body, "SinglePredictionWithInput")
+
+
+def test_answers_carry_no_model_input_unless_asked(client):
+    images, _ = real_test_images()
+    png = encode(images[0])
+    default = upload(client, png)
+    assert "model_input" not in default.json()
+    assert upload(client, png, return_input="false").content == default.content  # byte for byte the default
+    batch = client.post("/predict/batch", files=[("files", ("a.png", png, "image/png"))]).json()
+    pixels = client.post("/predict/pixels", json={"images": [images[0].tolist()], "normalize": True}).json()
+    assert all("model_input" not in p for p in batch["predictions"] + pixels["predictions"])
+    conforms(client, default.json(), "SinglePrediction")
+
+
+def test_batch_and_pixels_return_each_model_input_when_asked(client, settings):
+    images, _ = real_test_images()
+    uploads = [encode(images[2]), product_photo(3)]
+    files = [("files", ("image.png", uploads[0], "image/png")), ("files", ("photo.jpg", uploads[1], "image/jpeg"))]
+    batch = client.post("/predict/batch", files=files, params={"return_input": "true"}).json()
+    plain = client.post("/predict/batch", files=files).json()
+    for data, answer, default in zip(uploads, batch["predictions"], plain["predictions"], strict=True):
+        np.testing.assert_array_equal(
+            model_input_pixels(answer), prepare_upload(data, settings.max_image_pixels).pixels
+        )
+        assert {k: v for k, v in answer.items() if k != "model_input"} == default
+    conforms(client, batch, "BatchPredictionWithInput")
+
+    veiled = np.clip(images[0].astype(int) + 60, 0, 255)  # raw values with a grey veil
+    for normalized, expected in ((False, veiled), (True, normalize_photo(veiled).pixels)):
+        body = {"images": [veiled.tolist()], "normalize": normalized, "return_input": True}
+        answer = client.post("/predict/pixels", json=body).json()["predictions"][0]
+        np.testing.assert_array_equal(model_input_pixels(answer), expected)
+
+
+def test_openapi_documents_return_input_and_model_input(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    for path, plain in (("/predict", "SinglePrediction"), ("/predict/batch", "BatchPrediction")):
+        operation = spec["paths"][path]["post"]
+        (parameter,) = [p for p in operation["parameters"] if p["name"] == "return_input"]
+        assert parameter["in"] == "query" and parameter["required"] is False
+        assert parameter["schema"]["type"] == "boolean" and parameter["schema"]["default"] is False
+        assert "model_input" in parameter["description"]
+        answer = operation["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"]
+        assert [a["$ref"].rsplit("/", 1)[1] for a in answer] == [plain, plain + "WithInput"]
+    assert schemas["PixelBatch"]["properties"]["return_input"]["type"] == "boolean"
+    assert "model_input" not in schemas["SinglePrediction"]["properties"]
+    for name in ("SinglePredictionWithInput", "PredictionWithInput"):
+        assert "model_input" in schemas[name]["required"]
+        assert schemas[name]["properties"]["model_input"]["pattern"].startswith("^data:image/png;base64,")
+
+
 def test_top_k_parameter(client):
     images, _ = real_test_images()
     body = upload(client, encode(images[0]), top_k=5).json()
@@ -319,6 +427,24 @@ def _bad_requests():
             "over the limit",
         ),
         "top_k out of range": ("/predict?top_k=0", file(png), 422, "top_k"),
+        "return_input not a boolean": (
+            "/predict?return_input=yes",
+            file(png),
+            422,
+            "return_input must be true or false",
+        ),
+        "return_input as a number": (
+            "/predict/batch?return_input=1",
+            {"files": [("files", ("a.png", png, "image/png"))]},
+            422,
+            "return_input must be true or false, got '1'",
+        ),
+        "return_input not a JSON boolean": (
+            "/predict/pixels",
+            {"json": {"images": [pixels], "return_input": "true"}},
+            422,
+            "return_input",
+        ),
     }
 
 
@@ -371,10 +497,13 @@ def test_a_file_part_without_a_filename_is_still_an_image(client):
         ({"top_k": True}, 422),
         ({"top_k": 3.0}, 200),
         ({"top_k": 2, "normalize": True}, 200),
+        ({"return_input": 1}, 422),
+        ({"return_input": True}, 200),
     ],
 )
 def test_pixel_options_are_taken_as_the_schema_types_them(client, extra, status):
-    """`normalize` is a JSON boolean and `top_k` a JSON integer (3.0 is one, "3" and true are not)."""
+    """`normalize` and `return_input` are JSON booleans and `top_k` a JSON integer (3.0 is one, "3" and true are
+    not)."""
     response = client.post("/predict/pixels", json={"images": [[0] * 784], **extra})
     assert response.status_code == status, response.text
 

@@ -1,4 +1,5 @@
-"""The demo page in a real headless Chromium: upload a real Fashion-MNIST test image, see its class in the top 3."""
+"""The demo page in a real headless Chromium: upload a real Fashion-MNIST test image, see its class in the top 3, and
+the answer with the image the model saw beside the drawing canvas on a laptop-sized screen."""
 
 from __future__ import annotations
 
@@ -146,3 +147,73 @@ def test_demo_page_says_plainly_when_the_model_is_unsure(service_url, browser, t
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "verdict").text)
     assert browser.find_element(By.ID, "verdict").text.startswith("Unsure")
     assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-confident") == "false"
+
+
+# A common laptop screen: the answer must be in sight there without scrolling.
+LAPTOP_VIEWPORT = (1366, 768)
+
+
+def test_the_answer_and_what_the_model_saw_sit_beside_the_canvas_on_a_laptop_screen(
+    service_url, browser, smoke_run, tmp_path
+):
+    """In a 1366x768 viewport, after an upload, the answer (class, bars, verdict) and the 28x28 image the model saw
+    are in sight without scrolling, to the right of the drawing canvas and at its height; the image is the service's
+    own model input for the uploaded bytes, scaled up with hard pixel edges."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pixels, _ = confidently_right(smoke_run)
+    data = encode(pixels)
+    path = tmp_path / "test-image.png"
+    path.write_bytes(data)
+    width, height = LAPTOP_VIEWPORT
+    # The viewport itself, exactly (a window size would include the browser's own frame).
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    try:
+        browser.get(service_url + "/")
+        browser.find_element(By.ID, "file").send_keys(str(path))
+        WebDriverWait(browser, 30).until(
+            lambda d: d.execute_script(
+                "const image = document.getElementById('model-input');"
+                "return document.querySelectorAll('#result li').length === 3 && image.complete"
+                " && image.naturalWidth > 0;"
+            )
+        )
+        assert browser.execute_script("return [innerWidth, innerHeight, scrollX, scrollY];") == [width, height, 0, 0]
+        canvas = _box(browser, "canvas")
+        for element in ("answer", "verdict", "result", "model-input"):
+            box = _box(browser, element)
+            assert browser.find_element(By.ID, element).is_displayed(), element
+            assert box["left"] >= 0 and box["right"] <= width, (element, box)  # in sight, no scrolling
+            assert box["top"] >= 0 and box["bottom"] <= height, (element, box)
+            assert box["left"] >= canvas["right"], (element, box, canvas)  # beside the canvas, not below it
+            assert box["top"] < canvas["bottom"] and box["bottom"] > canvas["top"], (element, box, canvas)
+        assert browser.find_element(By.ID, "verdict").text.startswith(("Confident", "Unsure"))
+
+        image = browser.find_element(By.ID, "model-input")
+        natural = browser.execute_script("const i = arguments[0]; return [i.naturalWidth, i.naturalHeight];", image)
+        assert natural == [28, 28]
+        shown = _box(browser, "model-input")
+        assert shown["right"] - shown["left"] >= 4 * 28  # scaled up to be seen
+        assert image.value_of_css_property("image-rendering") == "pixelated"
+        assert "what the model saw" in browser.find_element(By.ID, "seen").text
+        answer = httpx.post(
+            service_url + "/predict",
+            params={"return_input": "true"},
+            files={"file": ("test-image.png", data, "image/png")},
+            timeout=30,
+        ).json()
+        assert image.get_attribute("src") == answer["model_input"]
+        assert browser.find_element(By.ID, "error").text == ""
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def _box(browser, element_id: str) -> dict[str, float]:
+    """The element's box in viewport coordinates (CSS pixels): left, top, right, bottom."""
+    return browser.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return {left: r.left, top: r.top, right: r.right, bottom: r.bottom};",
+        element_id,
+    )

@@ -4,7 +4,8 @@ Every upload goes through `fmnist.imaging.prepare_upload`, the normalisation the
 photos; every answer says whether the model is sure (`confident`) and, when not, why (`unsure_reason`), and names
 the run whose model produced it (`run`). A request takes the served model once (`Serving.predictor`) and is answered
 by it to the end, even while the service switches to a newly tagged model. Each prediction also enters the drift
-window.
+window. With `return_input` an answer also carries the 28x28 image the network received (`model_input`), so a user
+can tell a bad crop from a bad model; without it the answers are exactly as they were, at no extra cost.
 
 Answers are serialised by pydantic-core straight to JSON bytes (`_json`); FastAPI's own path validates the returned
 model again and encodes it in Python, a tenth of a request's time at full load. The response models still document
@@ -14,11 +15,13 @@ the bodies in the OpenAPI schema.
 from __future__ import annotations
 
 import io
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, File, HTTPException, UploadFile
+from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator
 
@@ -26,16 +29,27 @@ from fmnist.imaging import Prepared, normalize_photo, prepare_upload
 from fmnist.uploads import ImageError, ImageTooLarge, pixels_from_values
 
 from ..deps import JsonServingDep, Serving, TopK, UploadServingDep
-from ..schemas import ERRORS, BatchPrediction, PixelBatch, Prediction, SinglePrediction
+from ..inference import png_data_url
+from ..schemas import (
+    ERRORS,
+    BatchPrediction,
+    BatchPredictionWithInput,
+    PixelBatch,
+    Prediction,
+    PredictionWithInput,
+    SinglePrediction,
+    SinglePredictionWithInput,
+)
 from ..settings import Settings
+
+# An answer's form with `model_input` (`_with_input`): for one upload, or for one image of a batch.
+WithInput = TypeVar("WithInput", SinglePredictionWithInput, PredictionWithInput)
 
 router = APIRouter(prefix="/predict", tags=["predict"])
 
 # Uploads up to this size are decoded on the event loop: a small PNG takes well under a millisecond, less than a
 # hop to the thread pool. Bigger ones go to the thread pool so one large photo cannot stall other requests.
 INLINE_DECODE_BYTES = 64 * 1024
-
-UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {k: ERRORS[k] for k in (400, 413, 415, 422, 503)}
 
 # What an uploaded file must be: an image in a format the decoder reads. Stated in the OpenAPI schema as the file
 # parts' `encoding.contentType`, so generated clients and schema-driven test tools send images, not arbitrary bytes.
@@ -60,13 +74,47 @@ def _file_part(value: Any) -> Any:
 ImagePart = Annotated[UploadFile, BeforeValidator(_file_part)]
 
 
-def _images_only(field: str) -> dict[str, Any]:
+# `return_input` of the upload routes, read from the query string by `_return_input` rather than declared as a
+# FastAPI parameter: FastAPI resolves every declared parameter on every request, sent or not (about 5 us each,
+# measured with `request_params_to_args`), and the option is off on the hot path. So the schema states it here.
+RETURN_INPUT = "return_input"
+RETURN_INPUT_PARAMETER: dict[str, Any] = {
+    "name": RETURN_INPUT,
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "default": False, "title": "Return Input"},
+    "description": "Also return the 28x28 image the network received, after normalisation, as `model_input` (a"
+    " lossless PNG data URL), to tell a bad crop from a bad model: `true` or `false`.",
+}
+
+# The 200 answer: the plain body, or with `return_input` the same body plus `model_input` (`...WithInput` schemas).
+ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The prediction(s); with `return_input`, each one also carries the image the model saw"
+        " (`model_input`)."
+    },
+    **{k: ERRORS[k] for k in (400, 413, 415, 422, 503)},
+}
+
+
+def _upload_extra(field: str) -> dict[str, Any]:
+    """What the upload routes add to their OpenAPI operation: the file parts are images (`encoding.contentType`, so
+    generated clients and schema-driven test tools send images), and the `return_input` query parameter."""
     encoding = {field: {"contentType": ", ".join(IMAGE_MEDIA_TYPES)}}
-    return {"requestBody": {"content": {"multipart/form-data": {"encoding": encoding}}}}
+    return {
+        "parameters": [RETURN_INPUT_PARAMETER],
+        "requestBody": {"content": {"multipart/form-data": {"encoding": encoding}}},
+    }
 
 
-@router.post("", response_model=SinglePrediction, responses=UPLOAD_ERRORS, openapi_extra=_images_only("file"))
+@router.post(
+    "",
+    response_model=SinglePrediction | SinglePredictionWithInput,
+    responses=ANSWERS,
+    openapi_extra=_upload_extra("file"),
+)
 async def predict(
+    request: Request,
     serving: UploadServingDep,
     file: Annotated[
         ImagePart,
@@ -78,7 +126,9 @@ async def predict(
     top_k: TopK = None,
 ) -> Response:
     """Classify one uploaded image; probabilities are calibrated (softmax of logits / temperature), and
-    `confident: false` with an `unsure_reason` marks an answer not to be relied on. `run` names the model's run."""
+    `confident: false` with an `unsure_reason` marks an answer not to be relied on. `run` names the model's run.
+    With `return_input=true` the answer also carries `model_input`, the 28x28 image the model saw."""
+    return_input = _return_input(request)
     model, settings = serving.predictor, serving.settings
     prepared = await _prepare(file, settings)
     if serving.batcher is not None:
@@ -87,11 +137,19 @@ async def predict(
         scored = model.score(prepared.pixels[None], [prepared.empty])[0]
     prediction = model.describe(scored, top_k or settings.default_top_k, prepared.inverted, file.filename, model.run)
     _record(serving, prepared.pixels[None], [prediction])
+    if return_input:  # one small PNG (~50 us): encoded here, cheaper than a hop to the thread pool
+        return _json(_with_input(prediction, prepared.pixels, SinglePredictionWithInput))
     return _json(prediction)
 
 
-@router.post("/batch", response_model=BatchPrediction, responses=UPLOAD_ERRORS, openapi_extra=_images_only("files"))
+@router.post(
+    "/batch",
+    response_model=BatchPrediction | BatchPredictionWithInput,
+    responses=ANSWERS,
+    openapi_extra=_upload_extra("files"),
+)
 async def predict_batch(
+    request: Request,
     serving: UploadServingDep,
     files: Annotated[
         list[ImagePart],
@@ -107,7 +165,9 @@ async def predict_batch(
     ],
     top_k: TopK = None,
 ) -> Response:
-    """Classify several uploaded images in one forward pass; results in upload order."""
+    """Classify several uploaded images in one forward pass; results in upload order. With `return_input=true`
+    each prediction also carries `model_input`, the 28x28 image the model saw."""
+    return_input = _return_input(request)
     model, settings = serving.predictor, serving.settings
     _check_batch_size(len(files), settings)
     prepared = [await _prepare(f, settings, i) for i, f in enumerate(files)]
@@ -118,13 +178,16 @@ async def predict_batch(
         model.describe(s, k, p.inverted, f.filename) for s, p, f in zip(scored, prepared, files, strict=True)
     ]
     _record(serving, pixels, predictions)
+    if return_input:
+        return _json(await run_in_threadpool(_batch_with_inputs, model.run, predictions, pixels))
     return _json(BatchPrediction(run=model.run, predictions=predictions))
 
 
-@router.post("/pixels", response_model=BatchPrediction, responses={k: ERRORS[k] for k in (400, 413, 415, 422, 503)})
+@router.post("/pixels", response_model=BatchPrediction | BatchPredictionWithInput, responses=ANSWERS)
 async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response:
     """Classify raw 28x28 images sent as JSON numbers (0-255, light garment on dark, as in Fashion-MNIST); with
-    `normalize: true` they first go through the same normalisation as uploads."""
+    `normalize: true` they first go through the same normalisation as uploads. With `return_input: true` each
+    prediction also carries `model_input`, the 28x28 image the model saw."""
     model = serving.predictor
     _check_batch_size(len(batch.images), serving.settings)
     try:
@@ -140,7 +203,34 @@ async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response
     scored = await run_in_threadpool(model.score, pixels, empty)
     predictions = [model.describe(s, batch.top_k, inv) for s, inv in zip(scored, inverted, strict=True)]
     _record(serving, pixels, predictions)
+    if batch.return_input:
+        return _json(await run_in_threadpool(_batch_with_inputs, model.run, predictions, pixels))
     return _json(BatchPrediction(run=model.run, predictions=predictions))
+
+
+def _return_input(request: Request) -> bool:
+    """The `return_input` query parameter, read as the schema types it: `true`, or `false` (also when absent).
+    Anything else (`1`, `True`, `yes`) is a 422 in FastAPI's own form, naming the parameter and what it accepts."""
+    value = request.query_params.get(RETURN_INPUT)
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    message = f"{RETURN_INPUT} must be true or false, got {value!r}"
+    raise RequestValidationError([{"type": "bool_parsing", "loc": ("query", RETURN_INPUT), "msg": message}])
+
+
+def _with_input(prediction: Prediction, pixels: np.ndarray, kind: type[WithInput]) -> WithInput:
+    """`prediction` as its `kind` with `model_input`: the same fields, and `pixels`, the (28, 28) uint8 image the
+    network received, as a PNG data URL."""
+    return kind(**dict(prediction), model_input=png_data_url(pixels))
+
+
+def _batch_with_inputs(run: str, predictions: Sequence[Prediction], pixels: np.ndarray) -> BatchPredictionWithInput:
+    """The batch answer with each image's model input; `pixels`: the (B, 28, 28) model inputs. About 50 us of PNG
+    encoding per image: the routes run it in the thread pool, so a large batch does not stall the event loop."""
+    items = [_with_input(p, x, PredictionWithInput) for p, x in zip(predictions, pixels, strict=True)]
+    return BatchPredictionWithInput(run=run, predictions=items)
 
 
 async def _prepare(upload: UploadFile, settings: Settings, index: int | None = None) -> Prepared:
