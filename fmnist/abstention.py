@@ -232,6 +232,14 @@ class AbstentionPolicy:
     val_risk: float = math.nan
     val_ood_flagged: float = math.nan
     num_fit_examples: int = 0
+    # The photo part of the fit (validation garments rendered as photos; `fmnist.photo_mix`), when there was one.
+    # Photos (uploads the normaliser had to transform, `imaging.Normalized.photo`) are held to their own confidence
+    # threshold: the lowest that keeps their selective risk at the target, never below the scans' one. NaN: photos
+    # share `confidence_threshold` (policies fitted before photos were part of the fit).
+    photo_threshold: float = math.nan
+    val_photo_coverage: float = math.nan
+    val_photo_risk: float = math.nan
+    num_fit_photos: int = 0
 
     def __post_init__(self) -> None:
         if self.ood_score not in OOD_SCORES:
@@ -251,6 +259,10 @@ class AbstentionPolicy:
             "val_risk": _json_float(self.val_risk),
             "val_ood_flagged": _json_float(self.val_ood_flagged),
             "num_fit_examples": int(self.num_fit_examples),
+            "photo_threshold": _json_float(self.photo_threshold),
+            "val_photo_coverage": _json_float(self.val_photo_coverage),
+            "val_photo_risk": _json_float(self.val_photo_risk),
+            "num_fit_photos": int(self.num_fit_photos),
             "num_classes": int(self.class_means.shape[0]),
             "feature_dim": int(self.class_means.shape[1]),
         }
@@ -286,6 +298,10 @@ class AbstentionPolicy:
             val_risk=_from_json_float(metadata.get("val_risk")),
             val_ood_flagged=_from_json_float(metadata.get("val_ood_flagged")),
             num_fit_examples=int(metadata.get("num_fit_examples", 0)),
+            photo_threshold=_from_json_float(metadata.get("photo_threshold")),
+            val_photo_coverage=_from_json_float(metadata.get("val_photo_coverage")),
+            val_photo_risk=_from_json_float(metadata.get("val_photo_risk")),
+            num_fit_photos=int(metadata.get("num_fit_photos", 0)),
         )
 
     def ood_scores(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -300,39 +316,53 @@ class AbstentionPolicy:
         return _mahalanobis(power_transform(features, self.feature_power), cached[2])
 
     def scores(
-        self, logits: torch.Tensor, features: torch.Tensor, temperature: float
+        self, logits: torch.Tensor, features: torch.Tensor, temperature: float, photo: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Vectorised `decide`: (confidence (N,), OOD score (N,), reason code (N,) int64).
 
-        Reason codes: 0 confident, 1 unlike the training images, 2 low confidence.
+        Reason codes: 0 confident, 1 unlike the training images, 2 low confidence. `photo` (N,) bool marks the
+        inputs that were photos (see `reason_codes`); None: all are scans in Fashion-MNIST's own form.
         """
         confidence = confidence_scores(logits, temperature)  # (N,)
         ood = self.ood_scores(logits, features)  # (N,)
-        return confidence, ood, torch.from_numpy(self.reason_codes(confidence.numpy(), ood.numpy()))
+        return confidence, ood, torch.from_numpy(self.reason_codes(confidence.numpy(), ood.numpy(), photo))
 
-    def reason_codes(self, confidence: np.ndarray, ood: np.ndarray) -> np.ndarray:
-        """(N,) maximum calibrated probabilities and (N,) OOD scores -> (N,) int64 reason codes (see `scores`)."""
+    def thresholds(self, photo: np.ndarray | None, n: int) -> np.ndarray | float:
+        """The confidence threshold of each of `n` inputs: the photo threshold where `photo` is set and the policy
+        has one, the scans' threshold elsewhere."""
+        if photo is None or math.isnan(self.photo_threshold):
+            return self.confidence_threshold
+        marks = np.asarray(photo, dtype=bool).reshape(-1)
+        if len(marks) != n:
+            raise ValueError(f"{len(marks)} photo flags for {n} inputs")
+        return np.where(marks, self.photo_threshold, self.confidence_threshold)
+
+    def reason_codes(self, confidence: np.ndarray, ood: np.ndarray, photo: np.ndarray | None = None) -> np.ndarray:
+        """(N,) maximum calibrated probabilities and (N,) OOD scores -> (N,) int64 reason codes (see `scores`);
+        `photo` (N,) bool: which inputs were photos, held to `photo_threshold`."""
         # Negated comparisons, so that a NaN score (from non-finite logits or features) is never confident.
         unlike = ~(ood <= self.ood_threshold)
-        low = ~(confidence >= self.confidence_threshold)
+        low = ~(confidence >= self.thresholds(photo, len(confidence)))
         # The OOD check wins: confidence on an input unlike the training data means nothing.
         return np.where(unlike, 1, np.where(low, 2, 0)).astype(np.int64)
 
-    def decide(self, logits: torch.Tensor, features: torch.Tensor, temperature: float) -> list[Decision]:
+    def decide(
+        self, logits: torch.Tensor, features: torch.Tensor, temperature: float, photo: np.ndarray | None = None
+    ) -> list[Decision]:
         """One Decision per row of (N, C) logits and (N, D) features, softmax temperature `temperature`.
 
         A few small matmuls per batch, cheap enough for every request.
         """
         confidence, ood, _ = self.scores(logits, features, temperature)
-        return self.decisions(confidence.numpy(), ood.numpy())
+        return self.decisions(confidence.numpy(), ood.numpy(), photo)
 
-    def decisions(self, confidence: np.ndarray, ood: np.ndarray) -> list[Decision]:
+    def decisions(self, confidence: np.ndarray, ood: np.ndarray, photo: np.ndarray | None = None) -> list[Decision]:
         """One Decision per (maximum calibrated probability, OOD score) pair: the rule every runtime applies."""
         reasons = (None, UNLIKE_TRAINING, LOW_CONFIDENCE)
         return [
             Decision(confident=c == 0, reason=reasons[c], confidence=p, ood_score=s)
             for c, p, s in zip(
-                self.reason_codes(confidence, ood).tolist(), confidence.tolist(), ood.tolist(), strict=True
+                self.reason_codes(confidence, ood, photo).tolist(), confidence.tolist(), ood.tolist(), strict=True
             )
         ]
 
@@ -423,8 +453,16 @@ def fit_abstention(
     ood_score: str = DEFAULT_OOD_SCORE,
     ridge: float = DEFAULT_RIDGE,
     feature_power: float = DEFAULT_FEATURE_POWER,
+    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None,
 ) -> AbstentionPolicy:
     """Fit both thresholds (and the feature density) on validation logits (N, C), features (N, D) and labels (N,).
+
+    `photos`, when given, is (logits (M, C), features (M, D), labels (M,)) of validation garments rendered as photos
+    and normalised as the service does (`fmnist.photo_mix`): photos then get their own confidence threshold, the
+    lowest that keeps their selective risk at `target_risk` (never below the scans' threshold), so a confident
+    answer is as trustworthy on a photo as on a scan. A network is more often wrong, and as sure of itself, on a
+    photo; one threshold for both would either let photo mistakes through or decline scans it gets right. The
+    density and the OOD threshold stay the clean images' own: they describe what the training images look like.
 
     1. The feature density: class means and shared precision of the validation features raised to
        `feature_power` (fitted whichever `ood_score` is chosen, so a record can switch scores). Held-out features
@@ -472,11 +510,17 @@ def fit_abstention(
             threshold,
         )
     policy.confidence_threshold = threshold
+    if photos is not None and len(photos[2]):
+        policy.photo_threshold = max(threshold, _fit_photo_threshold(policy, photos, temperature, target_risk))
 
     kept = passes & (confidence >= threshold)
     policy.val_coverage = float(kept.mean())
     policy.val_risk = float((~correct[kept]).mean()) if kept.any() else 0.0
     policy.val_ood_flagged = float((~passes).mean())
+    if photos is not None and len(photos[2]):
+        photo_kept, photo_correct = _photo_verdicts(policy, photos, temperature)
+        policy.val_photo_coverage = float(photo_kept.mean())
+        policy.val_photo_risk = float((~photo_correct[photo_kept]).mean()) if photo_kept.any() else 0.0
     log.info(
         "abstention on %d validation images: confidence >= %.4f, %s score <= %.4g; coverage %.4f, risk %.4f,"
         " %.2f%% flagged as unlike the training images",
@@ -489,6 +533,39 @@ def fit_abstention(
         100 * policy.val_ood_flagged,
     )
     return policy
+
+
+def _fit_photo_threshold(
+    policy: AbstentionPolicy,
+    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+    temperature: float,
+    target_risk: float,
+) -> float:
+    """The lowest confidence threshold whose selective risk on the photos that pass the OOD check is at most
+    `target_risk` (0.0 when none passes it); counts them on `policy`."""
+    logits, features, labels = photos
+    y = np.asarray(labels).astype(np.int64)
+    if not len(logits) == len(features) == len(y):
+        raise ValueError(f"photo logits {len(logits)}, features {len(features)} and labels {len(y)} must match")
+    passes = policy.ood_scores(logits, features).numpy() <= policy.ood_threshold  # (M,)
+    confidence = confidence_scores(logits, temperature).numpy()  # (M,)
+    correct = logits.argmax(1).numpy() == y  # (M,)
+    policy.num_fit_photos = len(y)
+    if not passes.any():
+        return 0.0
+    threshold, reached = _lowest_threshold(confidence[passes], correct[passes], target_risk)
+    if not reached:
+        log.warning("no confidence threshold reaches selective risk %.4f on the validation photos", target_risk)
+    return threshold
+
+
+def _photo_verdicts(
+    policy: AbstentionPolicy, photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(confident (M,), correct (M,)) of the fitted policy on the photo part of the fit."""
+    logits, features, labels = photos
+    _, _, code = policy.scores(logits, features, temperature, photo=np.ones(len(logits), dtype=bool))
+    return code.numpy() == 0, logits.argmax(1).numpy() == np.asarray(labels).astype(np.int64)
 
 
 def selective_summary(

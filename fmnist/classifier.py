@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .abstention import LOW_CONFIDENCE, UNLIKE_TRAINING, AbstentionPolicy
+from .answers import Answers
 from .imaging import prepare_upload
 from .model_record import ModelRecord
 from .runtime import available_cores
@@ -66,9 +67,13 @@ class Classifier:
         """The record's abstention policy; read from the record, so one fitted after construction counts."""
         return self.record.abstention
 
-    def score(self, pixels: np.ndarray, empty: Sequence[bool] | None = None) -> list[Scored]:
+    def score(
+        self, pixels: np.ndarray, empty: Sequence[bool] | None = None, photo: Sequence[bool] | None = None
+    ) -> list[Scored]:
         """(B, 28, 28) uint8 images, light on dark -> one `Scored` per image. `empty[i]` marks an upload in which
-        normalisation found nothing but background: whatever the network says, that is no garment."""
+        normalisation found nothing but background: whatever the network says, that is no garment. `photo[i]` marks
+        an input the normaliser had to transform (`imaging.Normalized.photo`): it is held to the policy's photo
+        threshold; None takes every input as a scan in Fashion-MNIST's own form."""
         if len(pixels) == 0:
             return []
         if not self.graph.matches(self.record):  # the graph carries policy and temperature: rebuild it
@@ -81,7 +86,8 @@ class Classifier:
         probs = probs64.astype(np.float32)
         confidence = probs64.max(1)  # (B,) float64
         if self.policy is not None:
-            verdicts = [(d.confident, d.reason) for d in self.policy.decisions(confidence, ood)]
+            marks = None if photo is None else np.asarray(photo, dtype=bool)
+            verdicts = [(d.confident, d.reason) for d in self.policy.decisions(confidence, ood, marks)]
         else:
             verdicts = [(sure, None if sure else LOW_CONFIDENCE) for sure in (confidence >= LEGACY_CONFIDENCE)]
         blank = list(empty) if empty is not None else [False] * len(probs)
@@ -100,11 +106,36 @@ class Classifier:
 
     def classify_uploads(self, uploads: Sequence[bytes], max_pixels: int = MAX_UPLOAD_PIXELS) -> list[Scored]:
         """Encoded images -> `Scored`, each through the service's normalisation (`fmnist.imaging.prepare_upload`)."""
+        return self._classify(uploads, max_pixels)[0]
+
+    def answer_uploads(self, uploads: Sequence[bytes], max_pixels: int = MAX_UPLOAD_PIXELS) -> Answers:
+        """`classify_uploads` as the photo suites read it: labels, verdicts and the 28x28 inputs the model saw."""
+        scored, pixels, empty, photo = self._classify(uploads, max_pixels)
+        return Answers(
+            labels=np.array([s.label for s in scored], dtype=np.int64),
+            confident=np.array([s.confident for s in scored], dtype=bool),
+            inputs=pixels,
+            empty=empty,
+            photo=photo,
+        )
+
+    def _classify(
+        self, uploads: Sequence[bytes], max_pixels: int
+    ) -> tuple[list[Scored], np.ndarray, np.ndarray, np.ndarray]:
+        """(scored, (N, 28, 28) uint8 model inputs, (N,) bool empty flags, (N,) bool photo flags) of uploads."""
         scored: list[Scored] = []
+        inputs, empties, photos = [], [], []
         for start in range(0, len(uploads), CHUNK):
             # Decoding and normalising release the GIL for most of their work: threads use every core.
             with ThreadPoolExecutor(max_workers=WORKERS) as pool:
                 prepared = list(pool.map(lambda data: prepare_upload(data, max_pixels), uploads[start : start + CHUNK]))
             pixels = np.stack([p.pixels for p in prepared])  # (b, 28, 28)
-            scored += self.score(pixels, [p.empty for p in prepared])
-        return scored
+            empty = np.array([p.empty for p in prepared], dtype=bool)  # (b,)
+            photo = np.array([p.photo for p in prepared], dtype=bool)  # (b,)
+            scored += self.score(pixels, empty.tolist(), photo.tolist())
+            inputs.append(pixels)
+            empties.append(empty)
+            photos.append(photo)
+        if not inputs:
+            return scored, np.zeros((0, 28, 28), np.uint8), np.zeros(0, bool), np.zeros(0, bool)
+        return scored, np.concatenate(inputs), np.concatenate(empties), np.concatenate(photos)

@@ -153,6 +153,13 @@ class EvaluationConfig(_Strict):
     photo_size: int = Field(224, ge=28, le=1024)
     # Synthetic non-garments per kind (noise, blanks, checkerboards, stripes, text, shapes) for the detection rate.
     nongarments_per_kind: int = Field(25, ge=1, le=1000)
+    # In-the-wild photo suite (`fmnist.wild_photos`: cast shadows, textured backdrops, clutter, perspective, cut-off
+    # garments): test images per class under each of its conditions and both severities (10 x 20 = 200 per row).
+    wild_per_class: int = Field(20, ge=1, le=1000)
+    # Validation garments per class rendered under each photo condition of both families (realistic severity) for
+    # the abstention fit, so that the confidence threshold holds its risk on photos too (`fmnist.photo_mix`):
+    # 10 per class is 100 per condition, 2,500 photos in all. 0 fits on the clean validation images only.
+    fit_photo_per_class: int = Field(10, ge=0, le=500)
 
 
 class TrackingConfig(_Strict):

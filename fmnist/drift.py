@@ -1,11 +1,12 @@
 """Drift signals: does recent traffic still look like the data the served model was trained and judged on?
 
 The evaluate step stores a `DriftReference` in the model record (the training class prior, the share of "unsure"
-answers on the test set, and per-image input statistics of the validation split, which is drawn from the training
-set). The service keeps a `DriftWindow` of its recent predictions and compares the two on read:
+answers and per-image input statistics of the validation split, which is drawn from the training set; the test set
+chooses nothing, not even a reference). The service keeps a `DriftWindow` of its recent predictions and compares the two on read:
 
 - `class_divergence`: Jensen-Shannon divergence (bits, 0..1) of the predicted-class distribution from the prior;
-- `unsure_share`: share of answers marked unsure, against the share on the test set;
+- `unsure_share`: share of answers marked unsure, against the share on validation images; the allowed increase is a
+  share of the answers that were confident there, so the threshold stays below 1 and the signal can always fire;
 - `inverted_share`: share of uploads whose garment was darker than its backdrop (product photos, not scans);
 - `mean_pixel_shift`, `foreground_shift`: how far the window's mean of each input statistic is from the reference,
   in units of the reference's spread between images (an effect size, so the threshold does not depend on the window).
@@ -39,7 +40,7 @@ class DriftReference:
     """What in-distribution traffic looks like for one model; stored in its record's metadata as plain data."""
 
     class_prior: tuple[float, ...]  # share of each class in the training data
-    unsure_share: float | None  # share of test answers marked unsure (1 - coverage); None if unknown
+    unsure_share: float | None  # share of validation answers marked unsure (1 - coverage); None if unknown
     mean_pixel: tuple[float, float]  # mean and standard deviation, across images, of an image's mean pixel (0..1)
     foreground: tuple[float, float]  # the same for the share of foreground pixels
     images: int  # how many images the input statistics were computed on
@@ -84,7 +85,7 @@ class DriftThresholds:
     """When a signal counts as drift; the service's settings fill these in."""
 
     class_divergence: float = 0.1  # JS divergence in bits
-    unsure_increase: float = 0.15  # unsure share above the test set's by this much
+    unsure_increase: float = 0.15  # this share of the reference's confident answers turning unsure
     inverted_share: float = 0.5  # most uploads are photos, not scans
     input_shift: float = 0.5  # reference standard deviations
     min_samples: int = 100  # below this many predictions in the window, no signal is judged
@@ -198,8 +199,8 @@ class DriftWindow:
                 "unsure_share",
                 unsure / n if n else None,
                 reference.unsure_share,
-                unsure_ref + thresholds.unsure_increase,
-                "share of answers marked unsure; threshold: the test set's share plus the allowed increase",
+                unsure_threshold(unsure_ref, thresholds.unsure_increase),
+                "share of answers marked unsure; threshold: the validation share plus the allowed increase of the rest",
             ),
             signal(
                 "inverted_share",
@@ -225,6 +226,12 @@ class DriftWindow:
             ),
         ]
         return DriftSummary(self.size, n, thresholds.min_samples, signals)
+
+
+def unsure_threshold(reference: float, increase: float) -> float:
+    """The unsure share past which traffic counts as drifting: `reference` plus `increase` of the rest. Below 1 for
+    any reference below 1 (a reference of 0.9 plus a flat 0.15 would be a threshold no window can pass)."""
+    return reference + increase * (1.0 - reference)
 
 
 def _shift(value: float | None, reference: tuple[float, float]) -> float | None:

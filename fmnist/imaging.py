@@ -32,9 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from .data import IMAGE_SIZE
-from .uploads import decode_image, grayscale_array
+from .uploads import Upload, decode_gray, open_upload
 
 # Working resolution: larger images are first reduced so their long side is at most this. Four times the
 # 28-pixel output is ample for trimming and resizing, and keeps a request's cost independent of the camera.
@@ -59,6 +60,10 @@ MASK_LEVEL = 0.1
 # Trim: a foreground pixel counts towards the garment's box when this many of its 3x3 neighbourhood (itself
 # included) are foreground too; 4 keeps one-pixel-wide straps and edges, drops isolated specks and pairs.
 MIN_NEIGHBOURS = 4
+# Parts of the foreground other than the garment's largest one are kept when they carry at least this share of its
+# foreground and lie within GARMENT_PART_REACH (of the frame's long side) of its box (see `_garment_region`).
+GARMENT_PART_SHARE = 0.1
+GARMENT_PART_REACH = 0.05
 # Below this peak contrast (grey levels, after thresholding) there is nothing in the image to classify.
 MIN_PEAK = 12.0
 # Brightest garment pixels are stretched to this level: the median 99th percentile of training garments is 247.
@@ -77,6 +82,9 @@ class Normalized:
     noise: float  # estimated noise standard deviation of the input, grey levels
     contrast: float  # the garment's peak contrast against its backdrop, grey levels (before stretching)
     empty: bool  # nothing stood out from the background: the output is black
+    # Anything but Fashion-MNIST's own form (a 28x28 frame on a clean black background, passed through unchanged):
+    # the normaliser had to find the garment, so the model is held to the abstention policy's photo threshold.
+    photo: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,20 +94,28 @@ class Prepared:
     pixels: np.ndarray  # (28, 28) uint8, light garment on dark background
     inverted: bool
     empty: bool
+    photo: bool  # see `Normalized.photo`
     original_size: tuple[int, int]  # (width, height)
     original_format: str | None
 
 
 def prepare_upload(data: bytes, max_pixels: int) -> Prepared:
     """Uploaded image bytes (any format, mode or size) -> the model's 28x28 input. Raises `uploads.ImageError`."""
-    image = decode_image(data, max_pixels)
-    normalized = normalize_photo(grayscale_array(image))
+    return prepare_opened(open_upload(data, max_pixels, WORK_SIZE))
+
+
+def prepare_opened(upload: Upload) -> Prepared:
+    """An upload whose header `uploads.open_upload` has checked -> the model's 28x28 input: decoded at two to four times
+    the working size at most (`uploads.decode_gray`), so its cost follows WORK_SIZE, not the claimed size.
+    Raises `uploads.ImageError` for a file that turns out truncated or corrupt."""
+    normalized = normalize_photo(decode_gray(upload, WORK_SIZE))
     return Prepared(
         pixels=normalized.pixels,
         inverted=normalized.inverted,
         empty=normalized.empty,
-        original_size=image.size,
-        original_format=image.format,
+        photo=normalized.photo,
+        original_size=upload.original_size,
+        original_format=upload.format,
     )
 
 
@@ -112,7 +128,7 @@ def normalize_photo(gray: np.ndarray) -> Normalized:
     background = float(surface.mean())
     if gray.shape == (IMAGE_SIZE, IMAGE_SIZE) and np.abs(surface).max() <= CLEAN_BACKGROUND and noise <= MIN_NOISE:
         pixels = np.clip(np.asarray(gray, dtype=np.float32), 0, 255).round().astype(np.uint8)
-        return Normalized(pixels, False, background, noise, float(pixels.max()), empty=not pixels.any())
+        return Normalized(pixels, False, background, noise, float(pixels.max()), empty=not pixels.any(), photo=False)
 
     residual = (work - surface) * _illumination_gain(surface)  # (h, w): signed contrast against the backdrop
     inverted = _garment_is_darker(residual, noise)
@@ -167,6 +183,7 @@ def fit_background(gray: np.ndarray, iterations: int = 3) -> tuple[np.ndarray, f
     return geometry.surface(coef), max(noise, MIN_NOISE)
 
 
+_SQUARE3 = np.ones((3, 3), dtype=bool)  # 8-connectivity, and the smallest square that cuts one-pixel lines
 # Keeps the 6x6 normal equations of the background fit solvable when the ring is flat (a 1e-9 ridge).
 _RIDGE = 1e-9 * np.eye(6)
 _RIDGE.flags.writeable = False
@@ -275,8 +292,51 @@ def _trim(foreground: np.ndarray) -> np.ndarray | None:
     solid = mask & (neighbours >= MIN_NEIGHBOURS)
     if not solid.any():
         return None
-    rows, cols = np.flatnonzero(solid.any(axis=1)), np.flatnonzero(solid.any(axis=0))
+    garment = _garment_region(solid, mask, foreground)  # (h, w) bool
+    foreground = np.where(garment, foreground, 0.0)
+    rows, cols = np.flatnonzero(garment.any(axis=1)), np.flatnonzero(garment.any(axis=0))
     return foreground[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _garment_region(solid: np.ndarray, mask: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """(h, w) bool: the parts of the foreground that belong to the garment, without what else is in the frame.
+
+    Thin things are cut away first (an opening by a 3x3 square: wire hangers, tag strings, grout and board seams,
+    lines of print are a few pixels wide at the working size, while a garment's thinnest parts, sandal straps, are
+    one Fashion-MNIST pixel, five or more working pixels). What is left falls into connected parts; the garment is
+    the part with the most foreground, and another part stays only if it is substantial (GARMENT_PART_SHARE of the
+    garment's foreground or more: the second shoe, a bag's handle, a strap cut off by the opening) and lies next to
+    the garment (within GARMENT_PART_REACH of its box). Price tags, labels, props and things at the frame's edge are
+    small or far, and drop out. The kept parts then take back the foreground within two pixels of them, so edges and
+    thin straps attached to the garment stay.
+    """
+    opened = ndimage.binary_opening(solid, structure=_SQUARE3)
+    if not opened.any():
+        return solid  # only thin strokes: nothing to choose between
+    labels, count = ndimage.label(opened, structure=_SQUARE3)  # (h, w) int32, 0 = background
+    if count == 1:
+        kept = opened
+    else:
+        masses = ndimage.sum_labels(foreground, labels, index=np.arange(1, count + 1))  # (count,)
+        boxes = ndimage.find_objects(labels)  # per part: (row slice, column slice)
+        main = int(np.argmax(masses))
+        reach = GARMENT_PART_REACH * max(solid.shape)
+        top, bottom = boxes[main][0].start - reach, boxes[main][0].stop + reach
+        left, right = boxes[main][1].start - reach, boxes[main][1].stop + reach
+        keep = [
+            k + 1
+            for k, (rs, cs) in enumerate(boxes)
+            if k == main
+            or (
+                masses[k] >= GARMENT_PART_SHARE * masses[main]
+                and rs.start < bottom
+                and rs.stop > top
+                and cs.start < right
+                and cs.stop > left
+            )
+        ]
+        kept = np.isin(labels, keep)
+    return ndimage.binary_dilation(kept, structure=_SQUARE3, iterations=2) & mask
 
 
 def _centred_square(crop: np.ndarray) -> np.ndarray:

@@ -195,17 +195,24 @@ _MAKERS: dict[str, Maker] = {
 }
 
 
-def synthetic_nongarments(per_kind: int, seed: int, size: int = 112) -> list[tuple[str, np.ndarray]]:
+# Seed streams: the report's set and the development set (what choices are made on) never share a draw.
+REPORT_STREAM = 0
+DEV_STREAM = 1
+
+
+def synthetic_nongarments(
+    per_kind: int, seed: int, size: int = 112, stream: int = REPORT_STREAM
+) -> list[tuple[str, np.ndarray]]:
     """`per_kind` images of every kind in NONGARMENT_KINDS, as (kind, uint8 array), kind by kind in that order.
 
-    Arrays are (H, W) grayscale or (H, W, 3) RGB, C-contiguous. Deterministic in (per_kind, seed, size); the
-    first k images of a kind are the same whatever per_kind >= k is.
+    Arrays are (H, W) grayscale or (H, W, 3) RGB, C-contiguous. Deterministic in (per_kind, seed, size, stream);
+    the first k images of a kind are the same whatever per_kind >= k is.
     """
     if per_kind < 0 or size < 8:
         raise ValueError(f"per_kind must be >= 0 and size >= 8, got {per_kind} and {size}")
     out: list[tuple[str, np.ndarray]] = []
     for k, kind in enumerate(NONGARMENT_KINDS):
-        rng = np.random.default_rng([seed, k])
+        rng = np.random.default_rng([seed, k] if stream == REPORT_STREAM else [seed, k, stream])
         for i in range(per_kind):
             h, w = _shape(rng, size)
             out.append((kind, np.ascontiguousarray(_MAKERS[kind](rng, i, h, w), dtype=np.uint8)))

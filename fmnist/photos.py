@@ -31,6 +31,7 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .answers import Answers, Figures, figures
 from .data import IMAGE_SIZE
 from .runtime import available_cores
 
@@ -410,17 +411,23 @@ class PhotoResult:
     accuracy: float
     relative: float  # accuracy / clean accuracy of the same sample (nan if clean accuracy is 0)
     count: int
+    confident_share: float = math.nan  # share answered without "unsure"
+    confident_accuracy: float = math.nan  # accuracy of the confident answers (nan if none)
 
 
-def _accuracy(classify: Callable[[list[bytes]], np.ndarray], uploads: list[bytes], truth: np.ndarray) -> float:
-    predicted = np.asarray(classify(uploads)).reshape(-1)  # (n,)
-    if predicted.shape != truth.shape:
-        raise ValueError(f"classify returned {predicted.shape[0]} predictions for {truth.shape[0]} uploads")
-    return float((predicted == truth).mean())
+Classify = Callable[[list[bytes]], "Answers | np.ndarray"]
+
+
+def _figures(classify: Classify, uploads: list[bytes], truth: np.ndarray) -> Figures:
+    """What `classify` said about `uploads`, scored; a bare array of labels counts as all-confident answers."""
+    answers = classify(uploads)
+    if not isinstance(answers, Answers):
+        answers = Answers.confident_labels(np.asarray(answers))
+    return figures(answers, truth)
 
 
 def photo_robustness(
-    classify: Callable[[list[bytes]], np.ndarray],
+    classify: Classify,
     images: np.ndarray,
     labels: np.ndarray,
     seed: int = 0,
@@ -428,7 +435,8 @@ def photo_robustness(
     size: int = 224,
     conditions: tuple[PhotoCondition, ...] = PHOTO_CONDITIONS,
 ) -> list[PhotoResult]:
-    """Accuracy of `classify` (bytes of each upload -> predicted class indices) on the sample rendered clean
+    """Accuracy of `classify` (bytes of each upload -> `Answers`, or bare predicted class indices) on the sample
+    rendered clean
     (first row, condition 'clean') and under every condition and severity.
 
     The sample is `sample_indices(labels, per_class, seed)` of `images` (N, 28, 28) uint8; the photo of test
@@ -438,16 +446,30 @@ def photo_robustness(
     indices = sample_indices(labels, per_class, seed)  # (n,)
     truth = np.asarray(labels).reshape(-1)[indices].astype(np.int64)  # (n,)
     sample = np.asarray(images)[indices]  # (n, 28, 28)
-    clean = _accuracy(classify, [render_clean(x) for x in sample], truth)
+    found = _figures(classify, [render_clean(x) for x in sample], truth)
+    clean = found.accuracy
     log.info("photo robustness: %d images (%d per class), clean accuracy %.3f", len(indices), per_class, clean)
-    results = [PhotoResult("clean", "the plain 28x28 test images as PNG", 0.0, False, clean, 1.0, len(indices))]
+    results = [
+        PhotoResult(
+            "clean",
+            "the plain 28x28 test images as PNG",
+            0.0,
+            False,
+            clean,
+            1.0,
+            len(indices),
+            found.confident_share,
+            found.confident_accuracy,
+        )
+    ]
     for condition in conditions:
         for k, severity in enumerate(condition.severities):
             # Pillow and NumPy release the GIL for the heavy part of rendering: threads use every core.
             with ThreadPoolExecutor(max_workers=WORKERS) as pool:
                 render = partial(_render_one, condition=condition, severity=severity, seed=seed, size=size)
                 uploads = list(pool.map(render, sample, indices))
-            accuracy = _accuracy(classify, uploads, truth)
+            found = _figures(classify, uploads, truth)
+            accuracy = found.accuracy
             relative = accuracy / clean if clean > 0 else math.nan
             results.append(
                 PhotoResult(
@@ -458,6 +480,8 @@ def photo_robustness(
                     accuracy,
                     relative,
                     len(indices),
+                    found.confident_share,
+                    found.confident_accuracy,
                 )
             )
             log.info(

@@ -17,7 +17,7 @@ import numpy as np
 
 from .checkpoint import CheckpointStore
 from .config import HParams, Profile, expand_grid
-from .data import CLASS_NAMES, Splits, load_dataset, make_splits
+from .data import CLASS_NAMES, FILES, Splits, load_dataset, make_splits
 from .drift import reference_from_images
 from .model_record import ModelRecord
 from .provenance import environment
@@ -111,7 +111,7 @@ def prepare_data(profile: Profile) -> PreparedData:
         "fingerprint": data.fingerprint,
         "train_size": len(splits.train_labels),
         "val_size": len(splits.val_labels),
-        "test_size": len(data.test_labels),
+        "test_size": FILES["test_labels"].shape[0],  # verified by load_dataset; only `evaluate` reads the arrays
         "train_class_counts": np.bincount(splits.train_labels, minlength=len(CLASS_NAMES)).tolist(),
         "val_class_counts": np.bincount(splits.val_labels, minlength=len(CLASS_NAMES)).tolist(),
     }
@@ -257,8 +257,9 @@ def evaluate_selected(
         seed=profile.seed,
     )
     record.metrics = {**record.metrics, **report.summary()}
-    # The service's drift reference: the validation split is drawn from the training set, so it stands for it.
-    unsure = 1.0 - report.abstention.test.coverage
+    # The service's drift reference: the validation split is drawn from the training set, so it stands for it (its
+    # unsure share included: the test set chooses nothing, not even a reference).
+    unsure = report.validation_unsure_share
     record.reference = reference_from_images(val_images, val_labels, len(record.class_names), unsure).to_dict()
     with Tracker.start(
         profile.tracking.model_dump(),

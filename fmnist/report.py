@@ -19,10 +19,16 @@ from .config import EvaluationConfig
 from .data import CLASS_NAMES
 from .evaluate import report_metrics
 from .model_record import ModelRecord
+from .nongarments import DEV_STREAM as SYNTHETIC_DEV_STREAM
+from .nongarments import REPORT_STREAM as SYNTHETIC_REPORT_STREAM
 from .nongarments import encode_png, synthetic_nongarments
+from .photo_mix import render_validation_photos
 from .photos import photo_robustness, worst_realistic
+from .real_nongarments import Part, handwritten_digits, real_photographs
 from .report_schema import EvaluationReport
 from .robustness import robustness_table
+from .wild_photos import REPORT_STREAM as WILD_REPORT_STREAM
+from .wild_photos import wild_robustness, worst_conditions
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +78,17 @@ def build_report(
     val_features, val_logits = features_and_logits(model, val_images, device, mean=record.mean, std=record.std)
     record.temperature = temperature = fit_temperature(val_logits, val_labels)
     record.abstention = fit_abstention(
-        val_logits, val_features, val_labels, temperature, evaluation.target_risk, evaluation.ood_quantile
+        val_logits,
+        val_features,
+        val_labels,
+        temperature,
+        evaluation.target_risk,
+        evaluation.ood_quantile,
+        photos=_validation_photos(record, model, val_images, val_labels, device, evaluation, seed),
+    )
+    # The drift reference's unsure share: clean validation images under the fitted policy (never the test set).
+    validation_unsure = (
+        1.0 - selective_summary(record.abstention, val_logits, val_features, val_labels, temperature)["coverage"]
     )
     test_features, test_logits = features_and_logits(model, test_images, device, mean=record.mean, std=record.std)
     test = report_metrics(test_logits, test_labels)
@@ -102,7 +118,9 @@ def build_report(
             "calibration": calibration,
             "robustness": robustness,
             "photos": photo_section(classifier, test_images, test_labels, evaluation, seed),
+            "wild_photos": wild_photo_section(classifier, test_images, test_labels, evaluation, seed),
             "abstention": abstention_section(classifier, test_logits, test_features, test_labels, evaluation, seed),
+            "validation_unsure_share": validation_unsure,
             "misclassified": misclassified_examples(
                 test_images, test_labels, softmax(test_logits, temperature).float()
             ),
@@ -111,13 +129,35 @@ def build_report(
     )
 
 
+def _validation_photos(
+    record: ModelRecord,
+    model: torch.nn.Module,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    device: torch.device,
+    evaluation: EvaluationConfig,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
+    """(logits, features, labels) of validation garments rendered as photos of both families, for the abstention
+    fit; uploads the normalisation finds empty are left out (they are unsure whatever the scores). None when the
+    profile fits on clean images only."""
+    if evaluation.fit_photo_per_class == 0:
+        return None
+    mix = render_validation_photos(
+        val_images, val_labels, seed, evaluation.fit_photo_per_class, size=evaluation.photo_size
+    )
+    found = ~mix.empty
+    features, logits = features_and_logits(model, mix.pixels[found], device, mean=record.mean, std=record.std)
+    return logits, features, mix.labels[found]
+
+
 def photo_section(
     classifier: Classifier, images: np.ndarray, labels: np.ndarray, evaluation: EvaluationConfig, seed: int
 ) -> dict[str, Any]:
     """Accuracy on a fixed sample of test images rendered as product photos, per condition and severity, through
     the service's normalisation; the worst condition at its realistic severity named."""
     rows = photo_robustness(
-        lambda uploads: np.array([s.label for s in classifier.classify_uploads(uploads)]),
+        classifier.answer_uploads,
         images,
         labels,
         seed=seed,
@@ -135,6 +175,37 @@ def photo_section(
         "rows": [asdict(r) for r in rows],
         "clean_accuracy": rows[0].accuracy,
         "worst": asdict(worst),
+        "sample_size": rows[0].count,
+        "photo_size": evaluation.photo_size,
+    }
+
+
+def wild_photo_section(
+    classifier: Classifier, images: np.ndarray, labels: np.ndarray, evaluation: EvaluationConfig, seed: int
+) -> dict[str, Any]:
+    """The in-the-wild suite (`fmnist.wild_photos`) on a fixed sample of test images: per condition and severity,
+    accuracy, the share answered confidently and the accuracy of those answers; the worst condition on each."""
+    rows = wild_robustness(
+        classifier.answer_uploads,
+        images,
+        labels,
+        seed=seed,
+        stream=WILD_REPORT_STREAM,
+        per_class=evaluation.wild_per_class,
+        size=evaluation.photo_size,
+    )
+    worst = worst_conditions(rows)
+    log.info(
+        "wild photos: worst realistic accuracy %s %.3f; worst confident accuracy %s %.3f",
+        worst["accuracy"].condition,
+        worst["accuracy"].accuracy,
+        worst["confident_accuracy"].condition,
+        worst["confident_accuracy"].confident_accuracy,
+    )
+    return {
+        "rows": [asdict(r) for r in rows],
+        "clean_accuracy": rows[0].accuracy,
+        "worst": {figure: asdict(row) for figure, row in worst.items()},
         "sample_size": rows[0].count,
         "photo_size": evaluation.photo_size,
     }
@@ -171,19 +242,60 @@ def abstention_section(
     }
 
 
-def nongarment_detection(classifier: Classifier, per_kind: int, seed: int) -> dict[str, Any]:
-    """Synthetic non-garments uploaded as PNGs through the service's path: the share marked unsure, per kind (in
-    `NONGARMENT_KINDS` order) and overall, and how many were sent."""
-    nongarments = synthetic_nongarments(per_kind, seed)
-    scored = classifier.classify_uploads([encode_png(image) for _, image in nongarments])
-    unsure = np.array([not s.confident for s in scored])  # (N,)
-    kinds = np.array([kind for kind, _ in nongarments])  # (N,)
+def nongarment_detection(classifier: Classifier, per_kind: int, seed: int, part: Part = "report") -> dict[str, Any]:
+    """Things that are not garments, uploaded through the service's path, counted honestly.
+
+    Four sets: synthetic non-garments (`fmnist.nongarments`), real photographs and faces
+    (`fmnist.real_nongarments`), and handwritten digits (near-distribution: light strokes on black). For each, the
+    share the service marks unsure, the share the normaliser's `empty` rule declares empty before any score is
+    computed, and the share the model's scores alone (OOD and confidence thresholds, on the normalised input) mark
+    unsure. `part="dev"` gives the development sets (other seeds and photographs), which choices are made on.
+    """
+    stream = SYNTHETIC_REPORT_STREAM if part == "report" else SYNTHETIC_DEV_STREAM
+    synthetic = [(kind, encode_png(image)) for kind, image in synthetic_nongarments(per_kind, seed, stream=stream)]
+    photographs = real_photographs(part, seed)
+    sets = {
+        "synthetic": synthetic,
+        "photographs": [(name, data) for name, data in photographs if name != "face"],
+        "faces": [(name, data) for name, data in photographs if name == "face"],
+        "digits": handwritten_digits(part),
+    }
+    measured = {name: _nongarment_set(classifier, items) for name, items in sets.items()}
+    synthetic_set = measured["synthetic"]
     return {
+        # The synthetic set's figures, as before, at the top level.
+        "per_kind": synthetic_set["per_kind"],
+        "overall": synthetic_set["unsure"],
+        "count": synthetic_set["count"],
+        "sets": measured,
+    }
+
+
+def _nongarment_set(classifier: Classifier, items: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Shares of `items` (kind, upload) marked unsure by the service, declared empty, and unsure by scores alone."""
+    if not items:
+        return {"count": 0, "unsure": 0.0, "empty_rule": 0.0, "model_scores": 0.0, "per_kind": {}}
+    answers = classifier.answer_uploads([data for _, data in items])
+    assert answers.inputs is not None and answers.empty is not None
+    # The model's verdict on the normalised input with the empty rule left out: what the scores alone catch.
+    by_scores = np.array([not s.confident for s in classifier.score(answers.inputs, photo=_flags(answers.photo))])
+    unsure = ~answers.confident  # (N,)
+    kinds = np.array([kind for kind, _ in items])  # (N,)
+    return {
+        "count": len(items),
+        "unsure": float(unsure.mean()),
+        "empty_rule": float(answers.empty.mean()),
+        "model_scores": float(by_scores.mean()),
         "per_kind": {kind: float(unsure[kinds == kind].mean()) for kind in dict.fromkeys(kinds.tolist())},
-        "overall": float(unsure.mean()) if len(unsure) else 0.0,
-        "count": len(nongarments),
+        "per_kind_model_scores": {
+            kind: float(by_scores[kinds == kind].mean()) for kind in dict.fromkeys(kinds.tolist())
+        },
     }
 
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != "bins"}
+
+
+def _flags(marks: np.ndarray | None) -> list[bool] | None:
+    return None if marks is None else [bool(m) for m in marks]

@@ -100,6 +100,8 @@ class PhotoRow(_Record):
     accuracy: float
     relative: float  # accuracy / clean accuracy of the same sample
     count: int
+    confident_share: float | None = None  # share answered without "unsure" (reports before it: None)
+    confident_accuracy: float | None = None  # accuracy of the confident answers; NaN when none was confident
 
 
 class PhotoSuite(_Record):
@@ -108,6 +110,32 @@ class PhotoSuite(_Record):
     rows: list[PhotoRow]
     clean_accuracy: float
     worst: PhotoRow  # the realistic-severity row with the lowest accuracy
+    sample_size: int
+    photo_size: int
+
+
+class WildRow(_Record):
+    """One condition of the in-the-wild suite at one severity; the first rows are 'clean' and 'plain'."""
+
+    condition: str
+    description: str
+    severity: float
+    realistic: bool
+    fully_visible: bool  # the whole garment in view: held to the clean-relative target
+    accuracy: float
+    relative: float  # accuracy / clean accuracy of the same sample
+    confident_share: float
+    confident_accuracy: float  # NaN when no answer was confident
+    input_change: float  # mean |model input - the plain photo's model input|, grey levels; NaN where undefined
+    count: int
+
+
+class WildSuite(_Record):
+    """Test garments photographed as real photos are (`fmnist.wild_photos`), through the service's normalisation."""
+
+    rows: list[WildRow]
+    clean_accuracy: float
+    worst: dict[str, WildRow]  # figure ("accuracy", "confident_share", "confident_accuracy") -> the worst row
     sample_size: int
     photo_size: int
 
@@ -138,12 +166,24 @@ class RiskCoveragePoint(_Record):
     threshold: float
 
 
+class NonGarmentSet(_Record):
+    """One set of non-garments: the share marked unsure, what the `empty` rule caught, what the scores alone did."""
+
+    count: int
+    unsure: float  # marked unsure by the service
+    empty_rule: float  # declared empty by the normaliser before any score
+    model_scores: float  # unsure by the model's OOD and confidence thresholds alone, empty rule aside
+    per_kind: dict[str, float]
+    per_kind_model_scores: dict[str, float] = Field(default_factory=dict)
+
+
 class NonGarments(_Record):
-    """Synthetic non-garments uploaded as images: the share marked unsure, per kind and overall."""
+    """Non-garments uploaded as images: the synthetic set's shares (per kind and overall) and every set's figures."""
 
     per_kind: dict[str, float]
     overall: float
     count: int
+    sets: dict[str, NonGarmentSet] = Field(default_factory=dict)  # synthetic, photographs, faces, digits
 
 
 class Abstention(_Record):
@@ -175,6 +215,8 @@ class EvaluationReport(_Record):
     abstention: Abstention
     misclassified: list[Mistake]
     provenance: dict[str, Any]
+    wild_photos: WildSuite | None = None  # reports before the in-the-wild suite: None
+    validation_unsure_share: float | None = None  # clean validation images marked unsure (the drift reference's)
 
     def to_artifact(self) -> dict[str, Any]:
         """Plain data for the Metaflow artifact (field names as stored, e.g. 'class' in per-class scores)."""
@@ -203,6 +245,12 @@ class EvaluationReport(_Record):
         }
         if perturbed:
             summary["worst_perturbation_accuracy"] = min(r.accuracy for r in perturbed)
+        if self.wild_photos is not None:
+            worst = self.wild_photos.worst
+            summary["wild_worst_realistic_accuracy"] = worst["accuracy"].accuracy
+            summary["wild_worst_confident_accuracy"] = worst["confident_accuracy"].confident_accuracy
+        for name, found in self.abstention.nongarments.sets.items():
+            summary[f"nongarments_{name}_unsure_by_scores"] = found.model_scores
         return summary
 
     def summary_lines(self) -> list[str]:
@@ -214,4 +262,21 @@ class EvaluationReport(_Record):
             f" ({photos.worst.relative:.2f} x clean {photos.clean_accuracy:.1%})",
             f"unsure: {selective.coverage:.1%} of test answers confident, {selective.accuracy or 0:.2%} of those"
             f" correct; {self.abstention.nongarments.overall:.1%} of synthetic non-garments marked unsure",
+            *self._wild_lines(),
         ]
+
+    def _wild_lines(self) -> list[str]:
+        lines = []
+        if self.wild_photos is not None:
+            accuracy, confident = self.wild_photos.worst["accuracy"], self.wild_photos.worst["confident_accuracy"]
+            lines.append(
+                f"in-the-wild photos: worst realistic accuracy {accuracy.condition} {accuracy.accuracy:.1%};"
+                f" right when confident, worst {confident.condition} {confident.confident_accuracy:.1%}"
+            )
+        sets = self.abstention.nongarments.sets
+        if sets:
+            lines.append(
+                "non-garments unsure by the model's scores alone: "
+                + ", ".join(f"{name} {found.model_scores:.1%} of {found.count}" for name, found in sets.items())
+            )
+        return lines

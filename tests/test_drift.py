@@ -19,6 +19,7 @@ from fmnist.drift import (
     image_statistics,
     js_divergence,
     reference_from_images,
+    unsure_threshold,
 )
 from fmnist.model_record import ModelRecord
 from serving.app import create_app
@@ -109,6 +110,17 @@ def test_recording_a_prediction_costs_microseconds():
 # --- the service ------------------------------------------------------------------------------------------------------
 
 
+def test_the_unsure_threshold_stays_below_one_so_the_signal_can_fire():
+    assert unsure_threshold(0.1, 0.15) == pytest.approx(0.235)
+    assert unsure_threshold(0.9, 0.15) == pytest.approx(0.915) and unsure_threshold(0.999, 1.0) <= 1.0
+    window = DriftWindow(100, 10)
+    for i in range(100):
+        window.add(i % 10, True, False, 0.3, 0.45)  # every answer unsure
+    reference = DriftReference((0.1,) * 10, 0.9, (0.3, 0.1), (0.45, 0.15), 1000)  # a model unsure of 90% already
+    signal = {s.name: s for s in window.summary(reference, DriftThresholds()).signals}["unsure_share"]
+    assert signal.threshold < 1.0 and signal.value == 1.0 and signal.past_threshold
+
+
 @pytest.fixture(scope="module")
 def client(smoke_run):
     settings = Settings(run=smoke_run.pathspec, device="cpu", drift_window=WINDOW, drift_min_samples=100)
@@ -133,7 +145,8 @@ def test_the_model_record_carries_the_drift_reference(smoke_run, client):
     reference = DriftReference.from_dict(record.reference)
     assert reference.class_prior == pytest.approx([0.1] * 10)  # the smoke profile's stratified split
     assert reference.images == smoke_run.data.data_summary["val_size"]
-    assert reference.unsure_share == pytest.approx(1 - smoke_run.data.report["abstention"]["test"]["coverage"])
+    # The reference comes from validation images only: the test set chooses nothing.
+    assert reference.unsure_share == pytest.approx(smoke_run.data.report["validation_unsure_share"])
     assert client.get("/model").json()["drift_reference"] == record.reference
 
 
@@ -167,11 +180,24 @@ def test_in_distribution_images_stay_under_every_threshold_and_a_shifted_stream_
     assert moved["class_divergence"]["value"] > 3 * calm["class_divergence"]["value"]
     text = client.get("/metrics").text
     assert re.search(r'^fashionflow_drift_past_threshold\{signal="class_divergence"\} 1\.0$', text, re.MULTILINE)
-    assert (
-        re.search(r'^fashionflow_drift_past_threshold\{signal="unsure_share"\} 0\.0$', text, re.MULTILINE)
-        or (moved["unsure_share"]["past_threshold"])
+    # The metric says what /drift says about the unsure share, whichever way it went.
+    unsure_flag = "1.0" if moved["unsure_share"]["past_threshold"] else "0.0"
+    assert re.search(
+        rf'^fashionflow_drift_past_threshold\{{signal="unsure_share"\}} {unsure_flag}$', text, re.MULTILINE
     )
     assert f"fashionflow_drift_window_predictions {float(WINDOW)}" in text
+
+    # Noise, which the model must decline: the unsure share can pass its threshold, and does.
+    assert calm["unsure_share"]["threshold"] < 1.0
+    noise = np.random.default_rng(3).integers(0, 256, size=(WINDOW, 28, 28))
+    for start in range(0, WINDOW, 50):
+        body = {"images": noise[start : start + 50].tolist()}
+        assert client.post("/predict/pixels", json=body).status_code == 200
+    unsure = signals(client)
+    print(show("noise", unsure))
+    assert unsure["unsure_share"]["value"] > 0.9 and unsure["unsure_share"]["past_threshold"]
+    text = client.get("/metrics").text
+    assert re.search(r'^fashionflow_drift_past_threshold\{signal="unsure_share"\} 1\.0$', text, re.MULTILINE)
 
 
 def test_product_photos_raise_the_inverted_share(client):

@@ -230,7 +230,7 @@ def test_photo_robustness_with_an_oracle_and_a_constant(test_set):
     constant = photo_robustness(lambda u: np.zeros(len(u), int), images, labels, per_class=1, size=64)
     assert all(r.accuracy == pytest.approx(0.1) for r in constant)
 
-    with pytest.raises(ValueError, match="predictions"):
+    with pytest.raises(ValueError, match="3 answers for 10 uploads"):
         photo_robustness(lambda u: np.zeros(3, int), images, labels, per_class=1, size=64)
 
 
