@@ -20,6 +20,7 @@ from PIL import Image
 
 from fmnist.imaging import prepare_upload
 
+from .decoding import DecodePool
 from .following import ModelFollower, install, warm
 from .inference import MicroBatcher
 from .limits import BodyLimitMiddleware
@@ -48,6 +49,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("cannot start: the model of %s fails its warm-up: %s", served.run_pathspec, err)
         raise ModelLoadError(f"the model of {served.run_pathspec} fails its warm-up: {err}") from None
     prepare_upload(_warm_up_png(), settings.max_image_pixels)
+    app.state.decoder = DecodePool(
+        settings.decode_threads, settings.decode_queue, settings.decode_wait_seconds, app.state.metrics
+    )
     log.info("model of %s warm in %.2fs; serving", served.run_pathspec, seconds)
     if settings.batching:
         app.state.batcher = MicroBatcher(predictor, settings.max_batch)
@@ -69,6 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.batcher is not None:
             await app.state.batcher.stop()
             app.state.batcher = None
+        app.state.decoder.shutdown()
 
 
 async def validation_problem(request: Request, exc: Exception) -> JSONResponse:
@@ -88,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings or Settings(), ServiceMetrics(app.state)
     app.state.predictor, app.state.batcher, app.state.follower, app.state.drift = None, None, None, None
-    app.state.model_since = None
+    app.state.model_since, app.state.decoder = None, None
     app.state.not_ready = "the model is loaded when the service starts (lifespan not run)"
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(BodyLimitMiddleware, max_bytes=app.state.settings.max_body_bytes)

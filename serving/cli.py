@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import socket
+import sys
 from typing import Any
 
 from pydantic import ValidationError
@@ -47,8 +48,28 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as err:
         parser.error(str(err))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
+    problem = missing_model(settings)
+    if problem is not None:
+        print("fmnist-serve: " + " ".join(problem.split()), file=sys.stderr)  # one line, whatever the cause
+        sys.exit(1)
     run_uvicorn("serving.app:app", settings.host, settings.port, settings.workers, args.log_level)
+
+
+def missing_model(settings: Settings) -> str | None:
+    """One line saying why there is no run to serve and what to do about it, or None when there is one.
+
+    Looked up before uvicorn starts (one metadata query), so the commonest first-run mistake, serving before training,
+    ends with that line instead of a worker's traceback. Loading the model itself stays in the service's lifespan."""
+    from .model_loading import ModelLoadError, NoRunError, find_run
+
+    try:
+        find_run(settings)
+    except NoRunError as err:
+        remedy = f"tag a successful run {settings.tag!r} or " if settings.tag else ""
+        return f"nothing to serve: {err}. To make a run, {remedy}train one with `make run`."
+    except ModelLoadError as err:
+        return f"cannot serve: {err}."
+    return None
 
 
 def run_uvicorn(

@@ -15,6 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 
+from .decoding import DecodePool
 from .drift import DriftMonitor
 from .inference import MicroBatcher, Predictor
 from .metrics import ServiceMetrics
@@ -52,6 +53,7 @@ class Serving:
     metrics: ServiceMetrics
     batcher: MicroBatcher | None
     drift: DriftMonitor | None
+    decoder: DecodePool  # set with the predictor, in the lifespan
 
 
 async def serving_uploads(request: Request) -> Serving:
@@ -70,7 +72,7 @@ def _serving(request: Request) -> Serving:
     state = request.app.state
     if state.predictor is None:
         raise HTTPException(503, f"model not ready: {state.not_ready}")
-    return Serving(state.predictor, state.settings, state.metrics, state.batcher, state.drift)
+    return Serving(state.predictor, state.settings, state.metrics, state.batcher, state.drift, state.decoder)
 
 
 def require_multipart(request: Request) -> None:

@@ -8,6 +8,12 @@ reference once, when its dependencies are resolved (`serving.deps.get_predictor`
 answered wholly by the model it started with and names that model's run. A model that cannot be found, loaded or
 warmed up is not switched to: the old one keeps serving, the failure is logged and counted
 (`fashionflow_model_reload_failures_total{stage}`), and the same run is tried again after a growing pause.
+
+Nothing the follower waits for can hang it: the lookup, the load and the warm-up each run on a daemon thread and are
+given up after `reload_timeout_seconds` (a datastore that stops answering). The thread of a call given up is left to
+finish on its own; until it does, no other call starts (never two loads at once, never a pile of hung threads).
+Whatever keeps the tag's run from being served is shown in /ready and /model (`following_problem`) and in
+`fashionflow_model_stale`.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 
@@ -30,6 +38,39 @@ log = logging.getLogger("serving")
 
 # A run that failed to load is tried again after interval x 2^failures, at most this many seconds later.
 MAX_RETRY_SECONDS = 600.0
+
+T = TypeVar("T")
+
+
+class ReloadTimeout(TimeoutError):
+    """A lookup, load or warm-up of the follower ran past `reload_timeout_seconds`."""
+
+
+def in_daemon_thread(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """`function(*args)` on a new daemon thread, as a future of the running loop. A daemon thread, not an executor's:
+    an executor's threads are joined when the interpreter exits, so one stuck in a datastore read would keep the
+    process from ever stopping."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        try:
+            result, error = function(*args), None
+        except BaseException as err:  # handed to the awaiting coroutine, whatever it is
+            result, error = None, err
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="model-follower", daemon=True).start()
+    return future
 
 
 def install(app: FastAPI, predictor: Predictor) -> None:
@@ -71,13 +112,18 @@ class ModelFollower:
     def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.app, self.settings = app, settings
         self.interval = settings.reload_interval
-        # One thread for Metaflow lookups, loading and warm-up: off the event loop, and never two loads at once.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-follower")
+        self.timeout = settings.reload_timeout_seconds
         self.task: asyncio.Task[None] | None = None
         self.failures: dict[str, _Failure] = {}
         self.last_lookup_error: str | None = None
         self.checks = 0
         self.switches = 0
+        # The lookup, load or warm-up in progress (on its own daemon thread), and what it is: one at a time.
+        self.pending: asyncio.Future[Any] | None = None
+        self.pending_what = ""
+        self.pending_since = 0.0
+        # Why the served model is not the one the tag names, or why that is unknown; None when all is well.
+        self.problem: str | None = None
 
     @property
     def following(self) -> str:
@@ -92,7 +138,6 @@ class ModelFollower:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         while True:
@@ -104,40 +149,53 @@ class ModelFollower:
 
     async def check(self) -> bool:
         """Look up the tag once; switch if it names another run that loads and warms up. True if it switched."""
-        loop = asyncio.get_running_loop()
         metrics = self.app.state.metrics
         self.checks += 1
+        if self.pending is not None and not self.pending.done():
+            self._set_problem(
+                f"{self.pending_what} has not returned after {time.monotonic() - self.pending_since:.0f}s (given up"
+                f" after {self.timeout:g}s); nothing else is tried until it does"
+            )
+            return False
         try:
-            pathspec = await loop.run_in_executor(self.executor, self._lookup)
+            pathspec = await self._call("timeout", f"the lookup of {self.following}", self._lookup)
         except Exception as err:
-            metrics.model_reload_failures.labels("find").inc()
+            metrics.model_reload_failures.labels("timeout" if isinstance(err, ReloadTimeout) else "find").inc()
             if str(err) != self.last_lookup_error:
                 log.warning("cannot look up %s (%s); the current model keeps serving", self.following, err)
             self.last_lookup_error = str(err)
+            self._set_problem(f"cannot look up {self.following}: {err}")
             return False
         self.last_lookup_error = None
         current = self.app.state.predictor.served.run_pathspec if self.app.state.predictor is not None else None
         if pathspec == current:
+            self._set_problem(None)
             return False
         failure = self.failures.get(pathspec)
         if failure is not None and time.monotonic() < failure.retry_at:
             return False
+        return await self._switch(pathspec, current)
+
+    async def _switch(self, pathspec: str, current: str | None) -> bool:
+        """Load and warm up `pathspec` beside the current model, then serve it; False (the current model serving on)
+        when either fails or runs past the timeout."""
         log.info("%s is now %s (serving %s): loading it beside the current model", self.following, pathspec, current)
         start = time.perf_counter()
         try:
-            served = await loop.run_in_executor(self.executor, load_model, self.settings, pathspec)
+            served = await self._call("load", f"loading {pathspec}", load_model, self.settings, pathspec)
         except Exception as err:
-            self._failed("load", pathspec, err, current)
+            self._failed("timeout" if isinstance(err, ReloadTimeout) else "load", pathspec, err, current)
             return False
         try:
-            predictor, seconds = await loop.run_in_executor(self.executor, warm, served, self.settings)
+            predictor, seconds = await self._call("warm_up", f"warming up {pathspec}", warm, served, self.settings)
         except Exception as err:
-            self._failed("warm_up", pathspec, err, current)
+            self._failed("timeout" if isinstance(err, ReloadTimeout) else "warm_up", pathspec, err, current)
             return False
         install(self.app, predictor)
         self.switches += 1
-        metrics.model_switches.inc()
+        self.app.state.metrics.model_switches.inc()
         self.failures.pop(pathspec, None)
+        self._set_problem(None)
         log.info(
             "switched the served model from %s to %s (loaded and warmed in %.2fs, warm-up %.2fs)",
             current,
@@ -146,6 +204,21 @@ class ModelFollower:
             seconds,
         )
         return True
+
+    async def _call(self, stage: str, what: str, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` on a daemon thread, off the event loop; `ReloadTimeout` after `self.timeout` seconds,
+        leaving the thread to finish on its own (`check` starts nothing else until it has)."""
+        self.pending, self.pending_what, self.pending_since = in_daemon_thread(function, *args), what, time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.shield(self.pending)  # shielded: the future says when the thread is done
+        except TimeoutError:
+            raise ReloadTimeout(f"{what} took longer than {self.timeout:g}s ({stage})") from None
+
+    def _set_problem(self, problem: str | None) -> None:
+        """Record why the tag's run is not served (None: it is); shown by /ready, /model and the stale gauge."""
+        self.problem = problem
+        self.app.state.metrics.model_stale.set(0 if problem is None else 1)
 
     def _lookup(self) -> str:
         return str(find_run(self.settings).pathspec)
@@ -157,6 +230,7 @@ class ModelFollower:
         delay = min(self.interval * 2**count, max(MAX_RETRY_SECONDS, self.interval))
         self.failures[pathspec] = _Failure(count, time.monotonic() + delay, str(err))
         kind = "load" if isinstance(err, ModelLoadError) or stage == "load" else stage
+        self._set_problem(f"not switched to {pathspec}: {kind} failed ({err}); next try in {delay:.0f}s")
         log.error(
             "not switching to %s: %s failed (%s: %s); still serving %s; next try in %.0fs",
             pathspec,

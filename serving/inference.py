@@ -30,9 +30,12 @@ class Predictor:
         self.classifier = served.classifier
         self.class_names = list(served.record.class_names)
 
-    def score(self, pixels: np.ndarray, empty: Sequence[bool] | None = None) -> list[Scored]:
-        """(B, 28, 28) uint8 images, light on dark -> one `Scored` per image (see `Classifier.score`)."""
-        return self.classifier.score(pixels, empty)
+    def score(
+        self, pixels: np.ndarray, empty: Sequence[bool] | None = None, photo: Sequence[bool] | None = None
+    ) -> list[Scored]:
+        """(B, 28, 28) uint8 images, light on dark -> one `Scored` per image (see `Classifier.score`: `photo` marks
+        the uploads the normaliser transformed, held to the policy's photo threshold)."""
+        return self.classifier.score(pixels, empty, photo)
 
     def warm_up(self, max_batch: int, rounds: int = 3) -> float:
         """Run the batch sizes the service will see, so the first real request pays no one-off costs; seconds.
@@ -105,7 +108,9 @@ class MicroBatcher:
     def __init__(self, predictor: Predictor, max_batch: int) -> None:
         self.predictor = predictor
         self.max_batch = max_batch
-        self.queue: asyncio.Queue[tuple[np.ndarray, bool, Predictor, asyncio.Future[Scored]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[np.ndarray, tuple[bool, bool], Predictor, asyncio.Future[Scored]]] = (
+            asyncio.Queue()
+        )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.task: asyncio.Task[None] | None = None
 
@@ -119,12 +124,14 @@ class MicroBatcher:
                 await self.task
         self.executor.shutdown(wait=True)
 
-    async def score(self, pixels: np.ndarray, empty: bool = False, predictor: Predictor | None = None) -> Scored:
+    async def score(
+        self, pixels: np.ndarray, empty: bool = False, predictor: Predictor | None = None, photo: bool = False
+    ) -> Scored:
         """(28, 28) uint8 -> its `Scored`, computed in a batch with concurrent requests, by `predictor` (the one the
         request started with; default the batcher's current one), so a request is answered by one model even while
-        the service switches to another."""
+        the service switches to another. `empty` and `photo` as in `Classifier.score`."""
         future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((pixels, empty, predictor or self.predictor, future))
+        self.queue.put_nowait((pixels, (empty, photo), predictor or self.predictor, future))
         return await future
 
     async def _serve(self) -> None:
@@ -139,9 +146,10 @@ class MicroBatcher:
 
     async def _score_group(self, loop: asyncio.AbstractEventLoop, predictor: Predictor, items: list) -> None:
         batch = np.stack([pixels for pixels, _, _, _ in items])  # (B, 28, 28)
-        empty = [blank for _, blank, _, _ in items]
+        empty = [flags[0] for _, flags, _, _ in items]
+        photo = [flags[1] for _, flags, _, _ in items]
         try:
-            scored = await loop.run_in_executor(self.executor, predictor.score, batch, empty)
+            scored = await loop.run_in_executor(self.executor, predictor.score, batch, empty, photo)
         except Exception as err:  # hand the failure to every waiting request rather than kill the loop
             for *_, future in items:
                 if not future.done():

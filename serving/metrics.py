@@ -7,6 +7,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# The HTTP methods counted under their own name; any other (a client may send any token as a method) is "other", so
+# made-up methods cannot add time series without end.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# Stages of a tag switch that can fail, each counted from the start (at 0): the lookup of the tag, loading the
+# record, its warm-up, and any of them running past the reload timeout.
+RELOAD_STAGES = ("find", "load", "warm_up", "timeout")
+
 
 class ServiceMetrics:
     """Request counts and latencies per route, predictions per class, the served model (loaded, which run, switches,
@@ -74,17 +81,38 @@ class ServiceMetrics:
         )
         self.model_reload_failures = Counter(
             "fashionflow_model_reload_failures",
-            "Newly tagged runs not switched to, by stage: find (the lookup), load (the record) or warm_up",
+            "Newly tagged runs not switched to, by stage: find (the lookup), load (the record), warm_up, or timeout"
+            " (one of them took longer than the reload timeout)",
             ["stage"],
             registry=self.registry,
         )
-        for stage in ("find", "load", "warm_up"):  # every series from the start, at 0
+        for stage in RELOAD_STAGES:  # every series from the start, at 0
             self.model_reload_failures.labels(stage)
+        self.model_stale = Gauge(
+            "fashionflow_model_stale",
+            "1 while following the tag has a problem (its run could not be loaded, or the tag not looked up, or one"
+            " of them timed out; the current model keeps serving), else 0",
+            registry=self.registry,
+        )
+        self.decodes_admitted = Gauge(
+            "fashionflow_decodes_admitted",
+            "Uploads being decoded on the decoding threads or waiting for one",
+            registry=self.registry,
+        )
+        self.decode_refusals = Counter(
+            "fashionflow_decode_refusals",
+            "Uploads answered 503 because decoding was saturated: full (no slot) or wait (no thread within the wait)",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("full", "wait"):
+            self.decode_refusals.labels(reason)
 
 
 class MetricsMiddleware:
-    """Counts every HTTP request and times it; the route label is the matched route's template, never the raw
-    path, so probing random URLs cannot blow up the number of series."""
+    """Counts every HTTP request and times it. Every label comes from a fixed set: the route is the matched route's
+    template (an unmatched path is "unmatched", never the raw path), the method one of METHODS or "other", the status
+    a status code, so probing random URLs or made-up methods cannot blow up the number of series."""
 
     def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
         self.app = app
@@ -107,5 +135,6 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(label, scope["method"], str(status[0])).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(label, method, str(status[0])).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)

@@ -28,6 +28,10 @@ class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says which run was looked for and what went wrong."""
 
 
+class NoRunError(ModelLoadError):
+    """No run to serve exists: the flow has never run (successfully), or no successful run carries the tag."""
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """A model record ready for inference, plus what `/model` reports about it."""
@@ -57,7 +61,7 @@ def find_run(settings: Settings) -> Any:
     """The Metaflow Run to serve: `settings.run`, else the newest successful run tagged `settings.tag`, else the
     flow's latest successful run. Looks across all users' namespaces."""
     from metaflow import Flow, Run, namespace
-    from metaflow.exception import MetaflowException
+    from metaflow.exception import MetaflowException, MetaflowNotFound
 
     try:
         _select_metadata(settings)
@@ -76,11 +80,15 @@ def find_run(settings: Settings) -> Any:
             for run in flow.runs(settings.tag):  # newest first
                 if run.successful:
                     return run
-            raise ModelLoadError(f"no successful {settings.flow} run is tagged {settings.tag!r}")
+            raise NoRunError(f"no successful {settings.flow} run is tagged {settings.tag!r} ({_describe_metadata()})")
         latest = flow.latest_successful_run
         if latest is None:
-            raise ModelLoadError(f"flow {settings.flow} has no successful run yet; train one first")
+            raise NoRunError(f"flow {settings.flow} has no successful run yet ({_describe_metadata()})")
         return latest
+    except MetaflowNotFound as err:
+        if settings.run:
+            raise ModelLoadError(f"cannot find {settings.run} in Metaflow ({_describe_metadata()}): {err}") from None
+        raise NoRunError(f"no {settings.flow} run exists ({_describe_metadata()}): {err}") from None
     except MetaflowException as err:
         what = settings.run or (f"tag {settings.tag!r}" if settings.tag else f"latest successful {settings.flow}")
         raise ModelLoadError(f"cannot find {what} in Metaflow ({_describe_metadata()}): {err}") from None

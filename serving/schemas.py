@@ -21,6 +21,11 @@ class Readiness(BaseModel):
     pid: int | None = Field(
         default=None, description="Process id of the worker that answered: with several workers, each says for itself."
     )
+    following_problem: str | None = Field(
+        default=None,
+        description="Present only while following the tag has a problem: why the tag's run is not the one served"
+        " (a failed or timed-out load) or why the tag could not be looked up. The model named in `run` serves on.",
+    )
 
 
 class Problem(BaseModel):
@@ -68,6 +73,11 @@ class ModelInfo(BaseModel):
         " when it serves one run until restarted.",
     )
     switches: int = Field(0, description="Switches to a newly tagged run since the service started.")
+    following_problem: str | None = Field(
+        None,
+        description="Why the tag's run is not the one served, or why the tag could not be looked up; null when"
+        " all is well.",
+    )
     drift_reference: dict[str, Any] | None = Field(
         None,
         description="What in-distribution traffic looks like for this model (class prior, unsure share, input"

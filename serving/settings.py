@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         description="Seconds between checks for a newly tagged run (default 30 with a tag, else off; 0 = off).",
     )
 
+    # Loading and warming up a newly tagged run's model (or looking the tag up) that takes longer than this is given
+    # up: the current model keeps serving, and /ready, /model and fashionflow_model_stale say so. A minute leaves room
+    # for a slow object store, not for a hung one.
+    reload_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Longest a tag switch's lookup, load or warm-up may take."
+    )
+
     host: str = Field(default="127.0.0.1", description="Interface to listen on; 0.0.0.0 in a container.")
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes, each with its own model copy.")
@@ -66,6 +73,23 @@ class Settings(BaseSettings):
         description="Largest decoded image (width x height) accepted: the decompression-bomb guard.",
     )
     max_batch: int = Field(default=64, ge=1, le=1024, description="Most images in one batch request.")
+    # A batch's images together: decoding time grows with pixels, not bytes, so a batch of small files claiming huge
+    # images is refused (413) from their headers, before any is decoded. Two images at the pixel limit.
+    max_request_pixels: int = Field(
+        default=80_000_000, ge=784, description="Most decoded pixels (width x height, summed) in one request."
+    )
+
+    # Decoding (serving/decoding.py): uploads past a thumbnail are decoded on these threads, never on the event loop.
+    # Two: with one worker on 2 cores, one thread decodes while the event loop and the model use the other core, and a
+    # second keeps a slow decode from holding up every other upload.
+    decode_threads: int = Field(default=2, ge=1, le=64, description="Threads decoding uploads, per worker.")
+    # Requests allowed to wait for a decoding thread; one more is answered 503 with Retry-After at once.
+    decode_queue: int = Field(default=8, ge=0, le=10_000, description="Uploads that may wait for a decoding thread.")
+    # How long a waiting request may wait for a thread before it is answered 503 (a decode at the pixel limit takes
+    # well under a second: benchmarks/serve_decode.py).
+    decode_wait_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="Longest wait for a decoding thread before 503."
+    )
     default_top_k: int = Field(default=3, ge=1, le=10)
 
     # Drift signals over a sliding window of recent predictions (GET /drift, fashionflow_drift_* gauges). 1000
@@ -78,7 +102,8 @@ class Settings(BaseSettings):
     # Jensen-Shannon divergence (bits) of predicted classes from the training prior: 0.1 is, for example, a third of
     # the traffic moving to one class; one class only is ~0.76.
     drift_class_divergence: float = Field(default=0.1, gt=0, le=1)
-    # Unsure answers above the test set's share by more than this (15 points): the model is less sure of the traffic.
+    # Unsure answers above the validation share by more than this share of the rest (15% of the answers that were
+    # confident there): the model is less sure of the traffic.
     drift_unsure_increase: float = Field(default=0.15, gt=0, le=1)
     # Most uploads being product photos (a garment darker than its backdrop, negated by the normalisation): the
     # traffic is no longer Fashion-MNIST-like scans, where the photo suite, not the test set, predicts accuracy.

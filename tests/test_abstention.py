@@ -273,8 +273,9 @@ def test_features_and_logits_agree_with_predict_logits():
     assert empty_f.shape == (0, 60) and empty_l.shape == (0, 10)
 
 
-def test_policy_on_a_real_model_declines_blank_and_noise_images():
-    """End to end on real data: a width-8 model trained for two epochs on 5000 images (about 77% accurate)."""
+@pytest.fixture(scope="module")
+def small_model():
+    """A width-8 model trained for two epochs on 5000 real images (about 77% accurate), and its splits."""
     from fmnist.config import HParams
     from fmnist.data import load_dataset, make_splits
     from fmnist.train import train_model
@@ -289,6 +290,12 @@ def test_policy_on_a_real_model_declines_blank_and_noise_images():
         torch.set_num_threads(threads)
     model = build_model(result.model_args)
     model.load_state_dict(result.state_dict)
+    return model, splits
+
+
+def test_policy_on_a_real_model_declines_blank_and_noise_images(small_model):
+    """End to end on real data."""
+    model, splits = small_model
     features, logits = features_and_logits(model, splits.val_images, CPU)
     temperature = fit_temperature(logits, splits.val_labels)
     policy = fit_abstention(logits, features, splits.val_labels, temperature, target_risk=0.05)
@@ -302,3 +309,51 @@ def test_policy_on_a_real_model_declines_blank_and_noise_images():
     decisions = policy.decide(z, f, temperature)
     assert [d.reason for d in decisions[:2]] == [UNLIKE_TRAINING] * 2
     assert not any(d.confident for d in decisions)
+
+
+def test_photo_threshold_holds_its_risk_on_held_out_photos(small_model):
+    """Fitted on one half of the validation split (clean images and both photo families), the policy keeps its
+    selective risk on the other half's photos, which played no part in the fit: the check that matters, since any
+    threshold reaches its target on the data it was fitted to."""
+    from fmnist.photo_mix import render_validation_photos
+
+    model, splits = small_model
+    images, labels = splits.val_images, splits.val_labels
+    order = np.random.default_rng(1).permutation(len(labels))
+    fit, held = np.sort(order[:500]), np.sort(order[500:])
+
+    def photos(part: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        mix = render_validation_photos(images[part], labels[part], seed=seed, per_class=2, size=112)
+        found = ~mix.empty
+        f, z = features_and_logits(model, mix.pixels[found], CPU)
+        return z, f, mix.labels[found]
+
+    features, logits = features_and_logits(model, images[fit], CPU)
+    temperature = fit_temperature(logits, labels[fit])
+    target = 0.1
+    policy = fit_abstention(logits, features, labels[fit], temperature, target_risk=target, photos=photos(fit, seed=0))
+    assert policy.photo_threshold >= policy.confidence_threshold and policy.num_fit_photos > 400
+    assert policy.val_photo_risk <= target + 1e-9  # on the photos it was fitted to, by construction
+
+    z, f, y = photos(held, seed=1)  # other garments, other draws
+    confident = policy.scores(z, f, temperature, photo=np.ones(len(y), dtype=bool))[2].numpy() == 0
+    risk = float((z.argmax(1).numpy()[confident] != y[confident]).mean())
+    # About 50 confident held-out photos or more: a binomial spread of a few points around the target.
+    assert confident.sum() >= 50 and risk <= target + 0.08, (risk, int(confident.sum()))
+    # A photo threshold that did nothing would show here: photos judged by the scans' bar are wrong more often.
+    as_scans = policy.scores(z, f, temperature)[2].numpy() == 0
+    assert as_scans.sum() >= confident.sum()
+
+
+def test_the_photo_threshold_applies_only_where_marked(val_set):
+    logits, features, labels = val_set
+    policy = fit_abstention(logits, features, labels, temperature=1.0)
+    policy.photo_threshold = 1.01  # no answer is this sure
+    confidence, ood, code = policy.scores(logits, features, 1.0)
+    marks = np.arange(len(labels)) % 2 == 0
+    photo_code = policy.reason_codes(confidence.numpy(), ood.numpy(), marks)
+    assert (photo_code[marks] != 0).all()  # every photo declined
+    assert (photo_code[~marks] == code.numpy()[~marks]).all()  # scans as before
+    with pytest.raises(ValueError, match="3 photo flags for"):
+        policy.reason_codes(confidence.numpy(), ood.numpy(), marks[:3])
+    assert AbstentionPolicy.from_parts(policy.metadata(), policy.tensors()).photo_threshold == 1.01

@@ -206,6 +206,28 @@ def test_the_service_and_the_report_see_the_same_model_input(client, record):
         assert body["confident"] == scored.confident and body["unsure_reason"] == scored.unsure_reason
 
 
+def test_photos_are_held_to_the_photo_threshold_and_scans_to_their_own(client):
+    """An upload the normaliser had to transform is a photo: its confidence must clear the policy's photo threshold.
+    The same 28x28 input sent as raw pixels is a scan, held to the scans' threshold."""
+    policy = client.app.state.predictor.classifier.record.abstention
+    saved = policy.photo_threshold
+    photos = [product_photo(i) for i in range(8)]  # the fixture's batch limit
+    seen = [prepare_upload(p, 40_000_000).pixels for p in photos]
+    answer = client.post("/predict/pixels", json={"images": [s.tolist() for s in seen]})
+    assert answer.status_code == 200, answer.text
+    scans = answer.json()["predictions"]
+    chosen = next(i for i, scan in enumerate(scans) if scan["confident"])  # a scan this model is sure of
+    try:
+        policy.photo_threshold = 1.01  # no photo can be this sure
+        body = upload(client, photos[chosen], name="photo.jpg").json()
+        assert body["probabilities"] == pytest.approx(scans[chosen]["probabilities"], abs=1e-6)
+        assert body["confident"] is False and body["unsure_reason"] == "low_confidence"
+        policy.photo_threshold = policy.confidence_threshold  # the same bar as scans: the same verdict
+        assert upload(client, photos[chosen], name="photo.jpg").json()["confident"] is True
+    finally:
+        policy.photo_threshold = saved
+
+
 def test_pixels_can_opt_in_to_the_upload_normalisation(client):
     images, _ = real_test_images()
     veiled = np.clip(images[0].astype(int) + 60, 0, 255)  # a grey veil: raw values as a scanner might send them

@@ -114,3 +114,79 @@ def test_pixel_arrays_in_both_shapes():
     images, _ = real_test_images()
     np.testing.assert_array_equal(pixels_from_values(images[0].tolist(), 0), images[0])
     np.testing.assert_array_equal(pixels_from_values(images[0].ravel().tolist(), 0), images[0])
+
+
+# --- decoding at reduced size -----------------------------------------------------------------------------------------
+
+
+def full_size_input(data: bytes) -> np.ndarray:
+    """The model input as full-size decoding gives it: decoded and converted at the claimed size, then normalised."""
+    from fmnist.imaging import normalize_photo
+    from fmnist.uploads import decode_image, grayscale_array
+
+    return normalize_photo(grayscale_array(decode_image(data, 10**8))).pixels
+
+
+def test_ordinary_uploads_decode_exactly_as_at_full_size():
+    """A 28x28 scan and a 224 px JPEG photo are small enough never to be reduced: the same model input, bit for bit."""
+    images, _ = real_test_images()
+    for pixels in images[:10]:
+        photo = Image.fromarray(255 - pixels).resize((224, 224), Image.Resampling.BICUBIC).convert("RGB")
+        for data in (encode(pixels), encode(photo, "JPEG", quality=90)):
+            np.testing.assert_array_equal(prepare_image(data, LIMIT).pixels, full_size_input(data))
+
+
+def test_reduced_decoding_gives_the_full_size_model_input_within_a_bound():
+    """A large PNG is shrunk by an integer factor as soon as it is decoded, the normalisation doing the last step.
+    The bound: 3 grey levels per pixel on average over these ten garments, 12 for any one; the test prints each
+    image's difference (run with -s): 0.4 to 9.1, 2.0 on average. Either path is a resampling of the garment, and
+    the normalisation's trimming amplifies sub-pixel differences at the garment's edge."""
+    images, _ = real_test_images()
+    differences = []
+    for pixels in images[:10]:
+        photo = Image.fromarray(255 - pixels).resize((1500, 1500), Image.Resampling.BICUBIC).convert("RGB")
+        canvas = Image.new("RGB", (2250, 1500), "white")
+        canvas.paste(photo, (375, 0))
+        data = encode(canvas)
+        reduced = prepare_image(data, LIMIT * 10).pixels.astype(int)
+        differences.append(np.abs(reduced - full_size_input(data).astype(int)).mean())
+    print("mean |reduced - full| per image:", np.round(differences, 2))
+    assert np.mean(differences) < 3 and max(differences) < 12, differences
+
+
+def test_sixteen_bit_images_are_averaged_in_strips_without_a_float64_copy():
+    """A 16-bit 4000x4000 image (a full float64 copy would be 128 MB) is converted with less than 24 MB of numpy
+    memory at its peak, and its block means are exactly numpy's."""
+    import tracemalloc
+
+    from fmnist.uploads import _stretched_block_means
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 65535, (700, 1000), dtype=np.uint16)
+    reduced = np.asarray(_stretched_block_means(Image.fromarray(values), 4)).astype(float)
+    padded = np.pad(values.astype(float), ((0, 0), (0, 0)))
+    means = padded.reshape(175, 4, 250, 4).mean(axis=(1, 3))
+    expected = ((means - values.min()) * (255.0 / (int(values.max()) - int(values.min())))).round()
+    np.testing.assert_array_equal(reduced, expected)
+
+    big = encode(Image.new("I;16", (4000, 4000), 3000))
+    tracemalloc.start()
+    prepared = prepare_image(big, 10**8)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert prepared.pixels.shape == (28, 28) and prepared.original_size == (4000, 4000)
+    assert peak < 24 * 2**20, peak / 2**20
+
+
+def test_exif_rotation_survives_reduced_decoding():
+    """A JPEG stored sideways with an EXIF orientation tag comes out upright, reduced or not."""
+    images, _ = real_test_images()
+    upright = Image.fromarray(255 - images[1]).resize((1200, 1200), Image.Resampling.BICUBIC).convert("RGB")
+    canvas = Image.new("RGB", (1800, 1200), "white")
+    canvas.paste(upright, (300, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 270 degrees to display: stored turned by 90
+    sideways = canvas.transpose(Image.Transpose.ROTATE_90)
+    stored = encode(sideways, "PNG", exif=exif.tobytes())
+    reference = prepare_image(encode(canvas, "PNG"), LIMIT).pixels.astype(int)
+    assert np.abs(prepare_image(stored, LIMIT).pixels.astype(int) - reference).mean() < 3

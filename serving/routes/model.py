@@ -32,5 +32,6 @@ async def model_info(model: PredictorDep, request: Request) -> ModelInfo:
         loaded_at=datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds") if since else None,
         following=f"{follower.following} every {follower.interval:g}s" if follower is not None else None,
         switches=follower.switches if follower is not None else 0,
+        following_problem=follower.problem if follower is not None else None,
         drift_reference=record.reference or None,
     )

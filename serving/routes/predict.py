@@ -25,8 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator
 
-from fmnist.imaging import Prepared, normalize_photo, prepare_upload
-from fmnist.uploads import ImageError, ImageTooLarge, pixels_from_values
+from fmnist.imaging import WORK_SIZE, Prepared, normalize_photo, prepare_opened
+from fmnist.uploads import ImageError, ImageTooLarge, Upload, open_upload, pixels_from_values
 
 from ..deps import JsonServingDep, Serving, TopK, UploadServingDep
 from ..inference import png_data_url
@@ -47,9 +47,11 @@ WithInput = TypeVar("WithInput", SinglePredictionWithInput, PredictionWithInput)
 
 router = APIRouter(prefix="/predict", tags=["predict"])
 
-# Uploads up to this size are decoded on the event loop: a small PNG takes well under a millisecond, less than a
-# hop to the thread pool. Bigger ones go to the thread pool so one large photo cannot stall other requests.
-INLINE_DECODE_BYTES = 64 * 1024
+# Uploads that decode to at most this many pixels (read from the header, before any pixel is decoded) are decoded on
+# the event loop: a 28x28 scan decodes and normalises in a fraction of a millisecond, less than a hop to a thread.
+# Anything bigger goes to the bounded decode pool (serving/decoding.py), whatever its file size: a 48 kB PNG can
+# claim 36 megapixels. The bound keeps the event loop's share of a decode small (`benchmarks/serve_decode.py`).
+INLINE_DECODE_PIXELS = 64 * 64
 
 # What an uploaded file must be: an image in a format the decoder reads. Stated in the OpenAPI schema as the file
 # parts' `encoding.contentType`, so generated clients and schema-driven test tools send images, not arbitrary bytes.
@@ -130,11 +132,11 @@ async def predict(
     With `return_input=true` the answer also carries `model_input`, the 28x28 image the model saw."""
     return_input = _return_input(request)
     model, settings = serving.predictor, serving.settings
-    prepared = await _prepare(file, settings)
+    prepared = await _prepare(file, serving)
     if serving.batcher is not None:
-        scored = await serving.batcher.score(prepared.pixels, prepared.empty, model)
+        scored = await serving.batcher.score(prepared.pixels, prepared.empty, model, photo=prepared.photo)
     else:
-        scored = model.score(prepared.pixels[None], [prepared.empty])[0]
+        scored = model.score(prepared.pixels[None], [prepared.empty], [prepared.photo])[0]
     prediction = model.describe(scored, top_k or settings.default_top_k, prepared.inverted, file.filename, model.run)
     _record(serving, prepared.pixels[None], [prediction])
     if return_input:  # one small PNG (~50 us): encoded here, cheaper than a hop to the thread pool
@@ -170,9 +172,12 @@ async def predict_batch(
     return_input = _return_input(request)
     model, settings = serving.predictor, serving.settings
     _check_batch_size(len(files), settings)
-    prepared = [await _prepare(f, settings, i) for i, f in enumerate(files)]
+    # Every header first (no pixel decoded): a batch of small files claiming huge images is refused before any work.
+    opened = [await _open(f, settings, i) for i, f in enumerate(files)]
+    _check_request_pixels([o for o, _ in opened], settings)
+    prepared = [await _decode(o, serving, where) for o, where in opened]
     pixels = np.stack([p.pixels for p in prepared])  # (B, 28, 28)
-    scored = await run_in_threadpool(model.score, pixels, [p.empty for p in prepared])
+    scored = await run_in_threadpool(model.score, pixels, [p.empty for p in prepared], [p.photo for p in prepared])
     k = top_k or settings.default_top_k
     predictions = [
         model.describe(s, k, p.inverted, f.filename) for s, p, f in zip(scored, prepared, files, strict=True)
@@ -195,12 +200,13 @@ async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response
     except ImageError as err:
         raise HTTPException(422, str(err)) from None
     inverted: list[bool | None] = [None] * len(pixels)
-    empty = [False] * len(pixels)
+    empty, photo = [False] * len(pixels), [False] * len(pixels)  # raw pixels are taken as Fashion-MNIST scans
     if batch.normalize:
         normalized = [normalize_photo(p) for p in pixels]
         pixels = np.stack([n.pixels for n in normalized])
         inverted, empty = [n.inverted for n in normalized], [n.empty for n in normalized]
-    scored = await run_in_threadpool(model.score, pixels, empty)
+        photo = [n.photo for n in normalized]
+    scored = await run_in_threadpool(model.score, pixels, empty, photo)
     predictions = [model.describe(s, batch.top_k, inv) for s, inv in zip(scored, inverted, strict=True)]
     _record(serving, pixels, predictions)
     if batch.return_input:
@@ -233,19 +239,47 @@ def _batch_with_inputs(run: str, predictions: Sequence[Prediction], pixels: np.n
     return BatchPredictionWithInput(run=run, predictions=items)
 
 
-async def _prepare(upload: UploadFile, settings: Settings, index: int | None = None) -> Prepared:
-    """Read and normalise one upload; 413 or 422 naming the file and the problem."""
+async def _prepare(upload: UploadFile, serving: Serving, index: int | None = None) -> Prepared:
+    """Read, check and normalise one upload; 413, 422 or 503 naming the file and the problem."""
+    opened, where = await _open(upload, serving.settings, index)
+    return await _decode(opened, serving, where)
+
+
+async def _open(upload: UploadFile, settings: Settings, index: int | None = None) -> tuple[Upload, str]:
+    """Read one upload and its image header (no pixel decoded): the checked header, and how errors name the file."""
     named = f" ({upload.filename!r})" if upload.filename is not None else " (no filename)"
     where = f"the file{named}" if index is None else f"files[{index}]{named}"
     data = await upload.read()
     try:
-        if len(data) <= INLINE_DECODE_BYTES:
-            return prepare_upload(data, settings.max_image_pixels)
-        return await run_in_threadpool(prepare_upload, data, settings.max_image_pixels)
-    except ImageTooLarge as err:
-        raise HTTPException(413, f"{where}: {err}") from None
+        return open_upload(data, settings.max_image_pixels, WORK_SIZE), where
     except ImageError as err:
-        raise HTTPException(422, f"{where}: {err}") from None
+        raise _problem(where, err) from None
+
+
+async def _decode(opened: Upload, serving: Serving, where: str) -> Prepared:
+    """Decode and normalise a checked upload: a thumbnail on the event loop, anything bigger on the decode pool."""
+    try:
+        if opened.decode_pixels <= INLINE_DECODE_PIXELS:
+            return prepare_opened(opened)
+        return await serving.decoder.run(prepare_opened, opened)
+    except ImageError as err:  # a file whose pixels turn out truncated or corrupt
+        raise _problem(where, err) from None
+
+
+def _problem(where: str, err: ImageError) -> HTTPException:
+    """An `ImageError` as the client's 4xx, naming the file: 413 for an image over the pixel limit, 422 otherwise."""
+    return HTTPException(413 if isinstance(err, ImageTooLarge) else 422, f"{where}: {err}")
+
+
+def _check_request_pixels(opened: Sequence[Upload], settings: Settings) -> None:
+    """413 when a batch's images together decode to more than `max_request_pixels`: refused from their headers."""
+    total = sum(o.decode_pixels for o in opened)
+    if total > settings.max_request_pixels:
+        raise HTTPException(
+            413,
+            f"the images of this request decode to {total} pixels together, over the limit of"
+            f" {settings.max_request_pixels}; send fewer or smaller images per request",
+        )
 
 
 def _check_batch_size(n: int, settings: Settings) -> None:

@@ -23,13 +23,17 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", responses={503: ERRORS[503]})
+@router.get("/ready", responses={503: ERRORS[503]}, response_model_exclude_none=True)
 async def ready(request: Request) -> Readiness:
-    """200 once the model is loaded and warm; 503 with the reason otherwise."""
-    predictor = request.app.state.predictor
+    """200 once the model is loaded and warm; 503 with the reason otherwise. While following the tag has a problem
+    (a newly tagged run that fails to load or times out), still 200, the model in `run` serving on, with the
+    problem in `following_problem`."""
+    state = request.app.state
+    predictor = state.predictor
     if predictor is None:
-        raise HTTPException(503, f"not ready: {request.app.state.not_ready}")
-    return Readiness(ready=True, run=predictor.served.run_pathspec, pid=os.getpid())
+        raise HTTPException(503, f"not ready: {state.not_ready}")
+    problem = state.follower.problem if state.follower is not None else None
+    return Readiness(ready=True, run=predictor.served.run_pathspec, pid=os.getpid(), following_problem=problem)
 
 
 @router.get("/metrics", response_class=Response)

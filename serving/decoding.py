@@ -1,0 +1,84 @@
+"""The bounded pool that decodes uploads: back-pressure instead of a queue that grows.
+
+An upload bigger than a thumbnail is decoded and normalised on one of `decode_threads` threads, never on the event
+loop (`serving.routes.predict`). At most `decode_queue` more requests may wait for a thread, each for at most
+`decode_wait_seconds`; a request beyond that is answered 503 with `Retry-After` at once, so a flood of expensive
+uploads costs its senders retries, not everyone else their latency. Threads, not processes: Pillow's decoders and
+numpy's reductions release the GIL for the bulk of a decode, and a thread hands the decoded 28x28 result back
+without pickling.
+
+Memory of one worker process for decoding, at most: `decode_threads` x the peak of one decode (about 8 bytes a
+pixel at worst, an RGBA image and its premultiplied copy; `benchmarks/serve_decode.py` prints 307 MB for an RGBA PNG at
+the 40-megapixel limit, 101 MB for a 16-bit one, 41 MB for a grey one) plus (`decode_threads` + `decode_queue`)
+request bodies of at most `max_body_bytes` each, held while they wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from fastapi import HTTPException
+
+from .metrics import ServiceMetrics
+
+T = TypeVar("T")
+
+# Seconds a refused client is asked to wait before retrying: a decode at the pixel limit takes well under one.
+RETRY_AFTER_SECONDS = 1
+
+
+class DecodePool:
+    """`threads` decoding threads, at most `queue` requests waiting for one, each at most `wait_seconds`.
+
+    Its counters are read and changed on the event loop only; the semaphore is released from the loop too (a
+    thread's completion is handed over with `call_soon_threadsafe`), so no lock is needed."""
+
+    def __init__(self, threads: int, queue: int, wait_seconds: float, metrics: ServiceMetrics) -> None:
+        self.threads, self.capacity, self.wait_seconds = threads, threads + queue, wait_seconds
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.free = asyncio.Semaphore(threads)
+        self.admitted = 0  # requests decoding or waiting to
+        metrics.decodes_admitted.set_function(lambda: self.admitted)
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """`function(*args)` on a decoding thread; 503 with Retry-After when every slot is taken or no thread frees up
+        within the wait. A decode whose request is cancelled runs to its end and only then frees its thread, so the
+        number of threads busy never exceeds `threads`."""
+        if self.admitted >= self.capacity:
+            self._refuse("full", f"all {self.capacity} decoding slots of this worker are taken")
+        self.admitted += 1
+        try:
+            await self._acquire()
+            loop = asyncio.get_running_loop()
+            future = self.executor.submit(function, *args)
+            future.add_done_callback(lambda _: loop.call_soon_threadsafe(self.free.release))
+            return await asyncio.wrap_future(future)
+        finally:
+            self.admitted -= 1
+
+    async def _acquire(self) -> None:
+        if not self.free.locked():
+            await self.free.acquire()  # a thread is free: no timer to set up
+            return
+        try:
+            # asyncio.timeout, not wait_for: a semaphore granted just as the timer fires is given back by `acquire`
+            # itself on cancellation, never leaked.
+            async with asyncio.timeout(self.wait_seconds):
+                await self.free.acquire()
+        except TimeoutError:
+            self._refuse("wait", f"no decoding thread came free within {self.wait_seconds:g}s")
+
+    def _refuse(self, reason: str, why: str) -> None:
+        self.metrics.decode_refusals.labels(reason).inc()
+        raise HTTPException(
+            503,
+            f"service busy decoding other uploads ({why}); retry in {RETRY_AFTER_SECONDS}s",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
