@@ -2,7 +2,8 @@
 
 The evaluate step stores a `DriftReference` in the model record (the training class prior, the share of "unsure"
 answers and per-image input statistics of the validation split, which is drawn from the training set; the test set
-chooses nothing, not even a reference). The service keeps a `DriftWindow` of its recent predictions and compares the two on read:
+chooses nothing, not even a reference). The service keeps a `DriftWindow` of its recent predictions and compares the
+two on read:
 
 - `class_divergence`: Jensen-Shannon divergence (bits, 0..1) of the predicted-class distribution from the prior;
 - `unsure_share`: share of answers marked unsure, against the share on validation images; the allowed increase is a
