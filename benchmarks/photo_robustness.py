@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.abstention import features_and_logits, fit_abstention, selective_summary
+from fmnist.abstention import DEFAULT_PHOTO_OOD_QUANTILE, features_and_logits, fit_abstention, selective_summary
 from fmnist.calibration import fit_temperature
 from fmnist.classifier import Classifier
 from fmnist.photo_mix import render_validation_photos
@@ -50,7 +50,14 @@ def split_halves(count: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.nda
     return np.sort(order[: count // 2]), np.sort(order[count // 2 :])
 
 
-def refit(classifier: Classifier, images: np.ndarray, labels: np.ndarray, fit_per_class: int, seed: int) -> None:
+def refit(
+    classifier: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    fit_per_class: int,
+    seed: int,
+    photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
+) -> None:
     """Fit the classifier's temperature and abstention policy on (images, labels) as the evaluate step does."""
     record, model, device = classifier.record, classifier.network, classifier.device
     features, logits = features_and_logits(model, images, device, mean=record.mean, std=record.std)
@@ -61,7 +68,9 @@ def refit(classifier: Classifier, images: np.ndarray, labels: np.ndarray, fit_pe
         found = ~mix.empty
         pf, pz = features_and_logits(model, mix.pixels[found], device, mean=record.mean, std=record.std)
         photos = (pz, pf, mix.labels[found])
-    record.abstention = fit_abstention(logits, features, labels, record.temperature, photos=photos)
+    record.abstention = fit_abstention(
+        logits, features, labels, record.temperature, photos=photos, photo_ood_quantile=photo_ood_quantile
+    )
 
 
 def _pct(x: float) -> str:
@@ -75,6 +84,12 @@ def main() -> None:
     parser.add_argument("--fit-per-class", type=int, default=10, help="photos per class per condition for the fit")
     parser.add_argument("--size", type=int, default=224, help="side of the rendered photos in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--photo-ood-quantile",
+        type=float,
+        default=DEFAULT_PHOTO_OOD_QUANTILE,
+        help="quantile of validation photos' OOD scores for the photos' OOD threshold (1.0: the scans' threshold)",
+    )
     parser.add_argument("--nongarments", type=int, default=25, help="synthetic non-garments per kind")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
@@ -93,7 +108,7 @@ def main() -> None:
     fitting, held_out = split_halves(len(labels))
     classifier = served.classifier
     started = time.perf_counter()
-    refit(classifier, images[fitting], labels[fitting], args.fit_per_class, args.seed)
+    refit(classifier, images[fitting], labels[fitting], args.fit_per_class, args.seed, args.photo_ood_quantile)
     policy, record = classifier.policy, classifier.record
     assert policy is not None
     features, logits = features_and_logits(
@@ -126,7 +141,8 @@ def main() -> None:
         f" ({seconds:.0f} s)"
     )
     print(
-        f"policy: scans confident at >= {policy.confidence_threshold:.4f}, photos at >= {policy.photo_threshold:.4f};"
+        f"policy: scans confident at >= {policy.confidence_threshold:.4f}, photos at >= {policy.photo_threshold:.4f}"
+        f" (OOD score <= {policy.ood_threshold:.1f}, photos <= {policy.photo_ood_threshold:.1f});"
         f" held-out clean images: {clean['coverage']:.1%} confident, {clean['accuracy'] or 0:.2%} of those right"
     )
     header = f"{'family':<7} {'condition':<20} {'severity':>8}  {'accuracy':>8} {'x clean':>7} {'confident':>9}"
@@ -153,6 +169,13 @@ def main() -> None:
         f" confident share {worst['confident_share'].condition} {worst['confident_share'].confident_share:.1%};"
         f" right when confident {worst['confident_accuracy'].condition}"
         f" {worst['confident_accuracy'].confident_accuracy:.1%}"
+    )
+    pooled = [(r.confident_share, r.confident_accuracy) for r in [*studio, *wild] if r.realistic]
+    shares = np.array([c for c, _ in pooled])
+    right = np.array([a if not math.isnan(a) else 0.0 for _, a in pooled])
+    print(
+        f"photos at realistic severities, both families: {shares.mean():.1%} answered confidently,"
+        f" {(shares * right).sum() / max(shares.sum(), 1e-12):.2%} of those right"
     )
     print(f"right when confident below {CONFIDENT_TARGET:.0%}: {', '.join(short) or 'none'}")
     print(f"below {RELATIVE_TARGET} x clean (fully visible): {', '.join(low) or 'none'}")

@@ -61,6 +61,8 @@ DEFAULT_OOD_SCORE = "mahalanobis"
 DEFAULT_TARGET_RISK = 0.02
 # About 0.5% of in-distribution (validation) images are flagged as unlike the training images.
 DEFAULT_OOD_QUANTILE = 0.995
+# Photos: 10% of validation garment photos are flagged as unlike the training images (see `fit_abstention`).
+DEFAULT_PHOTO_OOD_QUANTILE = 0.9
 # Ridge added to the shared covariance, relative to its mean variance: ReLU-and-max-pooled features have
 # near-degenerate directions, and a few thousand validation images estimate a covariance of a few hundred dimensions
 # only roughly.
@@ -226,6 +228,10 @@ class AbstentionPolicy:
     # threshold: the lowest that keeps their selective risk at the target, never below the scans' one. NaN: photos
     # share `confidence_threshold` (policies fitted before photos were part of the fit).
     photo_threshold: float = math.nan
+    # Photos also have their own OOD threshold: the `photo_ood_quantile` quantile of the validation photos' scores,
+    # never above the scans' one. NaN: photos share `ood_threshold`.
+    photo_ood_threshold: float = math.nan
+    photo_ood_quantile: float = math.nan
     val_photo_coverage: float = math.nan
     val_photo_risk: float = math.nan
     num_fit_photos: int = 0
@@ -249,6 +255,8 @@ class AbstentionPolicy:
             "val_ood_flagged": _json_float(self.val_ood_flagged),
             "num_fit_examples": int(self.num_fit_examples),
             "photo_threshold": _json_float(self.photo_threshold),
+            "photo_ood_threshold": _json_float(self.photo_ood_threshold),
+            "photo_ood_quantile": _json_float(self.photo_ood_quantile),
             "val_photo_coverage": _json_float(self.val_photo_coverage),
             "val_photo_risk": _json_float(self.val_photo_risk),
             "num_fit_photos": int(self.num_fit_photos),
@@ -288,6 +296,8 @@ class AbstentionPolicy:
             val_ood_flagged=_from_json_float(metadata.get("val_ood_flagged")),
             num_fit_examples=int(metadata.get("num_fit_examples", 0)),
             photo_threshold=_from_json_float(metadata.get("photo_threshold")),
+            photo_ood_threshold=_from_json_float(metadata.get("photo_ood_threshold")),
+            photo_ood_quantile=_from_json_float(metadata.get("photo_ood_quantile")),
             val_photo_coverage=_from_json_float(metadata.get("val_photo_coverage")),
             val_photo_risk=_from_json_float(metadata.get("val_photo_risk")),
             num_fit_photos=int(metadata.get("num_fit_photos", 0)),
@@ -316,22 +326,27 @@ class AbstentionPolicy:
         ood = self.ood_scores(logits, features)  # (N,)
         return confidence, ood, torch.from_numpy(self.reason_codes(confidence.numpy(), ood.numpy(), photo))
 
-    def thresholds(self, photo: np.ndarray | None, n: int) -> np.ndarray | float:
-        """The confidence threshold of each of `n` inputs: the photo threshold where `photo` is set and the policy
-        has one, the scans' threshold elsewhere."""
-        if photo is None or math.isnan(self.photo_threshold):
-            return self.confidence_threshold
+    def thresholds(self, photo: np.ndarray | None, n: int) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """(confidence threshold, OOD threshold) of each of `n` inputs: the photo thresholds where `photo` is set
+        and the policy has them, the scans' thresholds elsewhere."""
+        if photo is None:
+            return self.confidence_threshold, self.ood_threshold
         marks = np.asarray(photo, dtype=bool).reshape(-1)
         if len(marks) != n:
             raise ValueError(f"{len(marks)} photo flags for {n} inputs")
-        return np.where(marks, self.photo_threshold, self.confidence_threshold)
+
+        def pick(photos: float, scans: float) -> np.ndarray | float:
+            return scans if math.isnan(photos) else np.where(marks, photos, scans)
+
+        return pick(self.photo_threshold, self.confidence_threshold), pick(self.photo_ood_threshold, self.ood_threshold)
 
     def reason_codes(self, confidence: np.ndarray, ood: np.ndarray, photo: np.ndarray | None = None) -> np.ndarray:
         """(N,) maximum calibrated probabilities and (N,) OOD scores -> (N,) int64 reason codes (see `scores`);
         `photo` (N,) bool: which inputs were photos, held to `photo_threshold`."""
         # Negated comparisons, so that a NaN score (from non-finite logits or features) is never confident.
-        unlike = ~(ood <= self.ood_threshold)
-        low = ~(confidence >= self.thresholds(photo, len(confidence)))
+        confidence_threshold, ood_threshold = self.thresholds(photo, len(confidence))
+        unlike = ~(ood <= ood_threshold)
+        low = ~(confidence >= confidence_threshold)
         # The OOD check wins: confidence on an input unlike the training data means nothing.
         return np.where(unlike, 1, np.where(low, 2, 0)).astype(np.int64)
 
@@ -443,6 +458,7 @@ def fit_abstention(
     ridge: float = DEFAULT_RIDGE,
     feature_power: float = DEFAULT_FEATURE_POWER,
     photos: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None,
+    photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
 ) -> AbstentionPolicy:
     """Fit both thresholds (and the feature density) on validation logits (N, C), features (N, D) and labels (N,).
 
@@ -450,8 +466,11 @@ def fit_abstention(
     and normalised as the service does (`fmnist.photo_mix`): photos then get their own confidence threshold, the
     lowest that keeps their selective risk at `target_risk` (never below the scans' threshold), so a confident
     answer is as trustworthy on a photo as on a scan. A network is more often wrong, and as sure of itself, on a
-    photo; one threshold for both would either let photo mistakes through or decline scans it gets right. The
-    density and the OOD threshold stay the clean images' own: they describe what the training images look like.
+    photo; one threshold for both would either let photo mistakes through or decline scans it gets right. Photos
+    also get their own OOD threshold, the `photo_ood_quantile` quantile of the photos' scores (never above the
+    scans' one): a photograph of something else, normalised into a garment-like blob, is then caught by its
+    distance where its confidence would pass. The density stays the clean images' own: it describes what the
+    training images look like.
 
     1. The feature density: class means and shared precision of the validation features raised to
        `feature_power` (fitted whichever `ood_score` is chosen, so a record can switch scores). Held-out features
@@ -500,6 +519,7 @@ def fit_abstention(
         )
     policy.confidence_threshold = threshold
     if photos is not None and len(photos[2]):
+        policy.photo_ood_quantile = photo_ood_quantile
         policy.photo_threshold = max(threshold, _fit_photo_threshold(policy, photos, temperature, target_risk))
 
     kept = passes & (confidence >= threshold)
@@ -536,7 +556,10 @@ def _fit_photo_threshold(
     y = np.asarray(labels).astype(np.int64)
     if not len(logits) == len(features) == len(y):
         raise ValueError(f"photo logits {len(logits)}, features {len(features)} and labels {len(y)} must match")
-    passes = policy.ood_scores(logits, features).numpy() <= policy.ood_threshold  # (M,)
+    ood = policy.ood_scores(logits, features).numpy()  # (M,)
+    if not math.isnan(policy.photo_ood_quantile):
+        policy.photo_ood_threshold = min(policy.ood_threshold, float(np.quantile(ood, policy.photo_ood_quantile)))
+    passes = ood <= (policy.ood_threshold if math.isnan(policy.photo_ood_threshold) else policy.photo_ood_threshold)
     confidence = confidence_scores(logits, temperature).numpy()  # (M,)
     correct = logits.argmax(1).numpy() == y  # (M,)
     policy.num_fit_photos = len(y)

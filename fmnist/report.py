@@ -85,6 +85,7 @@ def build_report(
         evaluation.target_risk,
         evaluation.ood_quantile,
         photos=_validation_photos(record, model, val_images, val_labels, device, evaluation, seed),
+        photo_ood_quantile=evaluation.photo_ood_quantile,
     )
     # The drift reference's unsure share: clean validation images under the fitted policy (never the test set).
     validation_unsure = (

@@ -357,3 +357,24 @@ def test_the_photo_threshold_applies_only_where_marked(val_set):
     with pytest.raises(ValueError, match="3 photo flags for"):
         policy.reason_codes(confidence.numpy(), ood.numpy(), marks[:3])
     assert AbstentionPolicy.from_parts(policy.metadata(), policy.tensors()).photo_threshold == 1.01
+
+    # The photos' OOD threshold, likewise: a photo as far from the classes as the median scan is declined as unlike
+    # the training images, while the scan itself is judged as before.
+    policy.photo_threshold = policy.confidence_threshold
+    policy.photo_ood_threshold = float(np.median(ood.numpy()))
+    codes = policy.reason_codes(confidence.numpy(), ood.numpy(), marks)
+    far = ood.numpy() > policy.photo_ood_threshold
+    assert (codes[marks & far] == 1).all() and (codes[~marks] == code.numpy()[~marks]).all()
+    assert AbstentionPolicy.from_parts(policy.metadata(), policy.tensors()).photo_ood_threshold == pytest.approx(
+        policy.photo_ood_threshold
+    )
+
+
+def test_the_photo_ood_threshold_is_the_photos_quantile_and_never_above_the_scans(val_set):
+    logits, features, labels = val_set
+    photos = (logits[:1000] * 0.5, features[:1000] * 1.5, labels[:1000])  # less sure and farther than the scans
+    policy = fit_abstention(logits, features, labels, 1.0, photos=photos, photo_ood_quantile=0.9)
+    scores = policy.ood_scores(photos[0], photos[1]).numpy()
+    expected = min(policy.ood_threshold, float(np.quantile(scores, 0.9)))
+    assert policy.photo_ood_threshold == pytest.approx(expected) and policy.photo_ood_quantile == 0.9
+    assert policy.photo_ood_threshold <= policy.ood_threshold
