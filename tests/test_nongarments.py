@@ -100,3 +100,24 @@ def test_encode_png_round_trips(images):
         encode_png(np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError):
         encode_png(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_real_photographs_and_digits_ship_offline_and_split_into_disjoint_parts():
+    """The sample photographs come from installed wheels (no network); report and development parts never share a
+    photograph, a face or a digit, and both are the same on every call."""
+    from fmnist.real_nongarments import handwritten_digits, real_photographs
+
+    report, dev = real_photographs("report", seed=0), real_photographs("dev", seed=0)
+    assert real_photographs("report", seed=0) == report
+    names = {n for n, _ in report if n != "face"}, {n for n, _ in dev if n != "face"}
+    assert len(names[0]) >= 8 and len(names[1]) >= 8 and not names[0] & names[1]
+    assert not {d for _, d in report} & {d for _, d in dev}  # no crop, face or photograph in both
+    assert sum(n == "face" for n, _ in report) == 100
+    for _, data in report[:5] + report[-3:]:
+        image = Image.open(io.BytesIO(data))
+        assert image.format == "PNG" and max(image.size) <= 224
+
+    digits = handwritten_digits("report", count=50)
+    assert len(digits) == 50 and not {d for _, d in digits} & {d for _, d in handwritten_digits("dev", count=50)}
+    pixels = np.asarray(Image.open(io.BytesIO(digits[0][1])))
+    assert pixels.shape == (28, 28) and pixels[:4].max() == 0 and pixels.max() > 200  # light strokes on black
