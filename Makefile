@@ -10,7 +10,7 @@ PIP_TOOLS := pip-tools==7.6.2
 # Metaflow needs a user name; shells in containers and CI often have no $USER.
 export USERNAME ?= $(or $(USER),fashionflow)
 
-.PHONY: setup data browser wrk lock run smoke test lint serve clean
+.PHONY: setup data browser wrk lock run smoke score test lint serve clean
 
 setup: data $(VENV)/.installed
 
@@ -51,6 +51,13 @@ run: setup
 
 smoke: setup
 	$(PY) flows/fashion_flow.py --config config configs/smoke.yaml run
+
+# Score a catalogue with the model of the run tagged `production` (flows/score_flow.py):
+#   make score INPUT=<folder | list file | s3://prefix> [SCORE_PROFILE=configs/score/batch.yaml] [SCORE_ARGS="--output out/"]
+SCORE_PROFILE ?= configs/score/default.yaml
+score: setup
+	@test -n "$(INPUT)" || (echo "usage: make score INPUT=<folder | list file | s3://prefix>" && exit 2)
+	$(PY) flows/score_flow.py --config config $(SCORE_PROFILE) run --input "$(INPUT)" $(SCORE_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check fmnist serving flows tests benchmarks
