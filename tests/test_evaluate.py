@@ -24,7 +24,9 @@ from fmnist.report import build_report
 from fmnist.report_schema import EvaluationReport
 
 # The photo suite and the non-garments at their smallest: the report's shape, not its figures, is under test here.
-TINY_EVALUATION = EvaluationConfig(photo_per_class=1, photo_size=56, nongarments_per_kind=1)
+TINY_EVALUATION = EvaluationConfig(
+    photo_per_class=1, photo_size=56, nongarments_per_kind=1, wild_per_class=1, fit_photo_per_class=1
+)
 
 
 def tiny_record(width: int = 4) -> ModelRecord:
@@ -106,6 +108,11 @@ def test_build_report_on_a_tiny_model():
     # Fitted into the record, on the validation images, before the test set was scored.
     assert record.temperature == report.calibration.temperature
     assert record.abstention is not None and record.abstention.num_fit_examples == 30
+    # The photo part of the fit: validation garments (1 per class, every condition of both families) as photos.
+    assert 0 < record.abstention.num_fit_photos <= 10 * 26
+    assert report.validation_unsure_share is not None and 0.0 <= report.validation_unsure_share <= 1.0
+    assert report.wild_photos is not None and report.wild_photos.rows[1].condition == "plain"
+    assert set(report.abstention.nongarments.sets) == {"synthetic", "photographs", "faces", "digits"}
     assert report.photos.rows[0].condition == "clean"
     assert report.photos.worst.realistic is True
     assert set(report.abstention.nongarments.per_kind) >= {"uniform_noise", "checkerboard", "text"}
@@ -128,4 +135,4 @@ def test_the_report_round_trips_through_its_plain_artifact_form():
     assert artifact["test"]["per_class"][0]["class"] == "T-shirt/top"  # stored under the field names readers know
     json.dumps(artifact)  # plain data, nothing that needs this package to read
     assert EvaluationReport.model_validate(artifact) == report
-    assert len(report.summary_lines()) == 3
+    assert len(report.summary_lines()) == 5  # calibration, photos, unsure, in-the-wild photos, non-garments
