@@ -203,6 +203,15 @@ def log_report(tracker: Tracker, report: EvaluationReport) -> None:
         [[r.condition, r.severity, r.realistic, r.accuracy, r.relative] for r in rows],
     )
     tracker.log({f"photos/{r.condition}/{r.severity:g}": r.accuracy for r in rows})
+    if report.wild_photos is not None:
+        tracker.log_table(
+            "wild_photos",
+            ["condition", "severity", "realistic", "accuracy", "relative", "confident_share", "confident_accuracy"],
+            [
+                [w.condition, w.severity, w.realistic, w.accuracy, w.relative, w.confident_share, w.confident_accuracy]
+                for w in report.wild_photos.rows
+            ],
+        )
     abstention = report.abstention
     tracker.log({f"nongarments_unsure/{k}": v for k, v in abstention.nongarments.per_kind.items()})
     tracker.log_table(

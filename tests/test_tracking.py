@@ -85,7 +85,9 @@ def test_evaluation_report_is_logged(offline_wandb):
     images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
     labels = np.arange(40, dtype=np.uint8) % 10
     record = ModelRecord(state_dict=build_model(ModelArgs(width=4)).state_dict(), model_args=ModelArgs(width=4))
-    evaluation = EvaluationConfig(photo_per_class=1, photo_size=56, nongarments_per_kind=1)
+    evaluation = EvaluationConfig(
+        photo_per_class=1, photo_size=56, nongarments_per_kind=1, wild_per_class=1, fit_photo_per_class=1
+    )
     report = build_report(record, images, labels, images, labels, torch.device("cpu"), evaluation)
     with Tracker.start({}, group="4242", name="evaluate", job_type="evaluate") as tracker:
         assert tracker.enabled
@@ -102,6 +104,7 @@ def test_evaluation_report_is_logged(offline_wandb):
         b"robustness",
         b"per_class",
         b"photo_robustness",
+        b"wild_photos",
         b"risk_coverage",
     ):
         assert key in blob, key
