@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import albumentations as A
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw
@@ -403,9 +402,38 @@ def _colour_backdrop(rng: np.random.Generator, size: int, saturation: float, clo
     return np.broadcast_to(rgb, (size, size, 3)).copy()
 
 
-def _camera(transforms: list[Any], rng: np.random.Generator) -> A.Compose:
-    """An albumentations pipeline seeded from the photo's generator (one per photo: thread-safe and repeatable)."""
-    return A.Compose(transforms, seed=int(rng.integers(2**31 - 1)))
+def _camera(name: str, severity: float, quality: int, photo: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    """What the camera does to the composed `photo` under condition `name`, as albumentations does it: (S, S, 3)
+    uint8. The pipeline is built per photo and seeded from its generator (thread-safe and repeatable).
+
+    albumentations is imported here, not at the top: it takes over a second to import, and every step of the flow
+    imports the library while only the evaluate step renders photos."""
+    import albumentations as A
+
+    camera: list[Any] = []
+    if name == "shadow_edge":
+        camera.append(
+            A.RandomShadow(
+                shadow_roi=(0.0, 0.0, 1.0, 1.0),
+                num_shadows_limit=(1, 2),
+                shadow_dimension=4,
+                shadow_intensity_range=(severity, severity),
+                p=1.0,
+            )
+        )
+    elif name == "blotchy_light":
+        camera.append(A.PlasmaShadow(shadow_intensity_range=(severity, severity), roughness=2.0, p=1.0))
+    elif name == "perspective":
+        camera.append(A.Perspective(scale=(severity, severity), keep_size=True, fill=_edge_colour(photo), p=1.0))
+    elif name == "phone_camera":
+        camera += [
+            A.ISONoise(color_shift=(0.01, 0.03), intensity=(severity, severity), p=1.0),
+            A.MotionBlur(blur_limit=(3, 5), p=1.0),
+        ]
+        quality = round(float(np.interp(severity, (0.3, 0.6), (60, 40))))
+    camera.append(A.ImageCompression(compression_type="jpeg", quality_range=(quality, quality), p=1.0))
+    pipeline = A.Compose(camera, seed=int(rng.integers(2**31 - 1)))
+    return pipeline(image=np.asarray(photo))["image"]
 
 
 _TEXTURES: dict[str, Callable[[np.random.Generator, int, float], np.ndarray]] = {
@@ -471,29 +499,7 @@ def render_wild(
         draw = ImageDraw.Draw(photo)
         (_hanger_and_tag if name == "hanger_and_tag" else _props)(scene, severity, rng, draw)
 
-    camera: list[Any] = []
-    if name == "shadow_edge":
-        camera.append(
-            A.RandomShadow(
-                shadow_roi=(0.0, 0.0, 1.0, 1.0),
-                num_shadows_limit=(1, 2),
-                shadow_dimension=4,
-                shadow_intensity_range=(severity, severity),
-                p=1.0,
-            )
-        )
-    elif name == "blotchy_light":
-        camera.append(A.PlasmaShadow(shadow_intensity_range=(severity, severity), roughness=2.0, p=1.0))
-    elif name == "perspective":
-        camera.append(A.Perspective(scale=(severity, severity), keep_size=True, fill=_edge_colour(photo), p=1.0))
-    elif name == "phone_camera":
-        camera += [
-            A.ISONoise(color_shift=(0.01, 0.03), intensity=(severity, severity), p=1.0),
-            A.MotionBlur(blur_limit=(3, 5), p=1.0),
-        ]
-        quality = round(float(np.interp(severity, (0.3, 0.6), (60, 40))))
-    camera.append(A.ImageCompression(compression_type="jpeg", quality_range=(quality, quality), p=1.0))
-    out = _camera(camera, rng)(image=np.asarray(photo))["image"]  # (S, S, 3) uint8, JPEG artefacts baked in
+    out = _camera(name, severity, quality, photo, rng)  # (S, S, 3) uint8, JPEG artefacts baked in
     buffer = io.BytesIO()
     Image.fromarray(out).save(buffer, format="JPEG", quality=95)  # what is uploaded: the already-degraded frame
     return buffer.getvalue()
