@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.abstention import DEFAULT_PHOTO_OOD_QUANTILE, features_and_logits, fit_abstention, selective_summary
-from fmnist.calibration import fit_temperature
+from fmnist.abstention import DEFAULT_PHOTO_OOD_QUANTILE, features_and_logits, selective_summary
 from fmnist.classifier import Classifier
-from fmnist.photo_mix import render_validation_photos
+from fmnist.config import EvaluationConfig
 from fmnist.photos import photo_robustness
-from fmnist.report import nongarment_detection
+from fmnist.report import fit_on_validation, nongarment_detection
 from fmnist.wild_photos import DEV_STREAM, wild_robustness, worst_conditions
 from serving.model_loading import ModelLoadError, load_model
 from serving.settings import Settings
@@ -58,19 +57,10 @@ def refit(
     seed: int,
     photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
 ) -> None:
-    """Fit the classifier's temperature and abstention policy on (images, labels) as the evaluate step does."""
-    record, model, device = classifier.record, classifier.network, classifier.device
-    features, logits = features_and_logits(model, images, device, mean=record.mean, std=record.std)
-    record.temperature = fit_temperature(logits, labels)
-    photos = None
-    if fit_per_class:
-        mix = render_validation_photos(images, labels, seed, fit_per_class)
-        found = ~mix.empty
-        pf, pz = features_and_logits(model, mix.pixels[found], device, mean=record.mean, std=record.std)
-        photos = (pz, pf, mix.labels[found])
-    record.abstention = fit_abstention(
-        logits, features, labels, record.temperature, photos=photos, photo_ood_quantile=photo_ood_quantile
-    )
+    """Fit the classifier's temperature and abstention policy on (images, labels) exactly as the evaluate step does
+    (`fmnist.report.fit_on_validation`), with the default evaluation settings but these."""
+    evaluation = EvaluationConfig(fit_photo_per_class=fit_per_class, photo_ood_quantile=photo_ood_quantile)
+    fit_on_validation(classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed)
 
 
 def _pct(x: float) -> str:

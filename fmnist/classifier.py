@@ -68,7 +68,10 @@ class Classifier:
         return self.record.abstention
 
     def score(
-        self, pixels: np.ndarray, empty: Sequence[bool] | None = None, photo: Sequence[bool] | None = None
+        self,
+        pixels: np.ndarray,
+        empty: Sequence[bool] | None = None,
+        photo: Sequence[bool] | np.ndarray | None = None,
     ) -> list[Scored]:
         """(B, 28, 28) uint8 images, light on dark -> one `Scored` per image. `empty[i]` marks an upload in which
         normalisation found nothing but background: whatever the network says, that is no garment. `photo[i]` marks

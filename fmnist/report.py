@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .abstention import features_and_logits, fit_abstention, risk_coverage_curve, selective_summary
+from .abstention import AbstentionPolicy, features_and_logits, fit_abstention, risk_coverage_curve, selective_summary
 from .calibration import calibration_summary, fit_temperature, softmax
 from .classifier import Classifier
 from .config import EvaluationConfig
@@ -75,22 +75,12 @@ def build_report(
     # they are fitted below, so the photo suite and the non-garments see the calibrated model.
     classifier = Classifier(record, device)
     model = classifier.network
-    val_features, val_logits = features_and_logits(model, val_images, device, mean=record.mean, std=record.std)
-    record.temperature = temperature = fit_temperature(val_logits, val_labels)
-    record.abstention = fit_abstention(
-        val_logits,
-        val_features,
-        val_labels,
-        temperature,
-        evaluation.target_risk,
-        evaluation.ood_quantile,
-        photos=_validation_photos(record, model, val_images, val_labels, device, evaluation, seed),
-        photo_ood_quantile=evaluation.photo_ood_quantile,
+    val_features, val_logits, policy = fit_on_validation(
+        record, model, val_images, val_labels, device, evaluation, seed
     )
+    temperature = record.temperature
     # The drift reference's unsure share: clean validation images under the fitted policy (never the test set).
-    validation_unsure = (
-        1.0 - selective_summary(record.abstention, val_logits, val_features, val_labels, temperature)["coverage"]
-    )
+    validation_unsure = 1.0 - selective_summary(policy, val_logits, val_features, val_labels, temperature)["coverage"]
     test_features, test_logits = features_and_logits(model, test_images, device, mean=record.mean, std=record.std)
     test = report_metrics(test_logits, test_labels)
     calibration: dict[str, Any] = {
@@ -128,6 +118,33 @@ def build_report(
             "provenance": record.provenance,
         }
     )
+
+
+def fit_on_validation(
+    record: ModelRecord,
+    model: torch.nn.Module,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    device: torch.device,
+    evaluation: EvaluationConfig,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, AbstentionPolicy]:
+    """Fit `record`'s temperature and abstention policy on validation images (and, per the profile, validation
+    garments rendered as photos); returns the clean images' (features, logits) and the policy. The evaluate step and the
+    development benchmark (`benchmarks/photo_robustness.py`) both fit through here."""
+    val_features, val_logits = features_and_logits(model, val_images, device, mean=record.mean, std=record.std)
+    record.temperature = fit_temperature(val_logits, val_labels)
+    record.abstention = policy = fit_abstention(
+        val_logits,
+        val_features,
+        val_labels,
+        record.temperature,
+        evaluation.target_risk,
+        evaluation.ood_quantile,
+        photos=_validation_photos(record, model, val_images, val_labels, device, evaluation, seed),
+        photo_ood_quantile=evaluation.photo_ood_quantile,
+    )
+    return val_features, val_logits, policy
 
 
 def _validation_photos(
@@ -279,7 +296,7 @@ def _nongarment_set(classifier: Classifier, items: list[tuple[str, bytes]]) -> d
     answers = classifier.answer_uploads([data for _, data in items])
     assert answers.inputs is not None and answers.empty is not None
     # The model's verdict on the normalised input with the empty rule left out: what the scores alone catch.
-    by_scores = np.array([not s.confident for s in classifier.score(answers.inputs, photo=_flags(answers.photo))])
+    by_scores = np.array([not s.confident for s in classifier.score(answers.inputs, photo=answers.photo)])
     unsure = ~answers.confident  # (N,)
     kinds = np.array([kind for kind, _ in items])  # (N,)
     return {
@@ -296,7 +313,3 @@ def _nongarment_set(classifier: Classifier, items: list[tuple[str, bytes]]) -> d
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != "bins"}
-
-
-def _flags(marks: np.ndarray | None) -> list[bool] | None:
-    return None if marks is None else [bool(m) for m in marks]
