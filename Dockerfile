@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Two images from one file:
-#   docker build --target train -t fashionflow-train:0.1.0 .   # AWS Batch image for the flow's train step (CUDA)
+#   docker build --target train -t fashionflow-train:0.1.0 .   # the train step's image, Batch or Kubernetes (CUDA)
 #   docker build --target serve -t fashionflow-serve:0.1.0 .   # the prediction service (CPU, non-root)
 #
 # The train image carries the project's dependencies and an installed `fmnist`, but a Batch task imports the
@@ -32,7 +32,9 @@ COPY fmnist/ fmnist/
 COPY serving/ serving/
 # torch and torchvision are the lock's: PyPI's CUDA build, with the CUDA libraries as locked nvidia-* wheels, the
 # same files as the virtual environment's. The host only provides the NVIDIA driver (one recent enough for that
-# CUDA release, as the Batch GPU AMIs ship).
+# CUDA release, as the Batch GPU AMIs ship). The locked torch 2.14.1 is built for CUDA 13.0 (`torch.version.cuda`
+# prints 13.0), and NVIDIA's compatibility table asks for driver >= 580 for CUDA 13.x: on a Kubernetes GPU node
+# (GKE's installed driver, the NVIDIA GPU operator), check `nvidia-smi` in a pod before the first run.
 RUN pip install --upgrade "pip>=26.1" \
     && pip install --no-deps . \
     && pip install --constraint requirements/lock.txt fashionflow \

@@ -1,4 +1,4 @@
-"""Cloud placement for FashionFlow: the profile's `compute.batch` puts the train step on AWS Batch GPUs.
+"""Cloud placement for FashionFlow: the profile's `compute` puts the train step on AWS Batch or on Kubernetes.
 
 `cloud_compute` is a Metaflow flow mutator. It reads the run profile (the flow's `Config`) when Metaflow
 resolves configs, before any step runs, and:
@@ -6,12 +6,16 @@ resolves configs, before any step runs, and:
 - when `compute.batch` is set, adds `@batch` (GPUs, CPUs, memory, shared memory, image, queue) and
   `@retry` (spot interruptions; the train step's checkpoints make a retry resume) to the train step, and to
   nothing else;
-- when it is unset, adds `@retry` only if `compute.retries` asks for it: the flow runs where it is launched and
-  needs no AWS.
+- when `compute.kubernetes` is set, adds `@kubernetes` (GPUs and their vendor, CPUs, memory, disk, shared memory,
+  image, namespace, service account, node selector, tolerations) and `@retry` to the train step only: a pod per
+  trial, on `run` or once deployed with `argo-workflows create`;
+- when neither is set, adds `@retry` only if `compute.retries` asks for it: the flow runs where it is launched and
+  needs no cloud. (The profile cannot name both: `fmnist.config` refuses it.)
 
 It also puts the `fmnist` package into Metaflow's code package, next to the flow file, so a remote task
 imports the same `fmnist` as the code that launched the run, whatever version the image carries.
-Nothing here reads the environment: the profile alone decides.
+Nothing here reads the environment: the profile alone decides (fields left unset fall back to Metaflow's own
+configuration, as its decorators do).
 """
 
 from __future__ import annotations
@@ -45,10 +49,49 @@ def batch_decorators(batch: Mapping[str, Any] | None) -> list[tuple[str, dict[st
     return [("batch", batch_args), ("retry", {"times": int(batch.get("retries", 0))})]
 
 
+# The profile's KubernetesConfig field -> @kubernetes's argument. Fields left unset (None, or an empty selector or
+# toleration list) fall back to Metaflow's METAFLOW_KUBERNETES_* configuration (image, namespace, service account,
+# node selector, tolerations).
+_KUBERNETES_ARGS = {
+    "gpu": "gpu",
+    "gpu_vendor": "gpu_vendor",
+    "cpu": "cpu",
+    "memory": "memory",
+    "disk": "disk",
+    "shared_memory": "shared_memory",
+    "image": "image",
+    "namespace": "namespace",
+    "service_account": "service_account",
+    "node_selector": "node_selector",
+    "tolerations": "tolerations",
+}
+
+
+def kubernetes_decorators(kubernetes: Mapping[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    """The (decorator name, arguments) pairs a profile's `compute.kubernetes` asks of the target step; [] if unset."""
+    if not kubernetes:
+        return []
+    # `@kubernetes` reads cpu, memory and disk as strings (its defaults are) and compares them with its defaults.
+    kube_args = {
+        arg: str(kubernetes[field]) if field in {"cpu", "memory", "disk"} else kubernetes[field]
+        for field, arg in _KUBERNETES_ARGS.items()
+        if kubernetes.get(field) not in (None, {}, [])
+    }
+    if not kubernetes.get("gpu"):
+        # A CPU pod (`gpu: 0`) carries no GPU resource at all, rather than a limit of zero GPUs.
+        kube_args.pop("gpu", None)
+        kube_args.pop("gpu_vendor", None)
+    return [("kubernetes", kube_args), ("retry", {"times": int(kubernetes.get("retries", 0))})]
+
+
 def retry_decorators(compute: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The train step's decorators for a profile's `compute`: Batch placement and its retries, else local retries."""
+    """The train step's decorators for a profile's `compute`: a cloud engine and its retries, else local retries."""
+    if compute.get("batch") and compute.get("kubernetes"):
+        raise ValueError("compute.batch and compute.kubernetes are both set; a step runs on one engine: keep one")
     if compute.get("batch"):
         return batch_decorators(compute["batch"])
+    if compute.get("kubernetes"):
+        return kubernetes_decorators(compute["kubernetes"])
     retries = int(compute.get("retries", 0) or 0)
     return [("retry", {"times": retries})] if retries > 0 else []
 
@@ -61,7 +104,8 @@ def package_files(package_dir: Path) -> Iterator[tuple[str, str]]:
 
 
 class cloud_compute(FlowMutator):  # lower case, as Metaflow decorators are
-    """Place the train step from the profile's `compute.batch`; ship `fmnist` in the code package.
+    """Place the train step from the profile's `compute.batch` or `compute.kubernetes`; ship `fmnist` in the code
+    package.
 
     Usage: `@cloud_compute` (defaults: the `config` Config, the `train` step), or
     `@cloud_compute(config="config", step="train")`.

@@ -113,6 +113,48 @@ class BatchConfig(_Strict):
     retries: int = Field(3, ge=0, le=10)
 
 
+class KubernetesConfig(_Strict):
+    """Kubernetes resources for the train step (Metaflow's `@kubernetes`); used only when `compute.kubernetes` is set.
+
+    Deployed with `argo-workflows create`, or run with `run` from a machine that reaches the cluster.
+    """
+
+    # One GPU per trial: the grid's trials are separate pods, so a larger model scales out, not up.
+    gpu: int = Field(1, ge=0, le=8)
+    # The vendors `@kubernetes` knows: it requests `nvidia.com/gpu` or `amd.com/gpu`.
+    gpu_vendor: Literal["nvidia", "amd"] = "nvidia"
+    # 6 CPUs and 24000 MiB fit a GKE g2-standard-8 (8 vCPUs, 32 GB, one L4) after what GKE reserves for the node
+    # (allocatable: about 7.9 CPUs and 28 GiB, an estimate from GKE's published reservation formula).
+    cpu: int = Field(6, ge=1, le=192)
+    memory: int = Field(24000, ge=1024, description="MiB")
+    # Ephemeral disk: the image's layers are not counted; the data (about 30 MB) and checkpoints are small.
+    disk: int = Field(20480, ge=1024, description="MiB")
+    # A tmpfs at /dev/shm; torch's DataLoader workers and NCCL use it, and the container default is 64 MiB.
+    shared_memory: int | None = Field(8192, ge=64, description="MiB of /dev/shm")
+    image: str | None = None  # None: Metaflow's configured METAFLOW_KUBERNETES_CONTAINER_IMAGE
+    namespace: str | None = None  # None: Metaflow's configured METAFLOW_KUBERNETES_NAMESPACE
+    # The pods' service account: on GKE, the one bound to a Google service account that may write the GCS datastore
+    # (Workload Identity). None: Metaflow's configured METAFLOW_KUBERNETES_SERVICE_ACCOUNT.
+    service_account: str | None = None
+    # Node labels the train pods must match, e.g. the GPU node pool's accelerator label.
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    # Taints the train pods tolerate, as Kubernetes tolerations (key, operator, value, effect, tolerationSeconds).
+    tolerations: list[dict[str, str | int]] = Field(default_factory=list)
+    # Spot nodes get reclaimed; a few retries make that a delay instead of a failed run (checkpoints resume).
+    retries: int = Field(3, ge=0, le=10)
+
+    @field_validator("tolerations")
+    @classmethod
+    def _tolerations_are_kubernetes(cls, tolerations: list[dict[str, str | int]]) -> list[dict[str, str | int]]:
+        # Metaflow checks these keys only where the kubernetes client is installed: check them here, at start.
+        known = {"key", "operator", "value", "effect", "tolerationSeconds"}
+        for n, toleration in enumerate(tolerations):
+            unknown = sorted(set(toleration) - known)
+            if unknown:
+                raise ValueError(f"toleration {n} has unknown key(s) {unknown}; choose from {sorted(known)}")
+        return tolerations
+
+
 class ComputeConfig(_Strict):
     """Where and how the train step runs."""
 
@@ -125,13 +167,32 @@ class ComputeConfig(_Strict):
     threads_per_task: int | None = Field(None, ge=1, le=256)
     # Run the train step on AWS Batch with these resources; None trains where the flow runs.
     batch: BatchConfig | None = None
-    # Retries of a failed train task where the flow runs (Batch uses `batch.retries`). None locally by default: a
-    # local failure is usually a bug that a retry would only repeat; `resume` is the tool for the rest.
+    # Run the train step on Kubernetes (Argo Workflows when deployed) with these resources; None trains where the
+    # flow runs. One engine at a time: a profile naming both `batch` and `kubernetes` is refused.
+    kubernetes: KubernetesConfig | None = None
+    # Retries of a failed train task where the flow runs (Batch and Kubernetes use their own `retries`). None
+    # locally by default: a local failure is usually a bug that a retry would only repeat; `resume` is the tool
+    # for the rest.
     retries: int = Field(0, ge=0, le=10)
     # Epochs between training checkpoints (the trial's full state, in the run's datastore): a retried task
     # continues from the last one instead of epoch 1. A width-16 checkpoint is about
     # 0.5 MB and takes milliseconds, so every epoch; long GPU epochs could afford it as often.
     checkpoint_every: int = Field(1, ge=1, le=1000)
+    # Deterministic cuDNN/cuBLAS/torch kernels in the train step (`fmnist.checkpoint.deterministic_kernels`): a
+    # resumed GPU trial then matches an uninterrupted one bit for bit. Off by default: they can be slower, and
+    # a CPU trial is deterministic without them.
+    deterministic: bool = False
+
+    @model_validator(mode="after")
+    def _one_engine(self) -> ComputeConfig:
+        check_one_engine(self.batch, self.kubernetes)
+        return self
+
+
+def check_one_engine(batch: BatchConfig | None, kubernetes: KubernetesConfig | None) -> None:
+    """Refuse a compute block that names two cloud engines: a step runs on AWS Batch or on Kubernetes, not both."""
+    if batch is not None and kubernetes is not None:
+        raise ValueError("compute.batch and compute.kubernetes are both set; a step runs on one engine: keep one")
 
 
 class EvaluationConfig(_Strict):
