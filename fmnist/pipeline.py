@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointStore
+from .checkpoint import CheckpointStore, deterministic_kernels
 from .config import HParams, Profile, expand_grid
 from .data import CLASS_NAMES, FILES, Splits, load_dataset, make_splits
 from .drift import reference_from_images
@@ -164,7 +164,7 @@ def train_trial(
         if on_epoch is not None:
             on_epoch(stats)
 
-    with tracker:
+    with tracker, deterministic_kernels(profile.compute.deterministic):
         # The trial's seed derives from the run's seed and the trial index: a rerun or resumed trial reproduces.
         result = train_model(
             hp,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import CheckpointStore, TrainingState
+from .checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng, trial_identity
 from .config import HParams
 from .data import PIXEL_MEAN, PIXEL_STD, Splits
 from .evaluate import predict_logits
@@ -159,8 +159,10 @@ def train_model(
     """Train one FashionCNN on `splits` with hyper-parameters `hp`; validate after every epoch.
 
     With `checkpoints`, the training state is saved every `checkpoints.every` epochs, and a state already in the
-    store (left by an interrupted attempt) is resumed from: the result is the same, bit for bit, as without the
-    interruption, because the optimiser, schedule, weight average and random generators all continue.
+    store (left by an interrupted attempt of the same trial: same hyper-parameters, seed, data and code) is resumed
+    from. The optimiser, schedule, weight average and every random generator continue, so on a CPU the result is the
+    same, bit for bit, as without the interruption; on a GPU it is too only under deterministic kernels (see
+    `fmnist.checkpoint` for what differs without them).
     """
     seed_everything(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -186,13 +188,15 @@ def train_model(
     result = TrainResult(state_dict={}, model_args=args, parameters=count_parameters(model))
     log.info("training %s (%d parameters) on %d images, %d steps/epoch", args, result.parameters, n, steps_per_epoch)
     first_epoch = 1
-    resumed = checkpoints.latest() if checkpoints is not None else None
+    # Every explicit generator the loop draws from, by name; torch's, NumPy's and Python's global ones come too.
+    generators = {"augment": generator}
+    identity = trial_identity(hp, seed, splits, device, amp) if checkpoints is not None else {}
+    resumed = checkpoints.latest(identity) if checkpoints is not None else None
     if resumed is not None:
         model.load_state_dict(resumed.model)
         optimizer.load_state_dict(resumed.optimizer)
         schedule.load_state_dict(resumed.schedule)
-        generator.set_state(resumed.generator.to(generator.get_state().device))
-        torch.set_rng_state(resumed.torch_rng)
+        restore_rng(resumed.rng, device, generators)
         if ema is not None and resumed.ema is not None:
             ema.load_state_dict(resumed.ema)
         result.history, result.train_seconds = list(resumed.history), resumed.train_seconds
@@ -256,7 +260,8 @@ def train_model(
             stats["elapsed_seconds"],
         )
         if checkpoints is not None and checkpoints.due(epoch, hp.epochs):
-            checkpoints.save(training_state(epoch, model, optimizer, schedule, generator, ema, result))
+            rng = capture_rng(device, generators)
+            checkpoints.save(training_state(epoch, model, optimizer, schedule, ema, result, rng, identity))
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -272,11 +277,12 @@ def training_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
     ema: AveragedModel | None,
     result: TrainResult,
+    rng: dict[str, Any],
+    identity: dict[str, Any],
 ) -> TrainingState:
-    """Everything `train_model` needs to continue after `epoch`, copied to the CPU."""
+    """Everything `train_model` needs to continue after `epoch`, copied to the CPU, and whose trial it is."""
 
     def cpu(tree: Any) -> Any:
         if isinstance(tree, torch.Tensor):
@@ -292,8 +298,8 @@ def training_state(
         model=cpu(model.state_dict()),
         optimizer=cpu(optimizer.state_dict()),
         schedule=cpu(schedule.state_dict()),
-        generator=generator.get_state().cpu(),
-        torch_rng=torch.get_rng_state(),
+        rng=rng,
+        identity=identity,
         ema=cpu(ema.state_dict()) if ema is not None else None,
         history=list(result.history),
         train_seconds=result.train_seconds,
