@@ -20,6 +20,7 @@ ScoreFlow (`flows/score_flow.py`) runs these functions; nothing here imports Met
 
 from __future__ import annotations
 
+import functools
 import heapq
 import io
 import itertools
@@ -35,9 +36,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import CONFIG_DIR, BatchConfig
+from .config import CONFIG_DIR, BatchConfig, KubernetesConfig, check_one_engine
 from .drift import DriftReference, DriftThresholds, DriftWindow, image_statistics, js_divergence
 
 # torch, scipy and Pillow are imported where a shard scores, not here: Metaflow imports the flow file, and with it
@@ -84,10 +85,18 @@ class ScoreCompute(_Strict):
     threads: int | None = Field(None, ge=1, le=256)
     # Run the score step on AWS Batch with these resources (`gpu: 0` for CPU jobs); None scores where the flow runs.
     batch: BatchConfig | None = None
-    # Retries of a failed shard where the flow runs (Batch uses `batch.retries`); a retry keeps the rows scored.
+    # Or on Kubernetes (`gpu: 0` for CPU pods); a profile naming both `batch` and `kubernetes` is refused.
+    kubernetes: KubernetesConfig | None = None
+    # Retries of a failed shard where the flow runs (Batch and Kubernetes use their own `retries`); a retry keeps the
+    # rows scored.
     retries: int = Field(0, ge=0, le=10)
     # Seconds between checkpoints of a shard's rows to the datastore; 0 saves after every batch.
     checkpoint_seconds: float = Field(30.0, ge=0.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _one_engine(self) -> ScoreCompute:
+        check_one_engine(self.batch, self.kubernetes)
+        return self
 
 
 class ScoreProfile(_Strict):
@@ -269,7 +278,9 @@ def score_shard(
     least: list[tuple[float, str, np.ndarray]] = []
     new: dict[str, dict[str, Any]] = {}
     workers = threads or available_cores()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare") as pool:
+    # One thread decodes in the calling thread: handing each file to a pool thread and back costs two thread switches
+    # a file, CPU spent for no parallelism (and a visible share of a 28x28 scan's cost).
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare") if workers > 1 else _Inline() as pool:
         for first in range(0, len(todo), batch_size):
             batch = todo[first : first + batch_size]
             rows, inputs = _score_batch(classifier, batch, read(batch), pool, max_pixels, names)
@@ -282,11 +293,24 @@ def score_shard(
     return ShardOutcome(rows, len(new), time.perf_counter() - start, least)
 
 
+class _Inline:
+    """A stand-in for a one-thread pool: `map` runs in the calling thread."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        return map(fn, items)
+
+
 def _score_batch(
     classifier: Classifier,
     paths: Sequence[str],
     contents: Sequence[bytes | Unreadable],
-    pool: ThreadPoolExecutor,
+    pool: ThreadPoolExecutor | _Inline,
     max_pixels: int,
     names: Sequence[str],
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -304,21 +328,22 @@ def _score_batch(
     pixels = np.stack([p.pixels for p in ready])  # (b, 28, 28) uint8
     scored = classifier.score(pixels, [p.empty for p in ready], [p.photo for p in ready])
     mean_pixel, foreground = image_statistics(pixels)  # (b,), (b,): the drift signals' input statistics
+    columns = _probability_columns(tuple(names))
     for j, (i, answer) in enumerate(zip(good, scored, strict=True)):
-        probabilities = answer.probabilities
+        probabilities = answer.probabilities.tolist()  # Python floats, as float() of each element gives
         best = answer.label
         rows[i] = {
             "path": paths[i],
             "class_index": best,
             "class_name": names[best],
-            "probability": float(probabilities[best]),
+            "probability": probabilities[best],
             "confident": answer.confident,
             "unsure_reason": answer.unsure_reason,
             "inverted": ready[j].inverted,
             "error": None,
             "mean_pixel": float(mean_pixel[j]),
             "foreground": float(foreground[j]),
-            **{probability_column(n): float(p) for n, p in zip(names, probabilities, strict=True)},
+            **dict(zip(columns, probabilities, strict=True)),
         }
     return rows, {paths[i]: pixels[j] for j, i in enumerate(good)}
 
@@ -342,8 +367,13 @@ def _prepare(content: bytes | Unreadable, max_pixels: int) -> Prepared | str:
 def _error_row(path: str, error: str, names: Sequence[str]) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(BASE_COLUMNS)
     row.update({"path": path, "error": error})
-    row.update({probability_column(n): None for n in names})
+    row.update(dict.fromkeys(_probability_columns(tuple(names))))
     return row
+
+
+@functools.lru_cache(maxsize=8)
+def _probability_columns(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(probability_column(n) for n in names)
 
 
 def _least_confident(

@@ -286,9 +286,7 @@ def _trim(foreground: np.ndarray) -> np.ndarray | None:
         # Near Fashion-MNIST's own size every pixel is a pixel of the result: a one-pixel collar is the garment.
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         return foreground[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] if mask.any() else None
-    padded = np.pad(mask, 1).astype(np.uint8)
-    h, w = mask.shape
-    neighbours = sum(padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3))  # (h, w), self included
+    neighbours = _square3(mask.astype(np.uint8), np.add)  # (h, w), self included
     solid = mask & (neighbours >= MIN_NEIGHBOURS)
     if not solid.any():
         return None
@@ -310,7 +308,7 @@ def _garment_region(solid: np.ndarray, mask: np.ndarray, foreground: np.ndarray)
     small or far, and drop out. The kept parts then take back the foreground within two pixels of them, so edges and
     thin straps attached to the garment stay.
     """
-    opened = ndimage.binary_opening(solid, structure=_SQUARE3)
+    opened = _square3(_square3(solid, np.logical_and), np.logical_or)  # erosion, then dilation: an opening
     if not opened.any():
         return solid  # only thin strokes: nothing to choose between
     labels, count = ndimage.label(opened, structure=_SQUARE3)  # (h, w) int32, 0 = background
@@ -336,7 +334,18 @@ def _garment_region(solid: np.ndarray, mask: np.ndarray, foreground: np.ndarray)
             )
         ]
         kept = np.isin(labels, keep)
-    return ndimage.binary_dilation(kept, structure=_SQUARE3, iterations=2) & mask
+    return _square3(_square3(kept, np.logical_or), np.logical_or) & mask  # dilated twice
+
+
+def _square3(a: np.ndarray, op: np.ufunc) -> np.ndarray:
+    """`op` over each pixel's 3x3 neighbourhood of (h, w) `a`, zero (False) outside the frame, as two passes of three
+    shifted slices: np.logical_and is scipy's `binary_erosion` by a 3x3 square, np.logical_or its `binary_dilation`,
+    np.add a neighbour count; the same result bit for bit, without scipy's generic machinery, whose binary
+    morphology had been the largest single cost of a product photo's normalisation (cProfile)."""
+    padded = np.zeros((a.shape[0] + 2, a.shape[1] + 2), a.dtype)  # np.pad(a, 1), without its generic machinery
+    padded[1:-1, 1:-1] = a
+    rows = op(op(padded[:-2], padded[1:-1]), padded[2:])  # (h, w + 2): each pixel with its upper and lower ones
+    return op(op(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])  # (h, w)
 
 
 def _centred_square(crop: np.ndarray) -> np.ndarray:

@@ -168,3 +168,19 @@ def test_a_resumed_shard_keeps_its_rows_and_scores_only_the_rest(record, catalog
     assert [r["path"] for r in resumed.rows] == paths  # every input exactly once, in order
     whole = score_shard(classifier, paths, read, batch_size=6)
     assert rows_frame(resumed.rows, record.class_names).equals(rows_frame(whole.rows, record.class_names))
+
+
+def test_an_image_over_the_pixel_limit_is_an_error_row_however_small_its_file(record, tmp_path):
+    """The service's pixel limit, not the file size, refuses a picture that decodes to too many pixels: a plain PNG
+    of 2100x2000 pixels is a few kilobytes, under the file size limit, and over a limit of 4 megapixels."""
+    from PIL import Image
+
+    path = tmp_path / "poster.png"
+    Image.new("L", (2100, 2000), 200).save(path)
+    assert path.stat().st_size < MAX_FILE_BYTES
+    classifier, read = build_classifier(record, "cpu"), read_local_files(MAX_FILE_BYTES)
+    (refused,) = score_shard(classifier, [str(path)], read, max_pixels=4_000_000).rows
+    assert refused["error"].startswith("image too large to decode safely") and "4000000" in refused["error"]
+    assert refused["class_index"] is None
+    (scored,) = score_shard(classifier, [str(path)], read, max_pixels=40_000_000).rows  # the profile's default
+    assert scored["error"] is None and scored["class_index"] is not None

@@ -5,6 +5,9 @@ A pytest plugin (registered by tests/conftest.py's `pytest_plugins`) providing t
 - `aws` (one per test module): the server with a bucket and the Batch job queues; yields its settings.
 - `s3_client`: this process's Metaflow Client pointed at the stand-in, and an S3 client for the bucket.
 
+and two helpers, `step_functions_json` and `batch_states`: a flow's Step Functions state machine rendered against
+the stand-in, and its Batch job states.
+
 moto's Docker-free Batch backend is used; its "finish at once" hook is replaced by `LocalContainers`, which runs
 each job's command as a local process in a fresh directory (a stand-in container whose PYTHONPATH puts a stale
 `fmnist` ahead of the installed one, as an outdated image would), so the jobs really download Metaflow's code
@@ -13,10 +16,12 @@ package from S3 and train.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -148,6 +153,9 @@ def aws(tmp_path_factory):
 
     BatchSimpleBackend._mark_job_as_finished = original
     default_user_config["batch"]["use_docker"] = use_docker
+    # moto keeps its accounts in this process, not in the server: forget them, so that the next module's stand-in
+    # can create the same bucket, role and queues again.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30).close()
     server.stop()
     for key, value in saved.items():
         if value is None:
@@ -197,3 +205,41 @@ def s3_client(aws, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setitem(metaflow_config.DATATOOLS_CLIENT_PARAMS, "endpoint_url", aws["endpoint"])
     return aws["client"]("s3")
+
+
+def step_functions_json(aws: dict[str, Any], flow_file: Path, profile: Path, **env: str) -> dict[str, Any]:
+    """`<flow> --config config <profile> step-functions create --only-json` against the stand-in: the state machine.
+
+    `env` overrides the settings below, e.g. Metaflow's default job queue and image, which every step without a
+    `@batch` of its own gets (Step Functions runs every step on Batch)."""
+    settings = {
+        **os.environ,
+        **aws["env"],
+        "METAFLOW_SFN_IAM_ROLE": "arn:aws:iam::123456789012:role/fashionflow-sfn",
+        "METAFLOW_EVENTS_SFN_ACCESS_IAM_ROLE": "arn:aws:iam::123456789012:role/fashionflow-events",
+        "METAFLOW_SFN_DYNAMO_DB_TABLE": "fashionflow-foreach",
+        "METAFLOW_BATCH_JOB_QUEUE": CPU_QUEUE,
+        "METAFLOW_BATCH_CONTAINER_IMAGE": "fashionflow-train:0.1.0",
+        # Creating the machine looks up any existing one (and its production token): at the stand-in.
+        "AWS_ENDPOINT_URL_SFN": aws["endpoint"],
+        "AWS_ENDPOINT_URL_EVENTBRIDGE": aws["endpoint"],
+        "AWS_ENDPOINT_URL_DYNAMODB": aws["endpoint"],
+        **env,
+    }
+    cmd = [sys.executable, str(flow_file), "--config", "config", str(profile)]
+    cmd += ["step-functions", "create", "--only-json"]
+    out = subprocess.run(cmd, env=settings, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout[out.stdout.index("{") :])
+
+
+def batch_states(machine: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every Batch job state of a state machine by name, including those nested in a foreach's Map iterator."""
+    found = {}
+    for name, state in machine["States"].items():
+        if state["Type"] == "Task" and state["Resource"].startswith("arn:aws:states:::batch:submitJob"):
+            found[name] = state
+        for nested in [state.get("Iterator"), state.get("ItemProcessor")]:
+            if nested:
+                found.update(batch_states(nested))
+    return found
