@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch  # noqa: F401 - before metaflow: torch fails to import once metaflow's vendored typing_extensions is loaded
@@ -35,7 +31,7 @@ from flow_checkpoints import checkpoint_key
 
 import fmnist
 from fmnist.config import load_profile
-from tests.support.aws import BUCKET, CPU_QUEUE, JOB_ROLE, SYSROOT
+from tests.support.aws import BUCKET, CPU_QUEUE, JOB_ROLE, SYSROOT, batch_states, step_functions_json
 from tests.support.flows import CONFIGS, FLOW_FILE, ROOT, resume_flow, run_flow
 
 pytestmark = pytest.mark.cloud
@@ -216,33 +212,8 @@ def test_batch_tasks_import_fmnist_from_the_code_package(aws, s3_client):
 
 
 def test_step_functions_json_asks_a_gpu_for_train_only(aws, s3_client):
-    env = {
-        **os.environ,
-        **aws["env"],
-        "METAFLOW_SFN_IAM_ROLE": "arn:aws:iam::123456789012:role/fashionflow-sfn",
-        "METAFLOW_EVENTS_SFN_ACCESS_IAM_ROLE": "arn:aws:iam::123456789012:role/fashionflow-events",
-        "METAFLOW_SFN_DYNAMO_DB_TABLE": "fashionflow-foreach",
-        "METAFLOW_BATCH_JOB_QUEUE": CPU_QUEUE,
-        "METAFLOW_BATCH_CONTAINER_IMAGE": "fashionflow-train:0.1.0",
-        # Creating the machine looks up any existing one (and its production token): at the stand-in.
-        "AWS_ENDPOINT_URL_SFN": aws["endpoint"],
-        "AWS_ENDPOINT_URL_EVENTBRIDGE": aws["endpoint"],
-        "AWS_ENDPOINT_URL_DYNAMODB": aws["endpoint"],
-    }
-    cmd = [
-        sys.executable,
-        str(FLOW_FILE),
-        "--config",
-        "config",
-        str(CONFIGS / "batch.yaml"),
-        "step-functions",
-        "create",
-        "--only-json",
-    ]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    machine = json.loads(out.stdout[out.stdout.index("{") :])
-    states = _batch_states(machine)
+    machine = step_functions_json(aws, FLOW_FILE, CONFIGS / "batch.yaml")
+    states = batch_states(machine)
     assert set(states) == {"start", "load", "train", "join", "evaluate", "end"}
     profile = load_profile(CONFIGS / "batch.yaml").compute.batch
     batch = aws["client"]("batch")
@@ -260,18 +231,6 @@ def test_step_functions_json_asks_a_gpu_for_train_only(aws, s3_client):
             assert "GPU" not in resources, name
             assert params["JobQueue"] == CPU_QUEUE, name
             assert definition["containerProperties"]["image"] == "fashionflow-train:0.1.0", name
-
-
-def _batch_states(machine: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every Batch job state by name, including those nested in the foreach's Map iterator."""
-    found = {}
-    for name, state in machine["States"].items():
-        if state["Type"] == "Task" and state["Resource"].startswith("arn:aws:states:::batch:submitJob"):
-            found[name] = state
-        for nested in [state.get("Iterator"), state.get("ItemProcessor")]:
-            if nested:
-                found.update(_batch_states(nested))
-    return found
 
 
 # ---------------------------------------------------------------------------------------------------------------
