@@ -80,4 +80,6 @@ EXPOSE 8000
 # /health answers as soon as the process is up; /ready only once the model is loaded and warm.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=4)"
-CMD ["uvicorn", "serving.app:app", "--host", "0.0.0.0", "--port", "8000"]
+# fmnist-serve, not bare uvicorn: it applies the service's connection bounds (request-head and body deadlines,
+# concurrency, backlog) and exits with one line when there is no run to serve.
+CMD ["fmnist-serve", "--host", "0.0.0.0", "--port", "8000"]

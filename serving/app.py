@@ -96,7 +96,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model_since, app.state.decoder = None, None
     app.state.not_ready = "the model is loaded when the service starts (lifespan not run)"
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=app.state.settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=app.state.settings.max_body_bytes,
+        max_seconds=app.state.settings.body_timeout_seconds,
+    )
     app.add_exception_handler(RequestValidationError, validation_problem)
     # The prediction routes first: FastAPI matches a request against the routers in order, and most requests are
     # predictions (matching them last would make each one try every other route first).

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     if problem is not None:
         print("fmnist-serve: " + " ".join(problem.split()), file=sys.stderr)  # one line, whatever the cause
         sys.exit(1)
-    run_uvicorn("serving.app:app", settings.host, settings.port, settings.workers, args.log_level)
+    run_uvicorn("serving.app:app", settings.host, settings.port, settings.workers, args.log_level, settings=settings)
 
 
 def missing_model(settings: Settings) -> str | None:
@@ -73,18 +73,42 @@ def missing_model(settings: Settings) -> str | None:
 
 
 def run_uvicorn(
-    app: str, host: str, port: int, workers: int = 1, log_level: str = "info", access_log: bool = True
+    app: str,
+    host: str,
+    port: int,
+    workers: int = 1,
+    log_level: str = "info",
+    access_log: bool = True,
+    settings: Settings | None = None,
 ) -> None:
-    """uvicorn serving `app` (an import string) with `workers` processes.
+    """uvicorn serving `app` (an import string) with `workers` processes, within the connection bounds of `settings`
+    (default: read from the FASHIONFLOW_* variables): keep-alive time, concurrency limit, backlog, request head size,
+    and the request head's deadline (`serving.connections`).
 
     Several workers share one listening socket that this function binds itself: uvicorn's own (0.54) is created
     without IPPROTO_TCP, so asyncio never sets TCP_NODELAY on its connections and every keep-alive response waits
-    for the client's delayed ACK (uvicorn issue #3149).
+    for the client's delayed ACK (uvicorn issue #3149). A worker that dies is replaced by uvicorn's supervisor
+    (`benchmarks/serve_faults.py`, scenario worker-killed, measures how soon).
     """
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config(app, host=host, port=port, workers=workers, log_level=log_level, access_log=access_log)
+    from .connections import HeadTimeoutProtocol
+
+    settings = settings or Settings()
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=access_log,
+        http=HeadTimeoutProtocol,
+        timeout_keep_alive=settings.timeout_keep_alive,
+        limit_concurrency=settings.limit_concurrency,
+        backlog=settings.backlog,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+    )
     if workers == 1:
         uvicorn.Server(config).run()
         return

@@ -79,6 +79,37 @@ class Settings(BaseSettings):
         default=80_000_000, ge=784, description="Most decoded pixels (width x height, summed) in one request."
     )
 
+    # Slow and idle clients. uvicorn's h11 protocol waits without limit for a request head (a connection that sends
+    # nothing, or trickles its headers, is held for good) and for a request body; these bound both, per request.
+    # A complete request head (request line and headers) must arrive within this many seconds of the connection
+    # opening or of the first byte of a keep-alive connection's next request; else 408 and the connection is closed.
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="Longest time a client may take to send a request head (then 408)."
+    )
+    # The whole body must arrive within this many seconds of its head; else 408. 30 s lets a body at the 10 MB limit
+    # arrive at 2.8 Mbit/s and a 3 MB phone photo at 0.8 Mbit/s; a client trickling a byte at a time is cut off.
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="Longest time a request body may take to arrive (then 408)."
+    )
+    # uvicorn's bounds, passed by serving/cli.py run_uvicorn; each holds per worker process.
+    # An idle keep-alive connection is closed this many seconds after its last response (uvicorn's default).
+    timeout_keep_alive: int = Field(default=5, ge=1, le=600, description="Seconds an idle keep-alive connection lives.")
+    # Past this many open connections or requests in progress, each new request is answered 503 at once rather than
+    # let memory grow with them. Idle connections count too (an attacker's as well), so the limit sits far above what
+    # honest clients hold (a load balancer's pool, wrk's 16 in the benchmarks) plus the slow connections that the
+    # timeouts above let live: `benchmarks/serve_faults.py` holds 550 hostile ones beside its traffic. None: no limit.
+    limit_concurrency: int | None = Field(
+        default=2000, ge=1, description="Open connections or requests per worker past which requests get 503."
+    )
+    # Connections the kernel queues before a worker accepts them (uvicorn's default; the kernel caps it at
+    # net.core.somaxconn). A burst beyond it is refused by the kernel, not held.
+    backlog: int = Field(default=2048, ge=1, le=65_535, description="Pending connections queued by the kernel.")
+    # Largest request head h11 buffers before answering 400 (h11's default 16 kB): the headers of an upload are a few
+    # hundred bytes.
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1024 * 1024, description="Largest request head (line and headers) accepted."
+    )
+
     # Decoding (serving/decoding.py): uploads past a thumbnail are decoded on these threads, never on the event loop.
     # Two: with one worker on 2 cores, one thread decodes while the event loop and the model use the other core, and a
     # second keeps a slow decode from holding up every other upload.

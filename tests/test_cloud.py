@@ -277,7 +277,7 @@ def test_dockerfile_has_train_and_serve_targets():
     assert user not in {"root", "0"} and any(i == "RUN" and "useradd" in a and user in a for i, a in serve)
     # Nothing is installed after the switch away from root.
     assert instructions.index("USER") > max(n for n, (i, _) in enumerate(serve) if i == "RUN")
-    assert json.loads(dict(serve)["CMD"]) == ["uvicorn", "serving.app:app", "--host", "0.0.0.0", "--port", "8000"]
+    assert json.loads(dict(serve)["CMD"]) == ["fmnist-serve", "--host", "0.0.0.0", "--port", "8000"]
 
 
 def test_dockerignore_lets_in_only_what_the_images_need():

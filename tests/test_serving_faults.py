@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -292,3 +293,85 @@ def test_reduced_decoding_of_a_hostile_image_stays_small():
     assert gray.dtype == np.uint8 and max(gray.shape) < 2 * REDUCING_GAP * WORK_SIZE
     buffer = io.BytesIO(hostile_png(100))
     assert open_upload(buffer.getvalue(), LIMIT, WORK_SIZE).decode_pixels == 100 * 100
+
+
+# --- slow and idle clients over a real socket -------------------------------------------------------------------------
+
+
+def test_idle_and_trickling_connections_neither_stop_health_nor_hold_forever(smoke_run, tmp_path):
+    """200 idle keep-alive connections, 20 silent ones and 20 trickling a body a byte at a time: /health keeps
+    answering (a generous bound: benchmarks/serve_faults.py measures), the trickled bodies are answered 408 naming
+    the problem once their time is up, a trickled request head likewise, and a silent connection is closed."""
+    timeouts = {"FASHIONFLOW_BODY_TIMEOUT_SECONDS": "1.5", "FASHIONFLOW_HEADER_TIMEOUT_SECONDS": "1.5"}
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    )
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow.png"\r\n\r\n' + b"\x89PNG" * 1000
+
+    async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        status = int((await reader.readline()).split()[1])
+        headers = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in headers.split(b"\r\n") if h.lower().startswith(b"content-length"))
+        return status, await reader.readexactly(length)
+
+    async def trickle(port: int, sent: bytes, data: bytes) -> tuple[int, bytes, float]:
+        """`sent` at once, then `data` a byte every 50 ms until answered."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        start = time.monotonic()
+        answer = asyncio.ensure_future(read_answer(reader))
+        for i in range(len(data)):
+            if answer.done():
+                break
+            writer.write(data[i : i + 1])
+            await asyncio.sleep(0.05)
+        status, text = await asyncio.wait_for(answer, 10)
+        rest = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection after its 408
+        writer.close()
+        assert rest == b""
+        return status, text, time.monotonic() - start
+
+    async def idle(port: int) -> asyncio.StreamWriter:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await read_answer(reader))[0] == 200
+        return writer
+
+    async def silent(port: int) -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        start = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server, nothing said
+        writer.close()
+        return time.monotonic() - start
+
+    async def health(url: str) -> list[float]:
+        latencies = []
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(30):
+                start = time.monotonic()
+                assert (await client.get(f"{url}/health")).status_code == 200
+                latencies.append(time.monotonic() - start)
+                await asyncio.sleep(0.05)
+        return latencies
+
+    async def attack(service: ServiceProcess) -> None:
+        idlers = await asyncio.gather(*(idle(service.port) for _ in range(200)))
+        bodies = [asyncio.ensure_future(trickle(service.port, head, body)) for _ in range(20)]
+        heads = asyncio.ensure_future(trickle(service.port, b"GET /health HTTP/1.1\r\n", b"Host: t" * 100))
+        quiet = [asyncio.ensure_future(silent(service.port)) for _ in range(20)]
+        latencies = await health(service.url)
+        assert max(latencies) < 0.5, sorted(latencies)[-3:]
+        for status, text, seconds in await asyncio.gather(*bodies):
+            assert status == 408 and 1.4 < seconds < 5, (status, text, seconds)
+            assert "request body not received in full within 1.5s" in json.loads(text)["detail"]
+        status, text, seconds = await heads
+        assert status == 408 and "request head (request line and headers) not received in full" in text.decode()
+        assert all(1.4 < seconds < 5 for seconds in await asyncio.gather(*quiet))
+        for writer in idlers:
+            writer.close()
+
+    with ServiceProcess(tmp_path / "service.log", "--run", smoke_run.pathspec, env=timeouts) as service:
+        service.wait_ready()
+        asyncio.run(attack(service))
+        assert service.get("/health").status_code == 200
