@@ -5,6 +5,7 @@ datastore do to everyone else's traffic, against the same service unloaded by fa
     python benchmarks/serve_faults.py --run FashionFlow/123        # that run's model
     python benchmarks/serve_faults.py --service-root /tmp/before   # also another checkout's service: two tables
     python benchmarks/serve_faults.py --quick                      # 3 s per scenario (the test suite's run)
+    python benchmarks/serve_faults.py --only hostile               # the baseline and hostile uploads only
 
 Needs `wrk` on PATH (Debian: `apt-get install wrk`). Starts the real service the way `fmnist-serve` does
 (`serving.cli.run_uvicorn`, settings from FASHIONFLOW_* variables, no access log) and, in every scenario, drives
@@ -60,6 +61,8 @@ IDLE_CONNECTIONS, TRICKLING_CONNECTIONS = 500, 50
 TRICKLE_EVERY_S = 0.1  # one body byte per connection this often
 HOSTILE_CLIENTS = 4
 SLOW_P99_TARGET_MS = 50.0  # /health beside the slow clients alone, one worker
+# What `--only` chooses from: hostile uploads, slow clients (with and without traffic), worker killed, datastore stalls.
+SCENARIOS = ("hostile", "slow", "killed", "stalls")
 
 
 @dataclass
@@ -607,14 +610,16 @@ def datastore_copy(work: Path, run: str) -> Path:
 async def measure(
     root: Path, args: argparse.Namespace, work: Path, script: Path, requests: list
 ) -> list[ScenarioResult]:
-    """Every scenario against the service of checkout `root`."""
+    """The scenarios chosen (`--only`; every one by default) and the baseline against the service of checkout
+    `root`."""
     label = root.name
+    chosen = set(args.only or SCENARIOS)
     env = {"FASHIONFLOW_RUN": args.run}
     if args.quick:  # the deadlines short enough to be reached in a 3 s scenario
         env |= {"FASHIONFLOW_BODY_TIMEOUT_SECONDS": "2", "FASHIONFLOW_HEADER_TIMEOUT_SECONDS": "2"}
     store = work / f"{label}-store"
     store.mkdir()
-    metadata_file = datastore_copy(store, args.run)
+    metadata_file = datastore_copy(store, args.run) if "stalls" in chosen else Path()
     following = {
         **{k: v for k, v in env.items() if k != "FASHIONFLOW_RUN"},
         "FASHIONFLOW_TAG": TAG,
@@ -624,10 +629,13 @@ async def measure(
         "FASHIONFLOW_METADATA": f"local@{store / 'datastore'}",
     }
     plans = {"one": (1, env), "two": (2, env), "following": (1, following)}
+    needed = {"one"} | ({"two"} if "killed" in chosen else set()) | ({"following"} if "stalls" in chosen else set())
     services: dict[str, Service] = {}
     begun = time.perf_counter()
     try:
         for key, (workers, variables) in plans.items():
+            if key not in needed:
+                continue
             port, log = free_port(), work / f"{label}-{key}.log"
             services[key] = Service(start_service(root, port, workers, variables, log), port, log, workers)
         for s in services.values():
@@ -635,11 +643,15 @@ async def measure(
         body_timeout = float(env.get("FASHIONFLOW_BODY_TIMEOUT_SECONDS", 30.0))
         print(f"{label}: services ready after {time.perf_counter() - begun:.0f}s", flush=True)
         results = [await scenario("baseline", services["one"], script, args, None)]
-        results.append(await hostile_uploads(services["one"], script, args, requests))
-        results.append(await slow_clients(services["one"], script, args, body_timeout))
-        results.append(await slow_clients(services["one"], script, args, body_timeout, traffic=False))
-        results.append(await worker_killed(services["two"], script, args))
-        results.append(await datastore_stalls(services["following"], script, args, metadata_file, args.run))
+        if "hostile" in chosen:
+            results.append(await hostile_uploads(services["one"], script, args, requests))
+        if "slow" in chosen:
+            results.append(await slow_clients(services["one"], script, args, body_timeout))
+            results.append(await slow_clients(services["one"], script, args, body_timeout, traffic=False))
+        if "killed" in chosen:
+            results.append(await worker_killed(services["two"], script, args))
+        if "stalls" in chosen:
+            results.append(await datastore_stalls(services["following"], script, args, metadata_file, args.run))
     finally:
         stop_servers(s.process for s in services.values())
     return results
@@ -686,6 +698,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="Another checkout (e.g. `git worktree add /tmp/before 20faf65`) measured the same way: a table each.",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        help="Run only this scenario (repeatable), besides the baseline: " + ", ".join(SCENARIOS) + " (default: all).",
+    )
     parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
     parser.add_argument("--quick", action="store_true", help="3 s per scenario: checks the machinery (the test suite).")
     args = parser.parse_args(argv)
@@ -717,14 +735,15 @@ def main(argv: list[str] | None = None) -> int:
         report[str(root)] = [asdict(r) for r in results]
         if root == REPO:  # a killed worker's connections fail with it: that scenario's failures are in its notes
             failed = sum(r.health_failures for r in results if r.name != "worker killed")
-            slow = next(r for r in results if r.name == "slow, no traffic")
+            slow = next((r for r in results if r.name == "slow, no traffic"), None)
     print("\nhealth: GET /health every 20 ms on one keep-alive connection; fail: not 200 within 5 s")
     print("hostile ok/refused/none: the faulty clients' requests answered 2xx / with an error status / not at all")
-    met = slow.health_p99_ms <= SLOW_P99_TARGET_MS
-    print(
-        f"[{'met' if met else 'MISSED'}] /health p99 <= {SLOW_P99_TARGET_MS:g} ms with {IDLE_CONNECTIONS} idle and"
-        f" {TRICKLING_CONNECTIONS} trickling connections, no other traffic: {slow.health_p99_ms:.1f} ms"
-    )
+    if slow is not None:
+        met = slow.health_p99_ms <= SLOW_P99_TARGET_MS
+        print(
+            f"[{'met' if met else 'MISSED'}] /health p99 <= {SLOW_P99_TARGET_MS:g} ms with {IDLE_CONNECTIONS} idle and"
+            f" {TRICKLING_CONNECTIONS} trickling connections, no other traffic: {slow.health_p99_ms:.1f} ms"
+        )
     verdict = "met" if failed == 0 else "MISSED"
     print(f"[{verdict}] /health answered in every scenario of this checkout but worker killed ({failed} failed)")
     if args.json:

@@ -7,6 +7,11 @@ uploads costs its senders retries, not everyone else their latency. Threads, not
 numpy's reductions release the GIL for the bulk of a decode, and a thread hands the decoded 28x28 result back
 without pickling.
 
+The decoding threads run at a lower scheduling priority than the event loop (DECODE_NICENESS): a decode is CPU bound
+(a small PNG claiming a huge image inflates to all of its pixels), and at equal priority, on a busy machine, the
+decoding threads take the cores the event loop needs to answer everyone else. A lower priority only changes who waits
+when the cores are contended; with cores to spare, a decode runs as fast as before.
+
 Memory of one worker process for decoding, at most: `decode_threads` x the peak of one decode (about 8 bytes a
 pixel at worst, an RGBA image and its premultiplied copy; `benchmarks/serve_decode.py` prints 307 MB for an RGBA PNG at
 the 40-megapixel limit, 101 MB for a 16-bit one, 41 MB for a grey one) plus (`decode_threads` + `decode_queue`)
@@ -16,6 +21,10 @@ request bodies of at most `max_body_bytes` each, held while they wait.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -26,20 +35,49 @@ from .metrics import ServiceMetrics
 
 T = TypeVar("T")
 
+log = logging.getLogger("serving")
+
 # Seconds a refused client is asked to wait before retrying: a decode at the pixel limit takes well under one.
 RETRY_AFTER_SECONDS = 1
+# How much nicer than the worker the decoding threads run (Linux; elsewhere they run at the worker's priority). At 10
+# the kernel weighs a decoding thread about a tenth of the event loop (its `sched_prio_to_weight` table), so a flood
+# of huge images slows the decodes, not /health and /predict: `benchmarks/serve_faults.py --only hostile` measures
+# both. Not 19: there neither fared better, and the slowest hostile upload took 4.7 s of its 5 s bound on 2 busy cores.
+DECODE_NICENESS = 10
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Make the calling thread `niceness` nicer (at most 19). Linux applies `setpriority` to a single thread when
+    given its thread id; other systems would apply it to the whole process, so there it does nothing."""
+    if sys.platform != "linux" or niceness <= 0:
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
+    except OSError as err:  # e.g. a sandbox forbidding it: decoding still works, at the worker's priority
+        log.warning("decoding threads keep the worker's priority: setpriority failed: %s", err)
 
 
 class DecodePool:
-    """`threads` decoding threads, at most `queue` requests waiting for one, each at most `wait_seconds`.
+    """`threads` decoding threads, `niceness` nicer than the worker, at most `queue` requests waiting for one, each at
+    most `wait_seconds`.
 
     Its counters are read and changed on the event loop only; the semaphore is released from the loop too (a
     thread's completion is handed over with `call_soon_threadsafe`), so no lock is needed."""
 
-    def __init__(self, threads: int, queue: int, wait_seconds: float, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        threads: int,
+        queue: int,
+        wait_seconds: float,
+        metrics: ServiceMetrics,
+        niceness: int = DECODE_NICENESS,
+    ) -> None:
         self.threads, self.capacity, self.wait_seconds = threads, threads + queue, wait_seconds
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="decode", initializer=lower_thread_priority, initargs=(niceness,)
+        )
         self.free = asyncio.Semaphore(threads)
         self.admitted = 0  # requests decoding or waiting to
         metrics.decodes_admitted.set_function(lambda: self.admitted)

@@ -29,7 +29,9 @@ import serving.routes.predict as predict_routes
 from fmnist.imaging import WORK_SIZE, prepare_opened
 from fmnist.uploads import open_upload
 from serving.app import create_app
+from serving.decoding import DECODE_NICENESS, DecodePool
 from serving.following import ModelFollower
+from serving.metrics import ServiceMetrics
 from serving.settings import Settings
 from tests.support.images import encode, real_test_images
 from tests.support.releases import ServiceProcess
@@ -145,6 +147,29 @@ def test_a_full_decode_pool_answers_503_with_retry_after_at_once(settings, block
         assert post(client, photo_png()).status_code == 200  # the thread is free again
         metrics = client.get("/metrics").text
         assert f'fashionflow_decode_refusals_total{{reason="{reason}"}} 1.0' in metrics
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are a Linux feature")
+def test_decoding_threads_run_nicer_than_the_event_loop_and_still_decode():
+    """The pool's threads are DECODE_NICENESS nicer than the worker (so hostile decodes yield the cores to the event
+    loop), the event loop's own priority is untouched, and an upload decoded there gives the same input as inline."""
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def on_pool() -> tuple[int, np.ndarray]:
+        pool = DecodePool(1, 0, 1.0, ServiceMetrics())
+        try:
+            decoded = await pool.run(prepare_opened, open_upload(photo_png(), LIMIT, WORK_SIZE))
+            return await pool.run(niceness), decoded.pixels
+        finally:
+            pool.shutdown()
+
+    loop_niceness = niceness()
+    pool_niceness, pixels = asyncio.run(on_pool())
+    assert pool_niceness == min(19, loop_niceness + DECODE_NICENESS) > loop_niceness
+    assert niceness() == loop_niceness
+    np.testing.assert_array_equal(pixels, prepare_opened(open_upload(photo_png(), LIMIT, WORK_SIZE)).pixels)
 
 
 def test_a_batch_claiming_too_many_pixels_is_refused_from_its_headers(settings):
