@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,13 +48,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@functools.cache
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 would be emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, so assume not
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA devices that support it (or when forced), None for full fp32."""
+    """The autocast dtype: bf16 on CUDA devices and CPUs that compute in it natively (or when forced), None for fp32.
+
+    `benchmarks/frontier.py` times trials in both precisions side by side (the README's Benchmarks section).
+    """
     if amp == "off":
         return None
     if amp == "bf16":
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and native_cpu_bf16():
         return torch.bfloat16
     return None
 

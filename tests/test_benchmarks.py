@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +30,29 @@ def test_train_speed_quick_reports_baseline_and_profile(tmp_path):
         assert result["images_per_second"] > 0 and 0.1 < result["final_test_accuracy"] <= 1.0
         assert {"epoch_seconds", "test_accuracy", "train_seconds"} <= set(result["history"][0])
     assert ours["eval_seconds_total"] >= 0
+
+
+def test_frontier_quick_scores_candidates_on_validation_against_the_current_profile(tmp_path):
+    out = tmp_path / "frontier.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "validation split only" in proc.stdout and "side by side on 1 core each" in proc.stdout
+    report = json.loads(out.read_text())
+    current, bf16 = report["rows"]
+    assert current["config"] == "current" and bf16["amp"] == "torch.bfloat16"
+    for row in report["rows"]:
+        assert row["wall_seconds"] > row["train_seconds"] > 0 and row["threads"] == 1
+        assert 0.1 < row["val_accuracy"] <= 1.0 and 0.1 < row["val_accuracy_flip_tta"] <= 1.0
+        assert row["parameters"] > 0 and row["hparams"]["epochs"] == 1
+    assert bf16["parameters"] == 61050 and bf16["hparams"]["width"] == 16  # the candidate names its shape in full
+    parallel = report["parallelism"]
+    assert parallel["trials"] == 2 and parallel["parallel_one_core_each_seconds"] > 0
+    assert parallel["sequential_all_cores_seconds"] > 0
 
 
 def test_photo_robustness_benchmark_reports_every_condition_on_validation_only(smoke_run, tmp_path):
@@ -67,3 +93,34 @@ def test_photo_robustness_benchmark_reports_every_condition_on_validation_only(s
     assert {"plain", "shadow_edge", "wood_backdrop", "hanger_and_tag", "cut_by_frame"} <= wild
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in report["studio"] + report["wild"])
     assert set(report["nongarments"]["sets"]) == {"synthetic", "photographs", "faces", "digits"}
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+def test_fault_benchmark_quick_reports_every_scenario_and_health_answers_during_hostile_uploads(smoke_run, tmp_path):
+    """benchmarks/serve_faults.py --quick: one table of every scenario against the same run's baseline; /health
+    answered throughout the hostile uploads, trickled bodies refused with 408, a killed worker replaced, a stalled
+    datastore shown in /ready (the figures themselves are the benchmark's business, not the test's)."""
+    out = tmp_path / "faults.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve_faults.py"), "--quick", "--run", smoke_run.pathspec]
+    proc = subprocess.run([*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    names = ["baseline", "hostile uploads", "slow clients", "slow, no traffic", "worker killed", "datastore stalls"]
+    table = proc.stdout.split("\nscenario ", 1)[1].splitlines()[1:7]
+    assert [line[:17].strip() for line in table] == names
+    rows = {r["name"]: r for r in json.loads(out.read_text())[str(ROOT)]}
+    assert list(rows) == names
+    for r in rows.values():
+        assert (r["predict_rps"] > 0) is (r["name"] != "slow, no traffic")  # wrk's traffic in all but that one
+        assert r["rss_max_mb"] > 0 and r["health_probes"] > 0
+        assert 0 < r["health_p50_ms"] <= r["health_p99_ms"]
+    hostile = rows["hostile uploads"]
+    assert hostile["health_failures"] == 0 and hostile["hostile_answered"] + hostile["hostile_refused"] > 0
+    assert set(hostile["statuses"]) <= {"200", "413", "422", "503"}
+    assert rows["slow clients"]["statuses"].get("408", 0) > 0 and "/health p99 <= 50 ms" in proc.stdout
+    killed = rows["worker killed"]["figures"]
+    assert killed["replacement_seconds"] > 0  # NaN when no new worker answered
+    # Only requests on the killed worker's connections (wrk's or the probe's) may fail.
+    failed = rows["worker killed"]["predict_errors"] + rows["worker killed"]["health_failures"]
+    assert failed <= killed["killed_worker_connections"]
+    assert rows["datastore stalls"]["figures"]["problem_shown_seconds"] > 0
+    assert any("took longer than" in note for note in rows["datastore stalls"]["notes"])

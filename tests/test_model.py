@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from fmnist.model import FashionCNN, ModelArgs, count_parameters, normalize
 from fmnist.model_record import ModelRecord, RecordError
 
 
-@pytest.mark.parametrize("width,depth", [(4, 0), (16, 0), (8, 2)])
+@pytest.mark.parametrize("width,depth", [(4, 0), (16, 0), (24, 0), (8, 2)])
 def test_logits_shape(width, depth):
     model = FashionCNN(ModelArgs(width=width, depth=depth)).eval()
     assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
@@ -19,6 +20,17 @@ def test_depth_and_width_add_parameters():
     base = count_parameters(FashionCNN(ModelArgs(width=8)))
     assert count_parameters(FashionCNN(ModelArgs(width=16))) > base
     assert count_parameters(FashionCNN(ModelArgs(width=8, depth=1))) > base
+
+
+def test_parameter_count_of_the_plain_family_follows_its_shape():
+    """Four bias-free 3x3 convs (1->w, w->2w, 2w->4w, 4w->4w), batch norm (2 per channel), a 4w->10 head."""
+
+    def expected(w: int) -> int:
+        convs = 9 * (w + w * 2 * w + 2 * w * 4 * w + 4 * w * 4 * w)
+        return convs + 2 * (w + 2 * w + 4 * w + 4 * w) + 4 * w * 10 + 10
+
+    for width in (16, 24):
+        assert count_parameters(FashionCNN(ModelArgs(width=width))) == expected(width)
 
 
 def test_normalize_shapes_and_scales():
@@ -67,3 +79,34 @@ def test_record_carries_the_abstention_policy_and_old_records_still_load():
     del meta["abstention"]
     old = save_safetensors(dict(model.state_dict()), metadata={"fashionflow": json.dumps(meta)})
     assert ModelRecord.from_bytes(old).abstention is None
+
+
+def test_a_bf16_trained_model_rebuilds_bit_for_bit_and_exports_with_parity():
+    """bf16 autocast (what `compute.amp: auto` picks on CPUs with native bf16) changes how the weights were learnt,
+    not what they are: fp32 tensors that the record rebuilds exactly and that the ONNX graph runs as torch does."""
+    from fmnist.config import HParams
+    from fmnist.data import PIXEL_MEAN, PIXEL_STD, Splits, load_dataset
+    from fmnist.scoring_graph import OnnxScorer, ScoringGraph, runtime_available
+    from fmnist.train import train_model
+
+    data = load_dataset(download=False)
+    images, labels = data.train_images[:600], data.train_labels[:600]  # real training images
+    splits = Splits(images[:500], labels[:500], images[500:], labels[500:])
+    hp = HParams(width=8, epochs=1, batch_size=100, lr=0.05)
+    result = train_model(hp, splits, torch.device("cpu"), seed=0, amp=torch.bfloat16)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in result.state_dict.values())
+    record = ModelRecord.from_bytes(ModelRecord(state_dict=result.state_dict, model_args=result.model_args).to_bytes())
+    assert record.model_args == result.model_args and count_parameters(record.build()) == result.parameters
+    assert all(torch.equal(record.state_dict[k], v) for k, v in result.state_dict.items())
+    rebuilt = ModelRecord(state_dict=result.state_dict, model_args=result.model_args).build()
+    x = normalize(torch.from_numpy(images[500:]), PIXEL_MEAN, PIXEL_STD)
+    with torch.no_grad():
+        assert torch.equal(record.build()(x), rebuilt(x))
+    if runtime_available() is not None:
+        pytest.skip(str(runtime_available()))
+    graph = ScoringGraph(record, record.build())
+    with torch.inference_mode():
+        reference = graph(torch.from_numpy(images[500:]))[0].numpy()  # (100, 10) float64
+    probabilities, _ = OnnxScorer(graph)(images[500:])
+    assert np.abs(probabilities - reference).max() <= 2e-5  # float32 rounding, as in tests/test_scoring_graph.py
+    assert (probabilities.argmax(1) == reference.argmax(1)).mean() >= 0.99

@@ -1,0 +1,251 @@
+"""Accuracy against wall time for candidate shapes of the default run, measured side by side in one run.
+
+    python benchmarks/frontier.py [--quick] [--profile default] [--only NAME ...] [--candidate NAME:KEY=VALUE,...]
+                                  [--yardstick NAME] [--train-subset N] [--epochs N] [--json PATH]
+
+Each candidate is the profile's base trial with some hyper-parameters changed (width, depth, epochs, batch size, lr)
+and a precision (`amp`: off = fp32, bf16 = bf16 autocast; channels-last is how the trainer always lays out its
+batches). Candidates train on the profile's training split and are scored on its validation split only: the test
+set is never read here, so what this prints can choose a profile. They run as the default run's trials do, two at a
+time on one core each, so each wall time includes the contention of a neighbour, and every ratio is against a
+yardstick row of the same run (the current profile unless `--yardstick` names another): a shared machine's load
+moves absolute times, much less the ratios of trials trained together.
+
+Also printed: validation accuracy with flip test-time augmentation (the mean of the logits of an image and its
+mirror), which the service does not apply, so it is reported and not adopted; and whether the profile's two trials
+finish sooner side by side on one core each or one after the other on every core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmnist.config import CONFIG_DIR, HParams, Profile, expand_grid, load_profile
+from fmnist.evaluate import predict_logits
+from fmnist.model import build_model
+from fmnist.pipeline import prepare_data
+from fmnist.runtime import amp_dtype
+from fmnist.train import train_model
+
+log = logging.getLogger("frontier")
+
+# name -> changes to the profile's base trial. "current" is the profile as it ships (its own precision, resolved
+# as a run resolves it), the yardstick unless `--yardstick` names another row. The others name their shape and
+# length in full, so that they mean the same whatever the profile's base: "w16 fp32 15ep" is the default run's trial
+# before it trained in bf16 for 22 epochs.
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "current": {},
+    "w16 fp32 15ep": {"width": 16, "epochs": 15, "amp": "off"},
+    "w16 bf16 15ep": {"width": 16, "epochs": 15, "amp": "bf16"},
+    "w16 bf16 24ep": {"width": 16, "epochs": 24, "amp": "bf16"},
+    "w20 bf16 15ep": {"width": 20, "epochs": 15, "amp": "bf16"},
+    "w24 bf16 15ep": {"width": 24, "epochs": 15, "amp": "bf16"},
+    "w24 bf16 12ep": {"width": 24, "epochs": 12, "amp": "bf16"},
+    "w32 bf16 8ep": {"width": 32, "epochs": 8, "amp": "bf16"},
+    "w16 bf16 15ep bs128": {"width": 16, "epochs": 15, "amp": "bf16", "batch_size": 128},
+}
+QUICK = ("current", "w16 bf16 15ep")
+
+
+def trial_seed(profile: Profile, index: int) -> int:
+    """The seed a run gives its trial `index` (`fmnist.pipeline.train_trial`), so a candidate seeds as trial 0 does."""
+    return profile.seed * 1000 + index
+
+
+def parse_candidate(text: str) -> tuple[str, dict[str, Any]]:
+    """'NAME:width=24,amp=bf16' -> ('NAME', {'width': 24, 'amp': 'bf16'}); values are typed by HParams."""
+    name, _, body = text.partition(":")
+    changes: dict[str, Any] = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        changes[key.strip()] = value.strip()
+    return name, changes
+
+
+def resolve(profile: Profile, changes: dict[str, Any], epochs: int | None) -> tuple[HParams, str]:
+    """The trial's validated hyper-parameters and amp setting for one candidate."""
+    updates = {k: v for k, v in changes.items() if k != "amp"}
+    if epochs is not None:
+        updates["epochs"] = epochs
+    hp = HParams(**{**profile.hparams.model_dump(), **updates})
+    return hp, str(changes.get("amp", profile.compute.amp))
+
+
+def train_candidate(
+    profile_path: str, data: dict[str, Any], hparams: dict[str, Any], amp: str, threads: int, seed: int
+) -> dict[str, Any]:
+    """One trial in this (worker) process on `threads` cores: wall seconds, training seconds and validation scores."""
+    torch.set_num_threads(threads)
+    profile = load_profile(profile_path)
+    profile = profile.model_copy(update={"data": profile.data.model_copy(update=data)})
+    splits = prepare_data(profile).splits
+    device = torch.device("cpu")
+    dtype = amp_dtype(device, amp)
+    t0 = time.perf_counter()
+    result = train_model(HParams(**hparams), splits, device, seed=seed, amp=dtype)
+    wall = time.perf_counter() - t0  # training plus its per-epoch validation, as in a run's train step
+    model = build_model(result.model_args)
+    model.load_state_dict(result.state_dict)
+    # The served model runs in fp32 (ONNX Runtime), so the final scores are fp32 whatever the training precision.
+    plain = predict_logits(model, splits.val_images, device)  # (N_val, 10)
+    mirrored = predict_logits(model, np.ascontiguousarray(splits.val_images[:, :, ::-1]), device)
+    labels = torch.from_numpy(splits.val_labels.astype(np.int64))
+    return {
+        "wall_seconds": wall,
+        "train_seconds": result.train_seconds,
+        "parameters": result.parameters,
+        "val_accuracy": (plain.argmax(1) == labels).float().mean().item(),
+        "val_accuracy_flip_tta": ((plain + mirrored).argmax(1) == labels).float().mean().item(),
+        "amp": str(dtype),
+        "threads": threads,
+        "pid": os.getpid(),
+    }
+
+
+def measure_frontier(
+    profile_path: Path,
+    candidates: dict[str, dict[str, Any]],
+    data: dict[str, Any],
+    epochs: int | None,
+    workers: int,
+) -> list[dict[str, Any]]:
+    """Every candidate trained once, `workers` at a time on one core each; longest (estimated) first."""
+    profile = load_profile(profile_path)
+    jobs = {}
+    for name, changes in candidates.items():
+        hp, amp = resolve(profile, changes, epochs)
+        jobs[name] = (hp, amp)
+    # The costliest first (a conv net's cost grows with width squared, depth and epochs), so the workers end together.
+    order = sorted(jobs, key=lambda n: -(jobs[n][0].width ** 2) * (1 + jobs[n][0].depth) * jobs[n][0].epochs)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {
+            name: pool.submit(train_candidate, str(profile_path), data, hp.model_dump(), amp, 1, trial_seed(profile, 0))
+            for name in order
+            for hp, amp in [jobs[name]]
+        }
+        done = {}
+        for future in as_completed(futures.values()):  # logged as they finish: a long run shows its progress
+            name = next(n for n, f in futures.items() if f is future)
+            done[name] = {"config": name, "hparams": jobs[name][0].model_dump(), "amp_setting": jobs[name][1]}
+            done[name].update(future.result())
+            log.info("%s: %s", name, {k: done[name][k] for k in ("wall_seconds", "val_accuracy", "parameters")})
+    return [done[name] for name in candidates]
+
+
+def measure_parallelism(profile_path: Path, data: dict[str, Any], epochs: int | None, cores: int) -> dict[str, float]:
+    """Wall seconds of the profile's grid trained side by side on one core each, and one after the other on
+    `cores` cores each."""
+    profile = load_profile(profile_path)
+    points = [hp.model_copy(update={"epochs": epochs}) if epochs else hp for hp in expand_grid(profile)]
+    amp = profile.compute.amp
+    ctx = multiprocessing.get_context("spawn")
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=len(points), mp_context=ctx) as pool:
+        futures = [
+            pool.submit(train_candidate, str(profile_path), data, hp.model_dump(), amp, 1, trial_seed(profile, i))
+            for i, hp in enumerate(points)
+        ]
+        side_by_side = [f.result()["val_accuracy"] for f in futures]
+    parallel = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(train_candidate, str(profile_path), data, hp.model_dump(), amp, cores, trial_seed(profile, i))
+            for i, hp in enumerate(points)
+        ]
+        in_turn = [f.result()["val_accuracy"] for f in futures]
+    sequential = time.perf_counter() - t0
+    return {
+        "trials": len(points),
+        "parallel_one_core_each_seconds": parallel,
+        "sequential_all_cores_seconds": sequential,
+        "cores": cores,
+        "parallel_val_accuracy": max(side_by_side),
+        "sequential_val_accuracy": max(in_turn),
+    }
+
+
+def print_table(rows: list[dict[str, Any]], parallelism: dict[str, float] | None, yardstick: str) -> None:
+    base = next((r for r in rows if r["config"] == yardstick), rows[0])
+    head = f"{'params':>9}{'amp':>6}{'ep':>4}{'wall s':>9}{'val acc':>9}{'+flip':>8}{'wall x':>8}{'d val':>8}"
+    print(f"\n{'config':20}{head}")
+    for r in rows:
+        amp = "bf16" if "bfloat16" in r["amp"] else "fp32"
+        print(
+            f"{r['config']:20}{r['parameters']:>9}{amp:>6}{r['hparams']['epochs']:>4}{r['wall_seconds']:>9.1f}"
+            f"{r['val_accuracy']:>9.4f}{r['val_accuracy_flip_tta']:>8.4f}"
+            f"{r['wall_seconds'] / base['wall_seconds']:>8.2f}{r['val_accuracy'] - base['val_accuracy']:>+8.4f}"
+        )
+    print(f"(validation split only; wall x and d val are against {base['config']!r}, measured in this run)")
+    if parallelism:
+        p = parallelism
+        print(
+            f"grid of {p['trials']} trials: side by side on 1 core each {p['parallel_one_core_each_seconds']:.1f}s, "
+            f"one after the other on {p['cores']} cores {p['sequential_all_cores_seconds']:.1f}s "
+            f"(x{p['sequential_all_cores_seconds'] / p['parallel_one_core_each_seconds']:.2f})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3000 images, 1 epoch, two candidates: checks it runs")
+    parser.add_argument("--profile", default="default", help="profile whose base trial the candidates change")
+    parser.add_argument("--train-subset", type=int, help="stratified training images, validation included")
+    parser.add_argument("--val-size", type=int, help="validation images (default: the profile's)")
+    parser.add_argument("--epochs", type=int, help="override every candidate's epochs (to rank cheaply)")
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        metavar="NAME:KEY=VALUE,...",
+        help="measure this too (repeatable); with it, only the built-in candidates --only names are measured",
+    )
+    parser.add_argument("--only", nargs="+", choices=CANDIDATES, help="built-in candidates to measure (default: all)")
+    parser.add_argument("--yardstick", default="current", help="the row every ratio is against (default current)")
+    parser.add_argument("--workers", type=int, default=2, help="trials at once, one core each (default 2)")
+    parser.add_argument("--no-parallel-check", action="store_true", help="skip side-by-side vs in-turn timing")
+    parser.add_argument("--parallel-epochs", type=int, default=1, help="epochs per trial in that check (default 1)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    profile_path = CONFIG_DIR / f"{args.profile}.yaml"
+    data: dict[str, Any] = {}
+    if args.quick:
+        data, epochs = {"train_subset": 3000, "val_size": 500}, 1
+        candidates = {name: CANDIDATES[name] for name in QUICK}
+    else:
+        epochs = args.epochs
+        if args.train_subset:
+            data["train_subset"] = args.train_subset
+        names = args.only or ([] if args.candidate else list(CANDIDATES))
+        candidates = {name: CANDIDATES[name] for name in names}
+        candidates.update(parse_candidate(c) for c in args.candidate or [])
+    if args.val_size:
+        data["val_size"] = args.val_size
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch {torch.__version__}")
+    rows = measure_frontier(profile_path, candidates, data, epochs, args.workers)
+    parallelism = None
+    if not args.no_parallel_check:
+        parallelism = measure_parallelism(profile_path, data, 1 if args.quick else args.parallel_epochs, args.workers)
+    print_table(rows, parallelism, args.yardstick)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"profile": args.profile, "rows": rows, "parallelism": parallelism}, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
