@@ -17,6 +17,7 @@ uploaded before the latest, so an upload cut short leaves at least one of the tw
 
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
 import tempfile
@@ -45,6 +46,8 @@ def datastore_checkpoints(flow: Any, every: int, on_resume: Any = None) -> Check
         for name in FILE_NAMES
     }
     directory = Path(tempfile.mkdtemp(prefix="fashionflow-checkpoint-"))
+    # The datastore holds the copy that counts; the local one goes with the task process.
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     if current.retry_count > 0:
         with storage.load_bytes(list(keys)) as loaded:
             for key, path, _ in loaded:
