@@ -29,42 +29,35 @@ from metaflow.packaging_sys import ContentType
 
 import fmnist
 
-# The profile's BatchConfig field -> @batch's argument. image and queue left unset (None) fall back to
-# Metaflow's configured METAFLOW_BATCH_CONTAINER_IMAGE and METAFLOW_BATCH_JOB_QUEUE.
-_BATCH_ARGS = {
-    "gpu": "gpu",
-    "cpu": "cpu",
-    "memory": "memory",
-    "shared_memory": "shared_memory",
-    "image": "image",
-    "queue": "queue",
-}
+# The profile's BatchConfig fields passed to @batch, under the same names. image and queue left unset (None) fall
+# back to Metaflow's configured METAFLOW_BATCH_CONTAINER_IMAGE and METAFLOW_BATCH_JOB_QUEUE.
+_BATCH_FIELDS = ("gpu", "cpu", "memory", "shared_memory", "image", "queue")
 
 
 def batch_decorators(batch: Mapping[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
     """The (decorator name, arguments) pairs a profile's `compute.batch` asks of the train step; [] when unset."""
     if not batch:
         return []
-    batch_args = {arg: batch[field] for field, arg in _BATCH_ARGS.items() if batch.get(field) is not None}
+    batch_args = {field: batch[field] for field in _BATCH_FIELDS if batch.get(field) is not None}
     return [("batch", batch_args), ("retry", {"times": int(batch.get("retries", 0))})]
 
 
-# The profile's KubernetesConfig field -> @kubernetes's argument. Fields left unset (None, or an empty selector or
-# toleration list) fall back to Metaflow's METAFLOW_KUBERNETES_* configuration (image, namespace, service account,
-# node selector, tolerations).
-_KUBERNETES_ARGS = {
-    "gpu": "gpu",
-    "gpu_vendor": "gpu_vendor",
-    "cpu": "cpu",
-    "memory": "memory",
-    "disk": "disk",
-    "shared_memory": "shared_memory",
-    "image": "image",
-    "namespace": "namespace",
-    "service_account": "service_account",
-    "node_selector": "node_selector",
-    "tolerations": "tolerations",
-}
+# The profile's KubernetesConfig fields passed to @kubernetes, under the same names. Fields left unset (None, or an
+# empty selector or toleration list) fall back to Metaflow's METAFLOW_KUBERNETES_* configuration (image, namespace,
+# service account, node selector, tolerations).
+_KUBERNETES_FIELDS = (
+    "gpu",
+    "gpu_vendor",
+    "cpu",
+    "memory",
+    "disk",
+    "shared_memory",
+    "image",
+    "namespace",
+    "service_account",
+    "node_selector",
+    "tolerations",
+)
 
 
 def kubernetes_decorators(kubernetes: Mapping[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
@@ -73,8 +66,8 @@ def kubernetes_decorators(kubernetes: Mapping[str, Any] | None) -> list[tuple[st
         return []
     # `@kubernetes` reads cpu, memory and disk as strings (its defaults are) and compares them with its defaults.
     kube_args = {
-        arg: str(kubernetes[field]) if field in {"cpu", "memory", "disk"} else kubernetes[field]
-        for field, arg in _KUBERNETES_ARGS.items()
+        field: str(kubernetes[field]) if field in {"cpu", "memory", "disk"} else kubernetes[field]
+        for field in _KUBERNETES_FIELDS
         if kubernetes.get(field) not in (None, {}, [])
     }
     if not kubernetes.get("gpu"):
