@@ -352,7 +352,10 @@ def test_idle_and_trickling_connections_neither_stop_health_nor_hold_forever(smo
             writer.write(data[i : i + 1])
             await asyncio.sleep(0.05)
         status, text = await asyncio.wait_for(answer, 10)
-        rest = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection after its 408
+        try:  # the server closes the connection after its 408
+            rest = await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:  # closed with trickled bytes still unread: the kernel resets rather than FINs
+            rest = b""
         writer.close()
         assert rest == b""
         return status, text, time.monotonic() - start
