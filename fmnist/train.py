@@ -80,8 +80,10 @@ class PhotometricAugmenter:
     """Small rotations, then brightness, contrast, gamma, blur and noise, for whole batches, drawn per image on the
     device.
 
-    Per-image parameters are (B, 1, 1) tensors, so a batch costs a handful of element-wise operations and one 3x3
-    convolution, whatever its size: no per-sample Python. Images not drawn for a change pass through untouched.
+    Each change is applied to a random subset of round(prob * B) images of the batch (drawn without replacement, so
+    every image has the same chance `prob`), and only those images are computed: the others pass through untouched
+    at no cost. Per-image parameters are (K, 1, 1) tensors, so a subset costs a handful of element-wise operations
+    and one 3x3 convolution, whatever its size: no per-sample Python, and no device-to-host sync.
     """
 
     def __init__(self, hp: HParams, generator: torch.Generator) -> None:
@@ -96,30 +98,47 @@ class PhotometricAugmenter:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 28, 28) uint8 -> (B, 28, 28) float32 pixels on the same 0-255 scale."""
-        hp, dev, b = self.hp, images.device, images.shape[0]
+        hp = self.hp
         x = images.float().div_(255.0)  # (B, 28, 28) in [0, 1]
-
-        def uniform(low: float, high: float) -> torch.Tensor:
-            return low + (high - low) * torch.rand(b, 1, 1, device=dev, generator=self.generator)  # (B, 1, 1)
-
         if hp.rotate_prob > 0 and hp.rotate > 0:
-            turned = uniform(0.0, 1.0) < hp.rotate_prob  # (B, 1, 1)
-            angle = torch.deg2rad(uniform(-hp.rotate, hp.rotate)).view(b) * turned.view(b)  # (B,), 0 when not turned
-            cos, sin = torch.cos(angle), torch.sin(angle)
-            zero = torch.zeros_like(angle)
-            theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (B, 2, 3)
-            grid = nn.functional.affine_grid(theta, [b, 1, *x.shape[1:]], align_corners=False)
-            x = nn.functional.grid_sample(x[:, None], grid, align_corners=False)[:, 0]  # black fills the corners
-        changed = uniform(0.0, 1.0) < hp.photo_prob  # (B, 1, 1)
-        out = x.pow(torch.exp(uniform(-hp.photo_gamma, hp.photo_gamma)))
-        mean = out.mean(dim=(1, 2), keepdim=True)  # (B, 1, 1)
-        out = mean + uniform(1.0 - hp.photo_contrast, 1.0) * (out - mean)
-        out = out + uniform(-hp.photo_brightness / 2, hp.photo_brightness)
-        blurred = nn.functional.conv2d(out[:, None], self.kernel.to(dev), padding=1)[:, 0]  # (B, 28, 28)
-        out = out + uniform(0.0, hp.photo_blur) * (blurred - out)
-        noise = torch.randn(out.shape, device=dev, generator=self.generator)  # (B, 28, 28)
-        out = out + uniform(0.0, hp.photo_noise) * noise
-        return torch.where(changed, out.clamp_(0.0, 1.0), x).mul_(255.0)
+            turned = self.choose(x.shape[0], hp.rotate_prob)  # (K,)
+            if turned.numel():  # a shape, known on the host: no sync
+                x[turned] = self.rotate(x[turned])
+        changed = self.choose(x.shape[0], hp.photo_prob)  # (K,)
+        if changed.numel():
+            x[changed] = self.photo(x[changed])
+        return x.mul_(255.0)
+
+    def choose(self, b: int, prob: float) -> torch.Tensor:
+        """(K,) indices of round(prob * b) distinct images of a batch of b, drawn on the generator's device."""
+        order = torch.randperm(b, device=self.generator.device, generator=self.generator)  # (b,)
+        return order[: round(prob * b)]
+
+    def uniform(self, k: int, low: float, high: float) -> torch.Tensor:
+        """(K, 1, 1) per-image parameters drawn uniformly from [low, high)."""
+        return low + (high - low) * torch.rand(k, 1, 1, device=self.generator.device, generator=self.generator)
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, 28, 28) in [0, 1] -> the same turned by up to `rotate` degrees either way; black fills the corners."""
+        k = x.shape[0]
+        angle = torch.deg2rad(self.uniform(k, -self.hp.rotate, self.hp.rotate)).view(k)  # (K,)
+        cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)  # (K, 2, 3)
+        grid = nn.functional.affine_grid(theta, [k, 1, *x.shape[1:]], align_corners=False)
+        return nn.functional.grid_sample(x[:, None], grid, align_corners=False)[:, 0]
+
+    def photo(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, 28, 28) in [0, 1] -> gamma, contrast, brightness, blur and noise applied, clamped to [0, 1]."""
+        hp, k = self.hp, x.shape[0]
+        out = x.pow(torch.exp(self.uniform(k, -hp.photo_gamma, hp.photo_gamma)))
+        mean = out.mean(dim=(1, 2), keepdim=True)  # (K, 1, 1)
+        out = mean + self.uniform(k, 1.0 - hp.photo_contrast, 1.0) * (out - mean)
+        out = out + self.uniform(k, -hp.photo_brightness / 2, hp.photo_brightness)
+        blurred = nn.functional.conv2d(out[:, None], self.kernel.to(x.device), padding=1)[:, 0]  # (K, 28, 28)
+        out = out + self.uniform(k, 0.0, hp.photo_blur) * (blurred - out)
+        noise = torch.randn(out.shape, device=x.device, generator=self.generator)  # (K, 28, 28)
+        out = out + self.uniform(k, 0.0, hp.photo_noise) * noise
+        return out.clamp_(0.0, 1.0)
 
 
 def one_cycle(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:

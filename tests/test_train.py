@@ -92,10 +92,18 @@ def test_photometric_augmenter_is_deterministic_and_leaves_unchosen_images_alone
         return PhotometricAugmenter(hp, torch.Generator().manual_seed(seed))(images)
 
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
-    unchanged = (run(0) == images.float()).flatten(1).all(1).float().mean().item()
-    assert 0.6 < unchanged < 0.8  # photo_prob = 0.3 of the images are changed
+    unchanged = (run(0) == images.float()).flatten(1).all(1)  # (512,)
+    assert unchanged.sum().item() == 512 - round(0.3 * 512)  # exactly photo_prob of the batch is changed
+    assert not torch.equal(unchanged, (run(1) == images.float()).flatten(1).all(1))  # a different subset per draw
     off = PhotometricAugmenter(HParams(photo_prob=0.0, rotate_prob=0.0), torch.Generator())
     assert not off.active
+
+
+def test_photometric_augmenter_passes_batches_too_small_to_change_through(small_splits):
+    images = torch.from_numpy(small_splits.train_images[:2])
+    augment = PhotometricAugmenter(HParams(photo_prob=0.2, rotate_prob=0.2), torch.Generator().manual_seed(0))
+    assert torch.equal(augment(images), images.float())  # round(0.2 * 2) = 0 images to change
+    assert augment(images[:0]).shape == (0, 28, 28)
 
 
 def test_one_cycle_warms_up_then_decays_to_zero():
