@@ -11,9 +11,10 @@ time on one core each, so each wall time includes the contention of a neighbour,
 yardstick row of the same run (the current profile unless `--yardstick` names another): a shared machine's load
 moves absolute times, much less the ratios of trials trained together.
 
-Also printed: validation accuracy with flip test-time augmentation (the mean of the logits of an image and its
-mirror), which the service does not apply, so it is reported and not adopted; and whether the profile's two trials
-finish sooner side by side on one core each or one after the other on every core.
+Every row prints validation accuracy of the same weights as one view (`val acc`) and flip-averaged (`+flip`: the
+mean of the logits of an image and its mirror, what `flip_tta: true` makes the network do wherever it is evaluated
+or served); and whether the profile's two trials finish sooner side by side on one core each or one after the other
+on every core.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +97,21 @@ def train_candidate(
     t0 = time.perf_counter()
     result = train_model(HParams(**hparams), splits, device, seed=seed, amp=dtype)
     wall = time.perf_counter() - t0  # training plus its per-epoch validation, as in a run's train step
-    model = build_model(result.model_args)
-    model.load_state_dict(result.state_dict)
+    # The same weights scored as one view and flip-averaged, whichever the candidate's `flip_tta` ships (its wall
+    # time includes its own per-epoch validation, which flip averaging doubles).
+    single, averaged = (build_model(replace(result.model_args, flip_tta=tta)) for tta in (False, True))
+    single.load_state_dict(result.state_dict)
+    averaged.load_state_dict(result.state_dict)
     # The served model runs in fp32 (ONNX Runtime), so the final scores are fp32 whatever the training precision.
-    plain = predict_logits(model, splits.val_images, device)  # (N_val, 10)
-    mirrored = predict_logits(model, np.ascontiguousarray(splits.val_images[:, :, ::-1]), device)
     labels = torch.from_numpy(splits.val_labels.astype(np.int64))
+    plain = predict_logits(single, splits.val_images, device)  # (N_val, 10)
+    both = predict_logits(averaged, splits.val_images, device)  # (N_val, 10)
     return {
         "wall_seconds": wall,
         "train_seconds": result.train_seconds,
         "parameters": result.parameters,
         "val_accuracy": (plain.argmax(1) == labels).float().mean().item(),
-        "val_accuracy_flip_tta": ((plain + mirrored).argmax(1) == labels).float().mean().item(),
+        "val_accuracy_flip_tta": (both.argmax(1) == labels).float().mean().item(),
         "amp": str(dtype),
         "threads": threads,
         "pid": os.getpid(),

@@ -54,6 +54,9 @@ class HParams(_Strict):
     # flips are label-preserving for clothing; vertical flips and rotations are not (shoes point one way).
     crop_pad: int = Field(2, ge=0, le=8)
     flip: bool = True
+    # Test-time flip averaging: the model scores every image and its mirror and averages them, wherever it is
+    # evaluated or served (`fmnist.model.ModelArgs.flip_tta`). Twice the network's inference cost, no training cost.
+    flip_tta: bool = False
     # Photometric augmentation: what a photo does to a picture that geometry does not. Fashion-MNIST's backgrounds
     # are pure black and its garments span the full range, so a net trained on them alone keys on that black and
     # collapses when a photo's backdrop is grey. Each image of a batch is changed with probability `photo_prob`; the

@@ -18,6 +18,9 @@ class ModelArgs:
     depth: int = 0
     dropout: float = 0.0
     num_classes: int = NUM_CLASSES
+    # Score an image and its mirror and average (logits and descriptor) whenever the net is not training. Part of
+    # the network, so that every path (evaluate, the ONNX graph the service runs, ScoreFlow) answers the same way.
+    flip_tta: bool = False
 
     def to_dict(self) -> dict[str, float | int]:
         """Plain data, for artifacts and the model record."""
@@ -44,7 +47,8 @@ class FashionCNN(nn.Module):
     """Conv stages at 28, 14 and 7 pixels with width, 2*width and 4*width channels, max-pooled to a vector.
 
     `depth` residual blocks are added to every stage. Global max pooling keeps the head tiny and makes the
-    network tolerant to the small shifts that augmentation teaches.
+    network tolerant to the small shifts that augmentation teaches. With `flip_tta`, evaluation averages over the
+    image and its left-right mirror (training sees mirrors as augmentation; the weights are the same either way).
     """
 
     def __init__(self, args: ModelArgs) -> None:
@@ -66,9 +70,22 @@ class FashionCNN(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(args.dropout), nn.Linear(4 * w, args.num_classes))
 
+    @property
+    def views(self) -> int:
+        """How many views of an image a forward pass scores: 2 with flip averaging outside training, else 1."""
+        return 2 if self.args.flip_tta and not self.training else 1
+
+    def _with_mirrors(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) -> (V * B, 1, 28, 28): the images, then their mirrors when `views` is 2."""
+        return torch.cat([x, x.flip(-1)]) if self.views == 2 else x
+
+    def _view_mean(self, y: torch.Tensor) -> torch.Tensor:
+        """(V * B, K) -> (B, K): the mean over the views of each image."""
+        return y.reshape(2, -1, y.shape[-1]).mean(0) if self.views == 2 else y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, 28, 28) normalised images -> (B, num_classes) logits."""
-        return self.head(self.features(x))
+        return self._view_mean(self.head(self.features(self._with_mirrors(x))))
 
     def describe(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, 28, 28) normalised images -> ((B, D) descriptor, (B, num_classes) logits) in one pass.
@@ -79,13 +96,13 @@ class FashionCNN(nn.Module):
         mistake for a bag (the feature ensemble of Lee et al. 2018).
         """
         parts = []
-        h = x
+        h = self._with_mirrors(x)  # (V * B, 1, 28, 28)
         for layer in self.features:
             h = layer(h)
-            if isinstance(layer, nn.Sequential | Residual):  # a conv block's output, (B, C, H, W)
-                parts.append(h.mean(dim=(2, 3)))  # (B, C)
-        logits = self.head(h)  # h: (B, 4 * width) after pooling and flattening
-        return torch.cat([*parts, h], dim=1), logits
+            if isinstance(layer, nn.Sequential | Residual):  # a conv block's output, (V * B, C, H, W)
+                parts.append(h.mean(dim=(2, 3)))  # (V * B, C)
+        logits = self.head(h)  # h: (V * B, 4 * width) after pooling and flattening
+        return self._view_mean(torch.cat([*parts, h], dim=1)), self._view_mean(logits)
 
 
 def build_model(args: ModelArgs) -> FashionCNN:

@@ -33,7 +33,7 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 def model_args(hp: HParams) -> ModelArgs:
     """The network shape a trial's hyper-parameters ask for."""
-    return ModelArgs(width=hp.width, depth=hp.depth, dropout=hp.dropout)
+    return ModelArgs(width=hp.width, depth=hp.depth, dropout=hp.dropout, flip_tta=hp.flip_tta)
 
 
 @dataclass

@@ -110,3 +110,51 @@ def test_a_bf16_trained_model_rebuilds_bit_for_bit_and_exports_with_parity():
     probabilities, _ = OnnxScorer(graph)(images[500:])
     assert np.abs(probabilities - reference).max() <= 2e-5  # float32 rounding, as in tests/test_scoring_graph.py
     assert (probabilities.argmax(1) == reference.argmax(1)).mean() >= 0.99
+
+
+def test_flip_averaging_scores_an_image_and_its_mirror_outside_training_only():
+    """`flip_tta` adds no parameters; in eval mode the logits and the descriptor are the means over the image and its
+    mirror of what the same weights give without it; in training mode it is the plain network."""
+    from fmnist.config import HParams
+    from fmnist.train import model_args
+
+    assert model_args(HParams(flip_tta=True)).flip_tta and not model_args(HParams()).flip_tta
+    torch.manual_seed(0)
+    averaged = FashionCNN(ModelArgs(width=8, flip_tta=True))
+    plain = FashionCNN(ModelArgs(width=8))
+    plain.load_state_dict(averaged.state_dict())
+    assert count_parameters(averaged) == count_parameters(plain)
+    x = torch.randn(6, 1, 28, 28)
+    averaged.eval(), plain.eval()
+    with torch.no_grad():
+        logits = averaged(x)
+        assert logits.shape == (6, 10) and averaged.views == 2
+        assert torch.allclose(logits, (plain(x) + plain(x.flip(-1))) / 2, atol=1e-6)
+        assert not torch.allclose(logits, plain(x), atol=1e-3)  # the mirror moved it
+        features, described = averaged.describe(x)
+        (f_plain, _), (f_mirror, _) = plain.describe(x), plain.describe(x.flip(-1))
+        assert features.shape == f_plain.shape and torch.equal(described, logits)
+        assert torch.allclose(features, (f_plain + f_mirror) / 2, atol=1e-6)
+        assert torch.allclose(averaged(x[:1]), logits[:1], atol=1e-6)  # each image on its own: no batch mixing
+    averaged.train(), plain.train()
+    assert averaged.views == 1 and torch.equal(averaged(x), plain(x))
+
+
+def test_a_flip_averaged_record_rebuilds_bit_for_bit_and_records_without_the_field_load_plain():
+    import json
+
+    from safetensors.torch import save as save_safetensors
+
+    torch.manual_seed(0)
+    model = FashionCNN(ModelArgs(width=8, flip_tta=True)).eval()
+    record = ModelRecord(state_dict=model.state_dict(), model_args=model.args)
+    again = ModelRecord.from_bytes(record.to_bytes())
+    assert again.model_args.flip_tta and again.model_args == model.args
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again.build()(x), model(x))
+    # A record written before the option existed has no such field: it rebuilds the single-view network it was.
+    meta = record.metadata()
+    meta["model_args"] = {k: v for k, v in meta["model_args"].items() if k != "flip_tta"}
+    old = save_safetensors(dict(model.state_dict()), metadata={"fashionflow": json.dumps(meta)})
+    assert ModelRecord.from_bytes(old).model_args.flip_tta is False

@@ -44,6 +44,7 @@ def pixels() -> np.ndarray:
 
 
 def test_both_runtimes_give_the_same_answers(record, pixels):
+    assert record.model_args.flip_tta  # the smoke profile flip-averages, as the default does: the parity covers it
     cpu = torch.device("cpu")
     onnx, eager = Classifier(record, cpu, "onnxruntime"), Classifier(record, cpu, "torch")
     assert onnx.runtime == "onnxruntime" and onnx.onnx is not None
