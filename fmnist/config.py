@@ -164,10 +164,10 @@ class ComputeConfig(_Strict):
     # "auto": CUDA when present, else CPU. The device is chosen once, in the train step, and passed down.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # bf16 autocast of the forward pass. "auto": on CUDA devices with bf16, and on CPUs that compute in bf16 natively
-    # (AVX-512 BF16 or AMX: `fmnist.runtime.native_cpu_bf16`), where a width-16 trial trains 22 epochs in bf16 in
-    # about the wall time of 15 in fp32 (0.99-1.00 under load in `benchmarks/frontier.py`, 1.09 on an idle machine in
-    # whole runs: the README's Benchmarks); other CPUs would emulate it, so "auto" keeps them in fp32. Weights stay
-    # fp32 either way, and the service runs them in fp32.
+    # (AVX-512 BF16 or AMX: `fmnist.runtime.native_cpu_bf16`), where a width-16 trial's epoch took 0.67 of its fp32
+    # time beside a second trial (`benchmarks/frontier.py`, run 2 in the README's Benchmarks: 22 epochs in bf16 in
+    # 0.99 of the time of 15 in fp32); other CPUs would emulate it, so "auto" keeps them in fp32. Weights stay fp32
+    # either way, and the service runs them in fp32.
     amp: Literal["auto", "bf16", "off"] = "auto"
     # Torch threads per train task. None: the machine's cores divided among the trials running at once, so
     # that parallel local trials do not oversubscribe the cores.
