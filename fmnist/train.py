@@ -81,9 +81,10 @@ class PhotometricAugmenter:
     device.
 
     Each change is applied to a random subset of round(prob * B) images of the batch (drawn without replacement, so
-    every image has the same chance `prob`), and only those images are computed: the others pass through untouched
-    at no cost. Per-image parameters are (K, 1, 1) tensors, so a subset costs a handful of element-wise operations
-    and one 3x3 convolution, whatever its size: no per-sample Python, and no device-to-host sync.
+    every image has the same chance, within half an image's share of `prob`), and only those images are computed:
+    the others pass through untouched at no cost. Per-image parameters are (K, 1, 1) tensors, so a subset costs a
+    handful of element-wise operations and one 3x3 convolution, whatever its size: no per-sample Python, and no
+    device-to-host sync.
     """
 
     def __init__(self, hp: HParams, generator: torch.Generator) -> None:
