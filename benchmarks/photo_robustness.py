@@ -1,7 +1,8 @@
 """Photo robustness and abstention of any run's model, on validation data only: the development counterpart of the
 report's photo sections, and the place every photo-related default is chosen.
 
-    python benchmarks/photo_robustness.py [--run FashionFlow/123] [--per-class 20] [--fit-per-class 10] [--json PATH]
+    python benchmarks/photo_robustness.py [--run FashionFlow/123] [--per-class 20] [--fit-per-class 10] [--one-view]
+                                        [--json PATH]
 
 Without --run, the flow's latest successful run (as the service picks it). The run's validation split (an artifact
 of the run; never the test set) is cut in two seeded halves. On the first, the temperature and the abstention policy
@@ -22,7 +23,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,11 @@ def main() -> None:
         help="quantile of validation photos' OOD scores for the photos' OOD threshold (1.0: the scans' threshold)",
     )
     parser.add_argument("--nongarments", type=int, default=25, help="synthetic non-garments per kind")
+    parser.add_argument(
+        "--one-view",
+        action="store_true",
+        help="the same weights without flip averaging (flip_tta off), to compare with the model as it was trained",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -97,6 +103,10 @@ def main() -> None:
     images, labels = np.asarray(data.val_images), np.asarray(data.val_labels)
     fitting, held_out = split_halves(len(labels))
     classifier = served.classifier
+    if args.one_view:
+        record = served.classifier.record
+        one_view = replace(record, model_args=replace(record.model_args, flip_tta=False))
+        classifier = Classifier(one_view, classifier.device, classifier.runtime)
     started = time.perf_counter()
     refit(classifier, images[fitting], labels[fitting], args.fit_per_class, args.seed, args.photo_ood_quantile)
     policy, record = classifier.policy, classifier.record
