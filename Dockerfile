@@ -7,7 +7,7 @@
 # `fmnist` shipped in Metaflow's code package (it sits next to the flow file, first on sys.path), so the image
 # only has to be rebuilt when dependencies change (requirements/lock.txt), not for every code change.
 #
-# Both install from the lock (see the README's "Reproducible environment"): the project first, without its
+# Both install from the lock (see docs/environment.md): the project first, without its
 # dependencies, then the dependencies of the extras the image needs with the lock as a constraints file, so every
 # package is the locked version and every downloaded file is checked against the lock's sha256 (pip >= 26.1 honours
 # hashes in a constraints file). Python 3.11, the lock's.
@@ -30,6 +30,7 @@ COPY requirements/ requirements/
 COPY pyproject.toml README.md ./
 COPY fmnist/ fmnist/
 COPY serving/ serving/
+COPY registry/ registry/
 # torch and torchvision are the lock's: PyPI's CUDA build, with the CUDA libraries as locked nvidia-* wheels, the
 # same files as the virtual environment's. The host only provides the NVIDIA driver (one recent enough for that
 # CUDA release, as the Batch GPU AMIs ship). The locked torch 2.14.1 is built for CUDA 13.0 (`torch.version.cuda`
@@ -37,7 +38,7 @@ COPY serving/ serving/
 # (GKE's installed driver, the NVIDIA GPU operator), check `nvidia-smi` in a pod before the first run.
 RUN pip install --upgrade "pip>=26.1" \
     && pip install --no-deps . \
-    && pip install --constraint requirements/lock.txt fashionflow \
+    && pip install --constraint requirements/lock.txt "fashionflow[train]" \
     && python -c "import fmnist, metaflow, torch, boto3; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # Metaflow's Batch command downloads and unpacks the code package into ./metaflow under the working directory.
@@ -62,14 +63,14 @@ COPY requirements/ requirements/
 COPY pyproject.toml README.md ./
 COPY fmnist/ fmnist/
 COPY serving/ serving/
-# The one exception to the lock's hashes: torch and torchvision are the locked releases but PyTorch's CPU builds
-# (X.Y.Z+cpu, a tenth of the CUDA wheels and no nvidia-* libraries), checked against that index's own sha256.
-# Their dependencies and everything else come from the lock, hash-checked.
+COPY registry/ registry/
+# Only the base set and the `serve` extra: what `serving/` and the released-model path import (no torchvision, no
+# training or evaluation stack). The one exception to the lock's hashes: torch is the locked release but PyTorch's
+# CPU build (X.Y.Z+cpu, a tenth of the CUDA wheel and no nvidia-* libraries), checked against that index's own
+# sha256. Its dependencies and everything else come from the lock, hash-checked.
 RUN pip install --upgrade "pip>=26.1" \
     && torch=$(sed -n 's/^torch==\([^ ]*\).*/\1/p' requirements/lock.txt) \
-    && torchvision=$(sed -n 's/^torchvision==\([^ ]*\).*/\1/p' requirements/lock.txt) \
-    && pip install --no-deps --index-url https://download.pytorch.org/whl/cpu \
-        "torch==${torch}" "torchvision==${torchvision}" \
+    && pip install --no-deps --index-url https://download.pytorch.org/whl/cpu "torch==${torch}" \
     && pip install --no-deps . \
     && pip install --constraint requirements/lock.txt "fashionflow[serve]" \
     && python -c "import serving.app, torch; print('torch', torch.__version__)"

@@ -10,7 +10,7 @@ PIP_TOOLS := pip-tools==7.6.2
 # Metaflow needs a user name; shells in containers and CI often have no $USER.
 export USERNAME ?= $(or $(USER),fashionflow)
 
-.PHONY: setup data browser wrk lock run smoke score test lint serve clean
+.PHONY: setup data browser wrk lock run smoke score card test lint docs serve clean
 
 setup: data $(VENV)/.installed
 
@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	touch $@
 
 # Re-resolve the newest versions pyproject.toml allows (torch and torchvision stay as requirements/torch.txt pins
-# them) for Python 3.11, with the sha256 of every file of every release. Commit the result; see the README.
+# them) for Python 3.11, with the sha256 of every file of every release. Commit the result; see docs/environment.md.
 # `make lock UPGRADE=0` keeps the locked versions and only adds or drops what pyproject.toml changed.
 # pip-compile's closing warning about `fashionflow` is expected: `dev` names the project's own extras, and the
 # project is installed from the working tree, never from the lock.
@@ -59,10 +59,29 @@ score: setup
 	@test -n "$(INPUT)" || (echo "usage: make score INPUT=<folder | list file | s3://prefix>" && exit 2)
 	$(PY) flows/score_flow.py --config config $(SCORE_PROFILE) run --input "$(INPUT)" $(SCORE_ARGS)
 
+# Style, types, the import rules between the library's rooms (pyproject.toml's [tool.importlinter];
+# docs/architecture.md), and the docs site built strictly: a broken link or a missing anchor fails.
 lint: setup
-	$(VENV)/bin/ruff check fmnist serving flows tests benchmarks
-	$(VENV)/bin/ruff format --check fmnist serving flows tests benchmarks
-	$(VENV)/bin/mypy fmnist serving flows
+	$(VENV)/bin/ruff check fmnist serving registry flows tests benchmarks
+	$(VENV)/bin/ruff format --check fmnist serving registry flows tests benchmarks
+	$(VENV)/bin/mypy fmnist serving registry flows
+	$(VENV)/bin/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
+
+# A step's card as an HTML file under cards/, for a machine without a browser; the end steps print this line:
+#   make card RUN=<run-id> [STEP=evaluate] [FLOW=fashion | promote | score]
+# RUN may be the run id or FashionFlow/<run-id>; STEP defaults to the flow's report (evaluate, decide, join).
+FLOW ?= fashion
+CARD_RUN = $(lastword $(subst /, ,$(RUN)))
+CARD_STEP = $(or $(STEP),$(if $(filter promote,$(FLOW)),decide,$(if $(filter score,$(FLOW)),join,evaluate)))
+CARD_FLOW = $(if $(filter promote,$(FLOW)),PromoteFlow,$(if $(filter score,$(FLOW)),ScoreFlow,FashionFlow))
+CARD_FILE = cards/$(CARD_FLOW)-$(CARD_RUN)-$(CARD_STEP).html
+card: setup
+	@test -n "$(RUN)" || (echo "usage: make card RUN=<run-id> [STEP=<step>] [FLOW=fashion|promote|score]" && exit 2)
+	@test -f flows/$(FLOW)_flow.py || (echo "FLOW=$(FLOW): no flows/$(FLOW)_flow.py (fashion, promote or score)" && exit 2)
+	@mkdir -p cards
+	$(PY) flows/$(FLOW)_flow.py card get $(CARD_RUN)/$(CARD_STEP) $(CARD_FILE)
+	@echo "card written to $(CARD_FILE)"
 
 # Debian's wrk, the native load generator of benchmarks/serve_wrk.py (its quick mode runs in the tests).
 wrk:
@@ -75,5 +94,9 @@ test: setup browser wrk lint
 serve: setup
 	$(VENV)/bin/fmnist-serve
 
+# The docs site, served with live reload at http://127.0.0.1:8001 while editing docs/.
+docs: setup
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
+
 clean:
-	rm -rf .metaflow .pytest_cache .mypy_cache .ruff_cache .coverage coverage.xml
+	rm -rf .metaflow .pytest_cache .mypy_cache .ruff_cache .coverage coverage.xml .site

@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmnist.config import CONFIG_DIR, HParams, Profile, expand_grid, load_profile
-from fmnist.evaluate import predict_logits
-from fmnist.model import build_model
+from fmnist.core.config import CONFIG_DIR, HParams, Profile, expand_grid, load_profile
+from fmnist.core.inference import predict_logits
+from fmnist.core.model import build_model
+from fmnist.core.runtime import amp_dtype
 from fmnist.pipeline import prepare_data
-from fmnist.runtime import amp_dtype
-from fmnist.train import train_model
+from fmnist.training.loop import train_model
 
 log = logging.getLogger("frontier")
 

@@ -4,16 +4,17 @@ report's photo sections, and the place every photo-related default is chosen.
     python benchmarks/photo_robustness.py [--run FashionFlow/123] [--per-class 20] [--fit-per-class 10] [--one-view]
                                         [--json PATH]
 
-Without --run, the flow's latest successful run (as the service picks it). The run's validation split (an artifact
-of the run; never the test set) is cut in two seeded halves. On the first, the temperature and the abstention policy
-are fitted exactly as the evaluate step fits them (clean images plus photos of both families, `fmnist.photo_mix`);
-on the second, held out from that fit, a class-balanced sample of garments is rendered under every condition of both
-photo families (`fmnist.photos`, the clean-studio family; `fmnist.wild_photos`, the in-the-wild family, with its
-development seed stream) and classified through the service's own path (normalisation, network, temperature,
-abstention). Printed: per condition and severity, accuracy, x clean, share answered confidently, accuracy of those
-answers and, for the in-the-wild family, how far the model's input moved from the same garment's plain photo; then
-the development non-garment sets (synthetic, photographs, faces, digits: other seeds and other photographs than the
-report's), with the share caught by the `empty` rule and by the model's scores alone.
+Without --run, the flow's latest successful run (as the service picks it). The run's validation split (an artifact of
+the run; never the test set) is cut in two seeded halves. On the first, the temperature and the abstention policy are
+fitted exactly as the evaluate step fits them (clean images plus photos of both families,
+`fmnist.evaluation.photo_mix`); on the second, held out from that fit, a class-balanced sample of garments is rendered
+under every condition of both photo families (`fmnist.evaluation.photos`, the clean-studio family;
+`fmnist.evaluation.wild_photos`, the in-the-wild family, with its development seed stream) and classified through the
+service's own path (normalisation, network, temperature, abstention). Printed: per condition and severity, accuracy, x
+clean, share answered confidently, accuracy of those answers and, for the in-the-wild family, how far the model's input
+moved from the same garment's plain photo; then the development non-garment sets (synthetic, photographs, faces, digits:
+other seeds and other photographs than the report's), with the share caught by the `empty` rule and by the model's
+scores alone.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.abstention import DEFAULT_PHOTO_OOD_QUANTILE, features_and_logits, selective_summary
-from fmnist.classifier import Classifier
-from fmnist.config import EvaluationConfig
-from fmnist.photos import photo_robustness
-from fmnist.report import fit_on_validation, nongarment_detection
-from fmnist.wild_photos import DEV_STREAM, wild_robustness, worst_conditions
+from fmnist.core.config import EvaluationConfig
+from fmnist.core.inference import features_and_logits
+from fmnist.evaluation.answers import service_answers
+from fmnist.evaluation.photos import photo_robustness
+from fmnist.evaluation.report import fit_on_validation, nongarment_detection
+from fmnist.evaluation.wild_photos import DEV_STREAM, wild_robustness, worst_conditions
+from fmnist.release.classifier import Classifier
+from fmnist.trust.abstention import DEFAULT_PHOTO_OOD_QUANTILE
+from fmnist.trust.abstention_fit import selective_summary
 from serving.model_loading import ModelLoadError, load_model
 from serving.settings import Settings
 
@@ -59,7 +63,7 @@ def refit(
     photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
 ) -> None:
     """Fit the classifier's temperature and abstention policy on (images, labels) exactly as the evaluate step does
-    (`fmnist.report.fit_on_validation`), with the default evaluation settings but these."""
+    (`fmnist.evaluation.report.fit_on_validation`), with the default evaluation settings but these."""
     evaluation = EvaluationConfig(fit_photo_per_class=fit_per_class, photo_ood_quantile=photo_ood_quantile)
     fit_on_validation(classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed)
 
@@ -116,7 +120,7 @@ def main() -> None:
     )
     clean = selective_summary(policy, logits, features, labels[held_out], record.temperature)
     studio = photo_robustness(
-        classifier.answer_uploads,
+        service_answers(classifier),
         images[held_out],
         labels[held_out],
         seed=args.seed,
@@ -124,7 +128,7 @@ def main() -> None:
         size=args.size,
     )
     wild = wild_robustness(
-        classifier.answer_uploads,
+        service_answers(classifier),
         images[held_out],
         labels[held_out],
         seed=args.seed,

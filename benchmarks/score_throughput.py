@@ -1,16 +1,16 @@
 """Images scored per second per core: one ScoreFlow shard against the service's /predict/batch, in one run.
 
-Both score the same files (28x28 PNG scans of training garments and the same garments rendered as 224x224 JPEG
-product photos by `fmnist.photos`) with the same model. "Per core" is images per CPU-second of the process doing the
-work: the shard's own process (`fmnist.catalogue.score_shard`, one decoding thread, ONNX Runtime with one thread)
-and the service's uvicorn worker (one worker, posted batches by a client in this process, whose CPU is not counted),
-so a shared machine's background load changes neither figure much.
+Both score the same files (28x28 PNG scans of training garments and the same garments rendered as 224x224 JPEG product
+photos by `fmnist.evaluation.photos`) with the same model. "Per core" is images per CPU-second of the process doing the
+work: the shard's own process (`fmnist.release.catalogue.score_shard`, one decoding thread, ONNX Runtime with one
+thread) and the service's uvicorn worker (one worker, posted batches by a client in this process, whose CPU is not
+counted), so a shared machine's background load changes neither figure much.
 
 With --end-to-end N it instead renders a mixed catalogue of N files to --folder (half 28x28 PNG scans of training
-garments, three tenths studio product photos in every condition of `fmnist.photos`, a fifth in-the-wild photos in
-every condition of `fmnist.wild_photos`; in parallel processes, and cached: a file already there is kept) and runs
-ScoreFlow on it end to end with the default score profile, printing the rendering time, the run's wall time and
-images/s, and checking that every shard logged its progress and has a live card that reached its last image.
+garments, three tenths studio product photos in every condition of `fmnist.evaluation.photos`, a fifth in-the-wild
+photos in every condition of `fmnist.evaluation.wild_photos`; in parallel processes, and cached: a file already there is
+kept) and runs ScoreFlow on it end to end with the default score profile, printing the rendering time, the run's wall
+time and images/s, and checking that every shard logged its progress and has a live card that reached its last image.
 
 .venv/bin/python benchmarks/score_throughput.py [--run FashionFlow/<id>] [--images 2000] [--json PATH]
 .venv/bin/python benchmarks/score_throughput.py --end-to-end 2000 --folder /tmp/catalogue-2k [--render-only]
@@ -40,14 +40,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import REPO, free_port, start_server, stop_servers, wait_ready
 
-from fmnist.catalogue import build_classifier, read_local_files, score_shard
-from fmnist.model_record import ModelRecord
+from fmnist.release.catalogue import build_classifier, read_local_files, score_shard
+from fmnist.release.model_record import ModelRecord
 
 
 def catalogue(count: int, photo_share: float, seed: int = 0) -> list[tuple[str, bytes]]:
     """(name, bytes): training garments as PNG scans, and a share of them rendered as product photos."""
-    from fmnist.data import load_dataset
-    from fmnist.photos import PHOTO_CONDITIONS, photo_rng, render_photo
+    from fmnist.core.data import load_dataset
+    from fmnist.evaluation.photos import PHOTO_CONDITIONS, photo_rng, render_photo
 
     pixels = load_dataset(download=False).train_images[:count]
     photos = round(count * photo_share)
@@ -151,8 +151,8 @@ def mixed_name(index: int) -> str:
 def _render_mixed(index: int, seed: int) -> bytes:
     """The bytes of file `index`: a training garment as a PNG scan, a studio photo or an in-the-wild photo, each
     photo condition in turn at its realistic severity; the same bytes every time (seeded by the index)."""
-    from fmnist.photos import PHOTO_CONDITIONS, photo_rng, render_photo
-    from fmnist.wild_photos import WILD_CONDITIONS, render_wild, wild_rng
+    from fmnist.evaluation.photos import PHOTO_CONDITIONS, photo_rng, render_photo
+    from fmnist.evaluation.wild_photos import WILD_CONDITIONS, render_wild, wild_rng
 
     assert _garments is not None
     pixels = _garments[index % len(_garments)]
@@ -170,7 +170,7 @@ def _render_mixed(index: int, seed: int) -> bytes:
 
 def _load_garments() -> None:
     global _garments
-    from fmnist.data import load_dataset
+    from fmnist.core.data import load_dataset
 
     _garments = load_dataset(download=False).train_images
 
@@ -211,7 +211,7 @@ def render_catalogue(folder: Path, count: int, workers: int, seed: int = 0) -> d
 
 
 def _listed(folder: Path) -> list[str]:
-    from fmnist.catalogue import list_inputs
+    from fmnist.release.catalogue import list_inputs
 
     return list_inputs(folder)
 

@@ -30,8 +30,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fmnist.imaging import normalize_photo, prepare_upload  # noqa: E402
-from fmnist.uploads import decode_image, grayscale_array  # noqa: E402
+from fmnist.images.normalise import normalize_photo, prepare_upload  # noqa: E402
+from fmnist.images.uploads import decode_image, grayscale_array  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
 LIMIT = Settings.model_fields["max_image_pixels"].default

@@ -36,7 +36,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fmnist.data import load_dataset  # noqa: E402
+from fmnist.core.data import load_dataset  # noqa: E402
 
 THROUGHPUT_TARGET = 0.40  # service single-image requests/s relative to the bare endpoint
 P99_TARGET_MS = 50.0

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fmnist.config import CONFIG_DIR, load_profile
-from fmnist.data import FILES, PIXEL_MEAN, PIXEL_STD, Splits, find_data_dir, load_dataset
-from fmnist.runtime import amp_dtype, describe_device, pick_device
-from fmnist.train import train_model
+from fmnist.core.config import CONFIG_DIR, load_profile
+from fmnist.core.data import FILES, PIXEL_MEAN, PIXEL_STD, Splits, find_data_dir, load_dataset
+from fmnist.core.runtime import amp_dtype, describe_device, pick_device
+from fmnist.training.loop import train_model
 
 THRESHOLDS = (0.91, 0.92, 0.93, 0.94, 0.95)
 

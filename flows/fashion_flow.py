@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 
-from fashion_cloud import cloud_compute
-from flow_cards import LiveTrainingCard, dataset_card, leaderboard_card, report_card
-from flow_checkpoints import datastore_checkpoints
+from fashion_cards import LiveTrainingCard, dataset_card, leaderboard_card, report_card
+from fashion_checkpoints import datastore_checkpoints
 from metaflow import Config, FlowSpec, card, current, step
+from shared_cloud import cloud_compute
+from shared_hints import card_hint
 
-from fmnist.config import DEFAULT_PROFILE_PATH, Profile, load_profile, parse_profile
-from fmnist.data import Splits
-from fmnist.report_schema import EvaluationReport
-from fmnist.selection import leaderboard
+from fmnist.core.config import DEFAULT_PROFILE_PATH, Profile, load_profile, parse_profile
+from fmnist.core.data import Splits
+from fmnist.evaluation.report_schema import EvaluationReport
+from fmnist.training.selection import leaderboard
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -37,7 +38,7 @@ class FashionFlow(FlowSpec):
                 robustness, photos, abstention and risk-coverage, non-garments, provenance)
       end       print the summary
 
-    The profile is Metaflow's `config` (validated by `fmnist.config.parse_profile` before any step runs, stored by
+    The profile is Metaflow's `config` (validated by `fmnist.core.config.parse_profile` before any step runs, stored by
     Metaflow with every task: `Run(...).data.config` in the Client API); steps read it through `self.profile`.
     Steps import `fmnist.pipeline` (and with it torch) where they run it: Metaflow imports this file again for
     every card refresh and CLI command, which should not pay for torch each time.
@@ -148,15 +149,16 @@ class FashionFlow(FlowSpec):
 
     @step
     def end(self):
-        """Print the chosen trial, its accuracy, calibration, photo robustness and abstention, and where the cards
-        are."""
-        run = f"{current.flow_name}/{current.run_id}"
+        """Print the chosen trial, its accuracy, calibration, photo robustness and abstention, and how to get the
+        cards."""
         print(f"best trial {self.best_trial}: {self.best_hparams}")
         print(f"validation accuracy {self.best_val_accuracy:.4f}, test accuracy {self.test_accuracy:.4f}")
         for line in EvaluationReport.model_validate(self.report).summary_lines():
             print(line)
-        print(f"report card: python flows/fashion_flow.py card view {run}/evaluate")
-        print(f"run {run}; leaderboard card: python flows/fashion_flow.py card view {run}/join")
+        print(f"run {current.flow_name}/{current.run_id}")
+        for label, card_step in (("report card", "evaluate"), ("leaderboard card", "join")):
+            for line in card_hint(label, __file__, current.flow_name, current.run_id, card_step, current.username):
+                print(line)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import logging
 from dataclasses import asdict
 
 from metaflow import Config, FlowSpec, Parameter, card, current, step, trigger_on_finish
-from promotion_card import decision_card
-from promotion_runs import find_candidate, find_champion, move_tag, now_utc, run_facts
+from promote_cards import decision_card
+from promote_runs import find_candidate, find_champion, move_tag, now_utc, run_facts
+from shared_hints import card_hint
 
 from fmnist.promotion import DEFAULT_RULES_PATH, PromotionRules, RunFacts, decide, load_rules, parse_rules
 
@@ -114,7 +115,8 @@ class PromoteFlow(FlowSpec):
             print(f"{self.candidate_run} is now tagged {self.decision['tag']!r}; untagged: {self.retired or 'none'}")
         else:
             print(f"refused: the {self.decision['tag']!r} tag stays on {self.champion_run or 'no run'}")
-        print(f"card: python flows/promote_flow.py card view {self.promotion}/decide")
+        for line in card_hint("card", __file__, current.flow_name, current.run_id, "decide", current.username):
+            print(line)
 
 
 if __name__ == "__main__":

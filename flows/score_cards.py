@@ -1,6 +1,6 @@
 """Metaflow cards of ScoreFlow: a live card per shard, and the catalogue's summary in the join.
 
-The figures come from `fmnist.catalogue.summarize` and the shards' own counts; this module only lays them out.
+The figures come from `fmnist.release.catalogue.summarize` and the shards' own counts; this module only lays them out.
 Images are embedded as PNG bytes, so a card is one self-contained HTML file.
 """
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from metaflow import current
 from metaflow.cards import Image, Markdown, ProgressBar, Table
+from shared_cards import provenance_table
 
 Components = list[Any]
 
@@ -49,9 +50,7 @@ def catalogue_card(
     """The catalogue: counts, throughput, classes against the training prior, unsure answers, drift signals, the
     least confident thumbnails, unreadable files, the model run and its provenance."""
     # matplotlib only in the join: the live shard cards (this module) are rendered by a fresh process each refresh.
-    from flow_cards import provenance_table
-
-    from fmnist import plots
+    from fmnist.evaluation import plots
 
     components: Components = [
         Markdown(
@@ -116,7 +115,7 @@ def _drift(drift: dict[str, Any]) -> Components:
 def _thumbnails(least_confident: Sequence[tuple[float, str, Any]]) -> Components:
     if not least_confident:
         return []
-    from fmnist import plots
+    from fmnist.evaluation import plots
 
     items = [
         {"image": pixels, "title": f"{path.rsplit('/', 1)[-1][:18]}\n{p:.0%}"} for p, path, pixels in least_confident

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 
-from fashion_cloud import cloud_compute
 from metaflow import Config, FlowSpec, Parameter, card, current, step
 from score_cards import LiveShardCard, catalogue_card
 from score_io import (
@@ -25,8 +24,10 @@ from score_io import (
     write_table,
 )
 from score_runs import find_model_run, mark_used
+from shared_cloud import cloud_compute
+from shared_hints import card_hint
 
-from fmnist.catalogue import (
+from fmnist.release.catalogue import (
     DEFAULT_SCORE_PROFILE_PATH,
     ScoreProfile,
     build_classifier,
@@ -50,7 +51,7 @@ class ScoreFlow(FlowSpec):
       start  find the model run (--run, else the newest successful run tagged --model-tag, `production`), copy its
              model record into this run; list the inputs (folder, list file or s3:// prefix) and split them into
              shards
-      score  one task per shard (foreach): read, normalise (`fmnist.imaging`) and score the shard's images in
+      score  one task per shard (foreach): read, normalise (`fmnist.images.normalise`) and score the shard's images in
              batches with the service's `Classifier`; unreadable files are rows with an error; rows checkpointed to
              the datastore, so a retry continues where the shard stopped; live card
       join   one table (the `table` artifact, a pandas DataFrame) in input order, its summary, the optional
@@ -104,7 +105,7 @@ class ScoreFlow(FlowSpec):
         self.shard_index, paths = shard["index"], self.paths[shard["start"] : shard["stop"]]
         if self.shard_index in failing_shards():
             raise RuntimeError(f"test hook: shard {self.shard_index} fails")
-        from fmnist.model_record import ModelRecord  # torch: imported where it runs, not at every card refresh
+        from fmnist.release.model_record import ModelRecord  # torch: imported where it runs, not at every card refresh
 
         record = ModelRecord.from_bytes(self.model_record)
         classifier = build_classifier(record, profile.compute.device)
@@ -157,7 +158,7 @@ class ScoreFlow(FlowSpec):
         """One table in input order, its summary and throughput; the --output file; the catalogue card."""
         import pandas as pd
 
-        from fmnist.model_record import ModelRecord
+        from fmnist.release.model_record import ModelRecord
 
         ordered = sorted(inputs, key=lambda inp: inp.shard_index)
         record = ModelRecord.from_bytes(ordered[0].model_record)
@@ -193,7 +194,9 @@ class ScoreFlow(FlowSpec):
         print(f"model {self.model_pathspec}; {self.throughput['images_per_second']:.0f} images/s")
         if self.output_url:
             print(f"table written to {self.output_url}")
-        print(f"table: Run('{run}').data.table; card: python flows/score_flow.py card view {run}/join")
+        print(f"table: Run('{run}').data.table")
+        for line in card_hint("card", __file__, current.flow_name, current.run_id, "join", current.username):
+            print(line)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ the table to a folder or an `s3://` prefix, and each shard's rows checkpointed t
 
 Checkpoints: a shard saves the rows it has scored since its last save as one more Parquet part under
 <datastore root>/ScoreFlow/<run>/score/<task>/checkpoint/rows-<n>.parquet (the local folder, or S3 on Batch), as
-`flows/flow_checkpoints.py` does for training; attempts of one task share the folder, so a retried shard reads
+`flows/fashion_checkpoints.py` does for training; attempts of one task share the folder, so a retried shard reads
 every part back and scores only the images no part holds.
 """
 
@@ -19,7 +19,16 @@ from typing import Any
 
 from metaflow import S3, current
 
-from fmnist.catalogue import Reader, Unreadable, list_inputs, read_local_files, read_table, table_bytes, too_large
+from fmnist.core.faults import failing, kill_point
+from fmnist.release.catalogue import (
+    Reader,
+    Unreadable,
+    list_inputs,
+    read_local_files,
+    read_table,
+    table_bytes,
+    too_large,
+)
 
 log = logging.getLogger("score_io")
 
@@ -131,7 +140,7 @@ class ShardCheckpoint:
 
     def save(self, rows: list[dict[str, Any]], force: bool = False) -> bool:
         """Queue `rows`; write them as the next part when it is time. True when a part was written."""
-        from fmnist.catalogue import rows_frame
+        from fmnist.release.catalogue import rows_frame
 
         self.pending += rows
         if not self.pending or not (force or self.clock() - self.last >= self.every):
@@ -152,15 +161,12 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- test hooks
 def failing_shards() -> set[int]:
     """Shards the test hook makes fail before scoring."""
-    return {int(s) for s in os.environ.get(FAIL_SHARDS_ENV, "").split(",") if s.strip()}
+    return failing(FAIL_SHARDS_ENV)
 
 
 def kill_after(shard: int) -> int | None:
     """Batches after which the test hook SIGKILLs this shard's first attempt, or None."""
-    for pair in os.environ.get(KILL_SHARDS_ENV, "").split(","):
-        if pair.strip() and int(pair.split(":")[0]) == shard:
-            return int(pair.split(":")[1])
-    return None
+    return kill_point(KILL_SHARDS_ENV, shard)
 
 
 def kill_now() -> None:

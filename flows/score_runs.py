@@ -11,12 +11,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from metaflow import Flow, Run, namespace
-from metaflow.exception import MetaflowException, MetaflowNotFound
+from metaflow import Run, namespace
+from metaflow.exception import MetaflowException
+
+from registry.artifacts import CONFIG, DATA_FINGERPRINT, MODEL_FLOW, TEST_ACCURACY
+from registry.runs import NoRunError, RunLookupError, artifact, end_data, find_run, model_record_bytes
 
 log = logging.getLogger("score_runs")
 
-MODEL_FLOW = "FashionFlow"
 # The tag on a FashionFlow run naming the ScoreFlow run that used its model last; the previous one is replaced, as a
 # run holds at most 50 user tags. Every scoring run names its model run in its own `model_run` artifact.
 SCORED_BY = "scored_by:"
@@ -37,43 +39,24 @@ class ModelRun:
 
 def find_model_run(requested: str, tag: str) -> ModelRun:
     """The run `requested` ("FashionFlow/<id>" or the id), else the newest successful FashionFlow run tagged `tag`;
-    across every user's namespace, as the service looks."""
-    namespace(None)
+    across every user's namespace, as the service looks (`registry.runs`)."""
     try:
-        run = _select(requested, tag)
-    except MetaflowNotFound as err:
-        raise ModelRunError(f"cannot find {requested or MODEL_FLOW}: {err}") from None
-    if not run.successful:
-        raise ModelRunError(f"{run.pathspec} did not finish successfully; it has no final model")
-    data = run["end"].task.data
-    record = _artifact(data, "calibrated_model") or _artifact(data, "model")  # "model": runs before the rename
-    if record is None:
-        raise ModelRunError(f"{run.pathspec} has no 'calibrated_model' artifact; was it produced by FashionFlow?")
-    profile = _artifact(data, "config") or {}
+        run = find_run(requested or None, tag)
+        record = model_record_bytes(run)
+    except NoRunError as err:
+        raise ModelRunError(f"{err}; name one with --run {MODEL_FLOW}/<id>") from None
+    except RunLookupError as err:
+        raise ModelRunError(str(err)) from None
+    data = end_data(run)
+    profile = artifact(data, CONFIG) or {}
     facts = {
         "created_at": str(run.created_at),
         "tags": sorted(run.user_tags),
         "profile": profile.get("name") if isinstance(profile, dict) else None,
-        "test_accuracy": _artifact(data, "test_accuracy"),
-        "data_fingerprint": _artifact(data, "data_fingerprint"),
+        "test_accuracy": artifact(data, TEST_ACCURACY),
+        "data_fingerprint": artifact(data, DATA_FINGERPRINT),
     }
-    return ModelRun(run.pathspec, bytes(record), facts)
-
-
-def _select(requested: str, tag: str) -> Any:
-    if requested:
-        return Run(requested if "/" in requested else f"{MODEL_FLOW}/{requested}")
-    for run in Flow(MODEL_FLOW).runs(tag):  # newest first
-        if run.successful:
-            return run
-    raise ModelRunError(f"no successful {MODEL_FLOW} run is tagged {tag!r}; name one with --run {MODEL_FLOW}/<id>")
-
-
-def _artifact(data: Any, name: str) -> Any:
-    try:
-        return getattr(data, name)
-    except AttributeError:
-        return None
+    return ModelRun(run.pathspec, record, facts)
 
 
 def mark_used(model_run: str, scoring_run: str) -> None:

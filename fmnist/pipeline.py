@@ -15,17 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointStore, deterministic_kernels
-from .config import HParams, Profile, expand_grid
-from .data import CLASS_NAMES, FILES, Splits, load_dataset, make_splits
-from .drift import reference_from_images
-from .model_record import ModelRecord
-from .provenance import environment
-from .report import build_report
-from .report_schema import EvaluationReport
-from .runtime import amp_dtype, configure_threads, describe_device, pick_device
-from .tracking import Tracker, log_report
-from .train import EpochCallback, train_model
+from fmnist.core.config import HParams, Profile, expand_grid
+from fmnist.core.data import CLASS_NAMES, FILES, Splits, load_dataset, make_splits
+from fmnist.core.faults import failing, kill_point
+from fmnist.core.provenance import environment
+from fmnist.core.runtime import amp_dtype, configure_threads, describe_device, pick_device
+from fmnist.evaluation.report import build_report
+from fmnist.evaluation.report_schema import EvaluationReport
+from fmnist.release.model_record import ModelRecord
+from fmnist.tracking import Tracker, log_report
+from fmnist.training.checkpoint import CheckpointStore, deterministic_kernels
+from fmnist.training.loop import EpochCallback, train_model
+from fmnist.trust.drift import reference_from_images
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ class InjectedFault(RuntimeError):
 
 def check_injected_fault(trial: int) -> None:
     """Raise InjectedFault if $FASHIONFLOW_FAIL_TRIALS names this trial."""
-    targets = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
-    if trial in targets:
+    if trial in failing(FAULT_ENV):
         raise InjectedFault(f"trial {trial} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
 
 
@@ -52,14 +52,7 @@ KILL_ENV = "FASHIONFLOW_KILL_TRIALS"
 
 def kill_epoch(trial: int, attempt: int) -> int | None:
     """The epoch after which $FASHIONFLOW_KILL_TRIALS kills this trial on this attempt, or None."""
-    if attempt > 0:
-        return None
-    for item in os.environ.get(KILL_ENV, "").split(","):
-        if item.strip():
-            named, _, epoch = item.partition(":")
-            if int(named) == trial:
-                return int(epoch)
-    return None
+    return None if attempt > 0 else kill_point(KILL_ENV, trial)
 
 
 def _killing(on_epoch: EpochCallback | None, epoch: int) -> EpochCallback:

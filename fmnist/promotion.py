@@ -24,8 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import CONFIG_DIR
-from .report_schema import EvaluationReport
+from fmnist.core.config import CONFIG_DIR
+from fmnist.evaluation.report_schema import EvaluationReport
 
 DEFAULT_RULES_PATH = CONFIG_DIR / "promotion" / "default.yaml"
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
-from .report_schema import EvaluationReport
+from fmnist.evaluation.report_schema import EvaluationReport
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,8 @@ def log_report(tracker: Tracker, report: EvaluationReport) -> None:
     tracking is off."""
     if not tracker.enabled:
         return
-    from .data import CLASS_NAMES
-    from .plots import reliability_diagram
+    from fmnist.core.data import CLASS_NAMES
+    from fmnist.evaluation.plots import reliability_diagram
 
     summary = report.summary()
     tracker.log(summary)

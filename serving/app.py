@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from fmnist.imaging import prepare_upload
+from fmnist.images.normalise import prepare_upload
 
 from .decoding import DecodePool
 from .following import ModelFollower, install, warm

@@ -1,6 +1,6 @@
 """Drift signals of the running service: a window of its recent predictions against the served model's reference.
 
-The window and the arithmetic are `fmnist.drift`'s; this module ties them to the served model (the reference comes
+The window and the arithmetic are `fmnist.trust.drift`'s; this module ties them to the served model (the reference comes
 from its record, and a switch to another model starts a new window, since predicted classes and unsure answers are
 the model's) and exposes them to Prometheus as gauges computed at scrape time.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from fmnist.drift import DriftReference, DriftSummary, DriftThresholds, DriftWindow, image_statistics
+from fmnist.trust.drift import DriftReference, DriftSummary, DriftThresholds, DriftWindow, image_statistics
 
 from .model_loading import ServedModel
 from .settings import Settings

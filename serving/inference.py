@@ -1,6 +1,6 @@
-"""The served model behind the routes: scores from `fmnist.classifier` (calibrated probabilities and whether the model
-may be relied on), shaped into response bodies; the image the model saw, for answers that ask for it; and the optional
-micro-batcher of concurrent single-image requests."""
+"""The served model behind the routes: scores from `fmnist.release.classifier` (calibrated probabilities and whether the
+model may be relied on), shaped into response bodies; the image the model saw, for answers that ask for it; and the
+optional micro-batcher of concurrent single-image requests."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from fmnist.classifier import Scored
+from fmnist.release.classifier import Scored
 
 from .model_loading import ServedModel
 from .schemas import ClassProbability, Prediction, SinglePrediction
 
 
 class Predictor:
-    """The served model: `fmnist.classifier.Classifier` scores, this turns the scores into response bodies."""
+    """The served model: `fmnist.release.classifier.Classifier` scores, this turns the scores into response bodies."""
 
     def __init__(self, served: ServedModel) -> None:
         self.served = served

@@ -1,8 +1,8 @@
 """Find the model record a FashionFlow run produced, through Metaflow's Client API, and build it for inference.
 
-The record is the `calibrated_model` artifact of the run's end step (`model` in runs made before it was renamed):
-safetensors bytes, parsed by `ModelRecord.from_bytes`, so loading it never unpickles anything. The datastore (local
-folder or S3) is found as Metaflow finds it.
+The run registry (`registry.runs`) finds the run and reads its record, the `calibrated_model` artifact of the end
+step: safetensors bytes, parsed by `ModelRecord.from_bytes`, so loading it never unpickles anything. The datastore
+(local folder or S3) is found as Metaflow finds it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from fmnist.classifier import Classifier
-from fmnist.model_record import ModelRecord, RecordError
-from fmnist.runtime import pick_device
-from fmnist.scoring_graph import RuntimeUnavailable
+from fmnist.core.runtime import pick_device
+from fmnist.release.classifier import Classifier
+from fmnist.release.model_record import ModelRecord, RecordError
+from fmnist.release.scoring_graph import RuntimeUnavailable
+from registry.artifacts import BEST_HPARAMS, DATA_FINGERPRINT, TEST_METRICS
 
 from .settings import Settings
 
@@ -59,45 +60,23 @@ def _select_metadata(settings: Settings) -> None:
 
 def find_run(settings: Settings) -> Any:
     """The Metaflow Run to serve: `settings.run`, else the newest successful run tagged `settings.tag`, else the
-    flow's latest successful run. Looks across all users' namespaces."""
-    from metaflow import Flow, Run, namespace
-    from metaflow.exception import MetaflowException, MetaflowNotFound
+    flow's latest successful run (`registry.runs.find_run`). Looks across all users' namespaces."""
+    from metaflow.exception import MetaflowException
+
+    from registry.runs import NoRunError as NoRegisteredRun
+    from registry.runs import RunLookupError
+    from registry.runs import find_run as find_registered_run
 
     try:
         _select_metadata(settings)
     except (MetaflowException, ValueError) as err:
         raise ModelLoadError(f"cannot use metadata provider {settings.metadata!r}: {err}") from None
-    namespace(None)
     try:
-        if settings.run:
-            pathspec = settings.run if "/" in settings.run else f"{settings.flow}/{settings.run}"
-            run = Run(pathspec)
-            if not run.successful:
-                raise ModelLoadError(f"run {pathspec} did not finish successfully; it has no final model")
-            return run
-        flow = Flow(settings.flow)
-        if settings.tag:
-            for run in flow.runs(settings.tag):  # newest first
-                if run.successful:
-                    return run
-            raise NoRunError(f"no successful {settings.flow} run is tagged {settings.tag!r} ({_describe_metadata()})")
-        latest = flow.latest_successful_run
-        if latest is None:
-            raise NoRunError(f"flow {settings.flow} has no successful run yet ({_describe_metadata()})")
-        return latest
-    except MetaflowNotFound as err:
-        if settings.run:
-            raise ModelLoadError(f"cannot find {settings.run} in Metaflow ({_describe_metadata()}): {err}") from None
-        raise NoRunError(f"no {settings.flow} run exists ({_describe_metadata()}): {err}") from None
-    except MetaflowException as err:
-        what = settings.run or (f"tag {settings.tag!r}" if settings.tag else f"latest successful {settings.flow}")
-        raise ModelLoadError(f"cannot find {what} in Metaflow ({_describe_metadata()}): {err}") from None
-
-
-def _describe_metadata() -> str:
-    from metaflow import get_metadata
-
-    return f"metadata {get_metadata()}"
+        return find_registered_run(settings.run, settings.tag, settings.flow)
+    except NoRegisteredRun as err:
+        raise NoRunError(str(err)) from None
+    except RunLookupError as err:
+        raise ModelLoadError(str(err)) from None
 
 
 def load_model(settings: Settings, pathspec: str | None = None) -> ServedModel:
@@ -111,25 +90,27 @@ def load_model(settings: Settings, pathspec: str | None = None) -> ServedModel:
     except RuntimeError as err:
         raise ModelLoadError(str(err)) from None
     torch.set_num_threads(settings.torch_threads)
+    # Metaflow is imported where a model is looked up, not with the service: see `_select_metadata`.
+    from registry.runs import RunLookupError, artifact, end_data, model_record_bytes
+
     run = find_run(settings)
-    data = run["end"].task.data  # the end step carries every artifact the flow produced
-    blob = _artifact(data, "calibrated_model", None) or _artifact(data, "model", None)  # "model": older runs
-    if blob is None:
-        raise ModelLoadError(f"run {run.pathspec} has no 'calibrated_model' artifact; was it produced by FashionFlow?")
+    data = end_data(run)
     try:
-        record = ModelRecord.from_bytes(blob)
+        record = ModelRecord.from_bytes(model_record_bytes(run))
         classifier = build_classifier(record, device, settings)
     except RuntimeUnavailable as err:
         raise ModelLoadError(f"runtime 'onnxruntime' requested but unavailable: {err}") from None
+    except RunLookupError as err:
+        raise ModelLoadError(str(err)) from None
     except (RecordError, RuntimeError, TypeError) as err:
         raise ModelLoadError(f"run {run.pathspec}: model record cannot be used: {err}") from None
     info = {
         "run": run.pathspec,
         "created_at": run.created_at.isoformat() if hasattr(run.created_at, "isoformat") else str(run.created_at),
         "tags": sorted(run.tags),
-        "hparams": _artifact(data, "best_hparams", record.hparams),
-        "data_fingerprint": _artifact(data, "data_fingerprint", record.provenance.get("data_fingerprint")),
-        "test_metrics": _artifact(data, "test_metrics", {}),
+        "hparams": artifact(data, BEST_HPARAMS, record.hparams),
+        "data_fingerprint": artifact(data, DATA_FINGERPRINT, record.provenance.get("data_fingerprint")),
+        "test_metrics": artifact(data, TEST_METRICS, {}),
     }
     info["runtime"] = classifier.runtime
     log.info(
@@ -157,10 +138,3 @@ def build_classifier(record: ModelRecord, device: torch.device, settings: Settin
             raise
         log.warning("serving with torch, not ONNX Runtime: %s", err)
         return Classifier(record, device, "torch", settings.torch_threads)
-
-
-def _artifact(data: Any, name: str, default: Any) -> Any:
-    try:
-        return getattr(data, name)
-    except AttributeError:
-        return default

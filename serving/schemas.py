@@ -196,8 +196,8 @@ class PixelBatch(BaseModel):
     # schema says; not 0, 1, true or "3", which lax validation would accept.
     model_config = ConfigDict(strict=True, json_schema_extra={"examples": [{"images": [[0] * 784]}]})
 
-    # Typed loosely on purpose: `fmnist.uploads.pixels_from_values` checks each image and says what is wrong with it
-    # (shape, type, range) in the 422. The schema states exactly what is valid.
+    # Typed loosely on purpose: `fmnist.images.uploads.pixels_from_values` checks each image and says what is wrong
+    # with it (shape, type, range) in the 422. The schema states exactly what is valid.
     images: list[list[Any]] = Field(
         min_length=1,
         description="One entry per image: [28][28] or [784] numbers.",

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
 
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA if present, else CPU.")
     # auto: the model's graph in ONNX Runtime on a CPU (one call instead of eager torch's per-operator overhead,
-    # fmnist/scoring_graph.py), torch on a GPU or where onnx/onnxruntime are not installed (with a log line).
+    # fmnist/release/scoring_graph.py), torch on a GPU or where onnx/onnxruntime are not installed (with a log line).
     runtime: Literal["auto", "onnxruntime", "torch"] = Field(
         default="auto",
         description="What runs the model: auto (ONNX Runtime on CPU when installed, else torch), onnxruntime or torch.",

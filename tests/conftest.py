@@ -32,11 +32,17 @@ from tests.support.flows import run_flow  # noqa: E402 - after the datastore is 
 
 
 @pytest.fixture(scope="session")
-def smoke_run():
-    """One successful smoke run of the whole flow, shared by the tests that only read its results."""
+def smoke_flow():
+    """One successful smoke run of the whole flow with what it printed, shared by the tests that only read it."""
     result = run_flow()
     assert result.status == "successful", result.stderr[-3000:]
-    return result.run
+    return result
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_flow):
+    """The smoke run itself (a Metaflow Run)."""
+    return smoke_flow.run
 
 
 @pytest.fixture(autouse=True)

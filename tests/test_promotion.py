@@ -13,7 +13,8 @@ from typing import Any
 import metaflow
 import pytest
 
-from fmnist.data import CLASS_NAMES
+from fmnist.core.data import CLASS_NAMES
+from fmnist.evaluation.report_schema import EvaluationReport
 from fmnist.promotion import (
     DEFAULT_RULES_PATH,
     PromotionRules,
@@ -23,8 +24,8 @@ from fmnist.promotion import (
     load_rules,
     parse_rules,
 )
-from fmnist.report_schema import EvaluationReport
 from tests.support.flows import session_datastore
+from tests.support.hints import check_card_commands
 from tests.support.releases import PROMOTE_FLOW, second_smoke_run
 
 RULES = load_rules()
@@ -281,6 +282,7 @@ def test_promote_flow_refuses_a_smoke_run_and_leaves_production_untouched(smoke_
     assert {r.pathspec for r in metaflow.Flow("FashionFlow").runs("production")} == before
     card = card_text(gate["decide"].task)
     assert "champion" in card and "candidate" in card and smoke_run.pathspec in card and "refused" in card
+    check_card_commands(stdout, session_datastore(), {"decide": "## Rules (champion and candidate side by side)"})
 
 
 def test_promote_flow_moves_the_tag_records_who_and_when_and_rolls_back(smoke_run, tmp_path):

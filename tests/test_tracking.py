@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fmnist.config import EvaluationConfig, load_profile, parse_profile
-from fmnist.data import Splits
-from fmnist.model import ModelArgs, build_model
-from fmnist.model_record import ModelRecord
+from fmnist.core.config import EvaluationConfig, load_profile, parse_profile
+from fmnist.core.data import Splits
+from fmnist.core.model import ModelArgs, build_model
+from fmnist.evaluation.report import build_report
 from fmnist.pipeline import train_trial
-from fmnist.report import build_report
+from fmnist.release.model_record import ModelRecord
 from fmnist.tracking import Tracker, log_report, resolve_mode
 
 wandb = pytest.importorskip("wandb")

@@ -1,10 +1,10 @@
 """Classify images: one upload, several uploads, or raw 28x28 pixel values sent as JSON.
 
-Every upload goes through `fmnist.imaging.prepare_upload`, the normalisation the evaluate step measured on rendered
-photos; every answer says whether the model is sure (`confident`) and, when not, why (`unsure_reason`), and names
-the run whose model produced it (`run`). A request takes the served model once (`Serving.predictor`) and is answered
-by it to the end, even while the service switches to a newly tagged model. Each prediction also enters the drift
-window. With `return_input` an answer also carries the 28x28 image the network received (`model_input`), so a user
+Every upload goes through `fmnist.images.normalise.prepare_upload`, the normalisation the evaluate step measured on
+rendered photos; every answer says whether the model is sure (`confident`) and, when not, why (`unsure_reason`), and
+names the run whose model produced it (`run`). A request takes the served model once (`Serving.predictor`) and is
+answered by it to the end, even while the service switches to a newly tagged model. Each prediction also enters the
+drift window. With `return_input` an answer also carries the 28x28 image the network received (`model_input`), so a user
 can tell a bad crop from a bad model; without it the answers are exactly as they were, at no extra cost.
 
 Answers are serialised by pydantic-core straight to JSON bytes (`_json`); FastAPI's own path validates the returned
@@ -25,8 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator
 
-from fmnist.imaging import WORK_SIZE, Prepared, normalize_photo, prepare_opened
-from fmnist.uploads import ImageError, ImageTooLarge, Upload, open_upload, pixels_from_values
+from fmnist.images.normalise import WORK_SIZE, Prepared, normalize_photo, prepare_opened
+from fmnist.images.uploads import ImageError, ImageTooLarge, Upload, open_upload, pixels_from_values
 
 from ..deps import JsonServingDep, Serving, TopK, UploadServingDep
 from ..inference import png_data_url

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from fmnist.config import load_profile
+from fmnist.core.config import load_profile
 from tests.support.flows import CONFIGS
 
 REGION = "us-east-1"

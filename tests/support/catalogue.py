@@ -13,7 +13,7 @@ from tests.support.images import encode, png_bomb, real_test_images
 SCORE_FLOW_FILE = ROOT / "flows" / "score_flow.py"
 # The test profile's file size limit: the "enormous file" below is over it, every image under it.
 MAX_FILE_BYTES = 100_000
-# file name -> the start of the error its row must carry (the service's own messages, `fmnist.uploads`).
+# file name -> the start of the error its row must carry (the service's own messages, `fmnist.images.uploads`).
 BAD_FILES = {
     "bad/empty.png": "empty file",
     "bad/notes.txt": "file is not an image",
@@ -26,7 +26,7 @@ BAD_FILES = {
 
 def product_photo(pixels: np.ndarray, index: int) -> bytes:
     """A garment rendered as a 224x224 JPEG product photo on grey paper, as the report's photo suite renders it."""
-    from fmnist.photos import PHOTO_CONDITIONS, photo_rng, render_photo
+    from fmnist.evaluation.photos import PHOTO_CONDITIONS, photo_rng, render_photo
 
     condition = next(c for c in PHOTO_CONDITIONS if c.name == "grey_backdrop")
     return render_photo(pixels, condition, condition.severities[condition.realistic], photo_rng(0, index))

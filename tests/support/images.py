@@ -10,7 +10,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-from fmnist.data import load_dataset
+from fmnist.core.data import load_dataset
 
 
 @cache

@@ -1,7 +1,7 @@
 """Real images for schemathesis: the upload routes declare their file parts as images (`encoding.contentType` in the
 OpenAPI schema), and these strategies make schemathesis send images of those types instead of arbitrary bytes.
 
-Imported by `tests/test_serving.py`; for the command line:
+Imported by `tests/serving/test_serving.py`; for the command line:
 
     SCHEMATHESIS_HOOKS=tests.support.schemathesis_hooks st run --checks all http://127.0.0.1:8000/openapi.json
 """

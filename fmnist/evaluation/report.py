@@ -1,0 +1,319 @@
+"""The evaluation report: how good the chosen model is, where it fails (perturbed pixels, product photos), how far
+its confidence can be believed, when it says "unsure", and where it came from. `build_report` assembles it as an
+`EvaluationReport` (`fmnist.evaluation.report_schema`), which the cards, the tracker and the model record read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmnist.core.config import EvaluationConfig
+from fmnist.core.data import CLASS_NAMES
+from fmnist.core.inference import features_and_logits
+from fmnist.evaluation.answers import service_answers
+from fmnist.evaluation.metrics import report_metrics
+from fmnist.evaluation.nongarments import DEV_STREAM as SYNTHETIC_DEV_STREAM
+from fmnist.evaluation.nongarments import REPORT_STREAM as SYNTHETIC_REPORT_STREAM
+from fmnist.evaluation.nongarments import encode_png, synthetic_nongarments
+from fmnist.evaluation.photo_mix import render_validation_photos
+from fmnist.evaluation.photos import photo_robustness, worst_realistic
+from fmnist.evaluation.real_nongarments import Part, handwritten_digits, real_photographs
+from fmnist.evaluation.report_schema import EvaluationReport
+from fmnist.evaluation.robustness import robustness_table
+from fmnist.evaluation.wild_photos import REPORT_STREAM as WILD_REPORT_STREAM
+from fmnist.evaluation.wild_photos import wild_robustness, worst_conditions
+from fmnist.release.classifier import Classifier
+from fmnist.release.model_record import ModelRecord
+from fmnist.trust.abstention import AbstentionPolicy
+from fmnist.trust.abstention_fit import fit_abstention, risk_coverage_curve, selective_summary
+from fmnist.trust.calibration import calibration_summary, fit_temperature, softmax
+
+log = logging.getLogger(__name__)
+
+# Mistakes shown in the gallery: the most confident ones, which are the most instructive (and the most worrying).
+GALLERY_SIZE = 24
+
+
+def misclassified_examples(
+    images: np.ndarray, labels: np.ndarray, probs: torch.Tensor, limit: int = GALLERY_SIZE
+) -> list[dict[str, Any]]:
+    """The `limit` most confident mistakes: index, true and predicted class, confidence, and the 28x28 image."""
+    confidence, predicted = probs.max(1)
+    wrong = np.flatnonzero(predicted.numpy() != np.asarray(labels))
+    order = wrong[np.argsort(-confidence.numpy()[wrong], kind="stable")][:limit]
+    return [
+        {
+            "index": int(i),
+            "true": CLASS_NAMES[int(labels[i])],
+            "predicted": CLASS_NAMES[int(predicted[i])],
+            "confidence": float(confidence[i]),
+            "image": np.asarray(images[i]).tolist(),
+        }
+        for i in order
+    ]
+
+
+def build_report(
+    record: ModelRecord,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    device: torch.device,
+    evaluation: EvaluationConfig,
+    seed: int = 0,
+) -> EvaluationReport:
+    """Calibrate `record` on the validation split, then evaluate it on the test set; returns the whole report.
+
+    Everything fitted is fitted on validation images only and written into `record` before the test set is scored:
+    the temperature, then the abstention policy (confidence and out-of-distribution thresholds). The photo suite and
+    the non-garments then go through `Classifier.classify_uploads`, the service's own path.
+    """
+    # One network for the whole report: the classifier reads the temperature and the policy from the record as
+    # they are fitted below, so the photo suite and the non-garments see the calibrated model.
+    classifier = Classifier(record, device)
+    model = classifier.network
+    val_features, val_logits, policy = fit_on_validation(
+        record, model, val_images, val_labels, device, evaluation, seed
+    )
+    temperature = record.temperature
+    # The drift reference's unsure share: clean validation images under the fitted policy (never the test set).
+    validation_unsure = 1.0 - selective_summary(policy, val_logits, val_features, val_labels, temperature)["coverage"]
+    test_features, test_logits = features_and_logits(model, test_images, device, mean=record.mean, std=record.std)
+    test = report_metrics(test_logits, test_labels)
+    calibration: dict[str, Any] = {
+        "temperature": temperature,
+        "fitted_on": f"validation split ({len(val_labels)} images)",
+        "validation_before": _brief(calibration_summary(val_logits, val_labels, 1.0)),
+        "validation_after": _brief(calibration_summary(val_logits, val_labels, temperature)),
+        "test_before": calibration_summary(test_logits, test_labels, 1.0),
+        "test_after": calibration_summary(test_logits, test_labels, temperature),
+    }
+    log.info(
+        "test accuracy %.4f; temperature %.3f; test ECE %.2f%% -> %.2f%%, NLL %.4f -> %.4f",
+        test["accuracy"],
+        temperature,
+        100 * calibration["test_before"]["ece"],
+        100 * calibration["test_after"]["ece"],
+        calibration["test_before"]["nll"],
+        calibration["test_after"]["nll"],
+    )
+    robustness = robustness_table(
+        model, test_images, test_labels, device, mean=record.mean, std=record.std, clean_accuracy=test["accuracy"]
+    )
+    return EvaluationReport.model_validate(
+        {
+            "test": test,
+            "calibration": calibration,
+            "robustness": robustness,
+            "photos": photo_section(classifier, test_images, test_labels, evaluation, seed),
+            "wild_photos": wild_photo_section(classifier, test_images, test_labels, evaluation, seed),
+            "abstention": abstention_section(classifier, test_logits, test_features, test_labels, evaluation, seed),
+            "validation_unsure_share": validation_unsure,
+            "misclassified": misclassified_examples(
+                test_images, test_labels, softmax(test_logits, temperature).float()
+            ),
+            "provenance": record.provenance,
+        }
+    )
+
+
+def fit_on_validation(
+    record: ModelRecord,
+    model: torch.nn.Module,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    device: torch.device,
+    evaluation: EvaluationConfig,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, AbstentionPolicy]:
+    """Fit `record`'s temperature and abstention policy on validation images (and, per the profile, validation
+    garments rendered as photos); returns the clean images' (features, logits) and the policy. The evaluate step and the
+    development benchmark (`benchmarks/photo_robustness.py`) both fit through here."""
+    val_features, val_logits = features_and_logits(model, val_images, device, mean=record.mean, std=record.std)
+    record.temperature = fit_temperature(val_logits, val_labels)
+    record.abstention = policy = fit_abstention(
+        val_logits,
+        val_features,
+        val_labels,
+        record.temperature,
+        evaluation.target_risk,
+        evaluation.ood_quantile,
+        photos=_validation_photos(record, model, val_images, val_labels, device, evaluation, seed),
+        photo_ood_quantile=evaluation.photo_ood_quantile,
+    )
+    return val_features, val_logits, policy
+
+
+def _validation_photos(
+    record: ModelRecord,
+    model: torch.nn.Module,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    device: torch.device,
+    evaluation: EvaluationConfig,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
+    """(logits, features, labels) of validation garments rendered as photos of both families, for the abstention
+    fit; uploads the normalisation finds empty are left out (they are unsure whatever the scores). None when the
+    profile fits on clean images only."""
+    if evaluation.fit_photo_per_class == 0:
+        return None
+    mix = render_validation_photos(
+        val_images, val_labels, seed, evaluation.fit_photo_per_class, size=evaluation.photo_size
+    )
+    found = ~mix.empty
+    features, logits = features_and_logits(model, mix.pixels[found], device, mean=record.mean, std=record.std)
+    return logits, features, mix.labels[found]
+
+
+def photo_section(
+    classifier: Classifier, images: np.ndarray, labels: np.ndarray, evaluation: EvaluationConfig, seed: int
+) -> dict[str, Any]:
+    """Accuracy on a fixed sample of test images rendered as product photos, per condition and severity, through
+    the service's normalisation; the worst condition at its realistic severity named."""
+    rows = photo_robustness(
+        service_answers(classifier),
+        images,
+        labels,
+        seed=seed,
+        per_class=evaluation.photo_per_class,
+        size=evaluation.photo_size,
+    )
+    worst = worst_realistic(rows)
+    log.info(
+        "photo suite: worst realistic condition %s at %.3f (%.2f of clean)",
+        worst.condition,
+        worst.accuracy,
+        worst.relative,
+    )
+    return {
+        "rows": [asdict(r) for r in rows],
+        "clean_accuracy": rows[0].accuracy,
+        "worst": asdict(worst),
+        "sample_size": rows[0].count,
+        "photo_size": evaluation.photo_size,
+    }
+
+
+def wild_photo_section(
+    classifier: Classifier, images: np.ndarray, labels: np.ndarray, evaluation: EvaluationConfig, seed: int
+) -> dict[str, Any]:
+    """The in-the-wild suite (`fmnist.evaluation.wild_photos`) on a fixed sample of test images: per condition and
+    severity, accuracy, the share answered confidently and the accuracy of those answers; the worst condition on
+    each."""
+    rows = wild_robustness(
+        service_answers(classifier),
+        images,
+        labels,
+        seed=seed,
+        stream=WILD_REPORT_STREAM,
+        per_class=evaluation.wild_per_class,
+        size=evaluation.photo_size,
+    )
+    worst = worst_conditions(rows)
+    log.info(
+        "wild photos: worst realistic accuracy %s %.3f; worst confident accuracy %s %.3f",
+        worst["accuracy"].condition,
+        worst["accuracy"].accuracy,
+        worst["confident_accuracy"].condition,
+        worst["confident_accuracy"].confident_accuracy,
+    )
+    return {
+        "rows": [asdict(r) for r in rows],
+        "clean_accuracy": rows[0].accuracy,
+        "worst": {figure: asdict(row) for figure, row in worst.items()},
+        "sample_size": rows[0].count,
+        "photo_size": evaluation.photo_size,
+    }
+
+
+def abstention_section(
+    classifier: Classifier,
+    test_logits: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: np.ndarray,
+    evaluation: EvaluationConfig,
+    seed: int,
+) -> dict[str, Any]:
+    """How the fitted policy does on the test set (coverage, risk among confident answers, risk-coverage curve) and
+    how many synthetic non-garments, uploaded as images, it marks unsure."""
+    policy = classifier.policy
+    assert policy is not None, "the policy is fitted before the abstention section is built"
+    temperature = classifier.record.temperature
+    selective = selective_summary(policy, test_logits, test_features, test_labels, temperature)
+    confidence = softmax(test_logits, temperature).max(1).values.numpy()
+    correct = test_logits.argmax(1).numpy() == np.asarray(test_labels)
+    nongarments = nongarment_detection(classifier, evaluation.nongarments_per_kind, seed)
+    log.info(
+        "abstention on test: coverage %.4f, accuracy among confident %.4f; non-garments marked unsure %.3f",
+        selective["coverage"],
+        selective["accuracy"] or 0.0,
+        nongarments["overall"],
+    )
+    return {
+        "policy": policy.metadata(),
+        "test": selective,
+        "risk_coverage": risk_coverage_curve(confidence, correct),
+        "nongarments": nongarments,
+    }
+
+
+def nongarment_detection(classifier: Classifier, per_kind: int, seed: int, part: Part = "report") -> dict[str, Any]:
+    """Things that are not garments, uploaded through the service's path, counted honestly.
+
+    Four sets: synthetic non-garments (`fmnist.evaluation.nongarments`), real photographs and faces
+    (`fmnist.evaluation.real_nongarments`), and handwritten digits (near-distribution: light strokes on black). For
+    each, the share the service marks unsure, the share the normaliser's `empty` rule declares empty before any score is
+    computed, and the share the model's scores alone (OOD and confidence thresholds, on the normalised input) mark
+    unsure. `part="dev"` gives the development sets (other seeds and photographs), which choices are made on.
+    """
+    stream = SYNTHETIC_REPORT_STREAM if part == "report" else SYNTHETIC_DEV_STREAM
+    synthetic = [(kind, encode_png(image)) for kind, image in synthetic_nongarments(per_kind, seed, stream=stream)]
+    photographs = real_photographs(part, seed)
+    sets = {
+        "synthetic": synthetic,
+        "photographs": [(name, data) for name, data in photographs if name != "face"],
+        "faces": [(name, data) for name, data in photographs if name == "face"],
+        "digits": handwritten_digits(part),
+    }
+    measured = {name: _nongarment_set(classifier, items) for name, items in sets.items()}
+    synthetic_set = measured["synthetic"]
+    return {
+        # The synthetic set's figures, as before, at the top level.
+        "per_kind": synthetic_set["per_kind"],
+        "overall": synthetic_set["unsure"],
+        "count": synthetic_set["count"],
+        "sets": measured,
+    }
+
+
+def _nongarment_set(classifier: Classifier, items: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Shares of `items` (kind, upload) marked unsure by the service, declared empty, and unsure by scores alone."""
+    if not items:
+        return {"count": 0, "unsure": 0.0, "empty_rule": 0.0, "model_scores": 0.0, "per_kind": {}}
+    answers = service_answers(classifier)([data for _, data in items])
+    assert answers.inputs is not None and answers.empty is not None
+    # The model's verdict on the normalised input with the empty rule left out: what the scores alone catch.
+    by_scores = np.array([not s.confident for s in classifier.score(answers.inputs, photo=answers.photo)])
+    unsure = ~answers.confident  # (N,)
+    kinds = np.array([kind for kind, _ in items])  # (N,)
+    return {
+        "count": len(items),
+        "unsure": float(unsure.mean()),
+        "empty_rule": float(answers.empty.mean()),
+        "model_scores": float(by_scores.mean()),
+        "per_kind": {kind: float(unsure[kinds == kind].mean()) for kind in dict.fromkeys(kinds.tolist())},
+        "per_kind_model_scores": {
+            kind: float(by_scores[kinds == kind].mean()) for kind in dict.fromkeys(kinds.tolist())
+        },
+    }
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k != "bins"}

@@ -1,0 +1,301 @@
+"""Fitting the "unsure" policy on the validation split, and the selective-classification figures it is judged by.
+
+`fmnist.trust.abstention` holds the policy itself (what the service runs); this module builds one from validation
+logits and descriptors (`fit_abstention`) and measures risk against coverage (`risk_coverage_curve`, `aurc`,
+`selective_summary`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from fmnist.trust.abstention import (
+    DEFAULT_FEATURE_POWER,
+    DEFAULT_OOD_QUANTILE,
+    DEFAULT_OOD_SCORE,
+    DEFAULT_PHOTO_OOD_QUANTILE,
+    DEFAULT_RIDGE,
+    DEFAULT_TARGET_RISK,
+    REASONS,
+    AbstentionPolicy,
+    confidence_scores,
+    power_transform,
+)
+
+log = logging.getLogger(__name__)
+
+
+def fit_gaussian(
+    features: torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    num_classes: int | None = None,
+    ridge: float = DEFAULT_RIDGE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (C, D) and the shared precision matrix (D, D), both float32, from (N, D) features and labels.
+
+    The covariance is pooled over classes (each feature minus its own class mean), as in Lee et al. (2018), plus
+    `ridge` times its mean variance on the diagonal so the inverse stays stable. Computed in float64, stored in
+    float32: the scores are then computed from exactly the tensors that travel in the model record.
+    """
+    f = torch.as_tensor(features).double()  # (N, D)
+    y = torch.as_tensor(np.asarray(labels).astype(np.int64))  # (N,)
+    if f.ndim != 2 or len(f) != len(y) or len(f) == 0:
+        raise ValueError(f"need (N, D) features with N > 0 matching N labels, got {tuple(f.shape)} and {len(y)}")
+    c = int(num_classes if num_classes is not None else int(y.max()) + 1)
+    d = f.shape[1]
+    counts = torch.bincount(y, minlength=c).double()  # (C,)
+    sums = torch.zeros(c, d, dtype=torch.float64).index_add_(0, y, f)  # (C, D)
+    means = sums / counts.clamp(min=1.0)[:, None]  # (C, D)
+    if (counts == 0).any():
+        log.warning("no examples of class(es) %s: their means are zero", torch.nonzero(counts == 0).flatten().tolist())
+    centred = f - means[y]  # (N, D)
+    cov = centred.T @ centred / len(f)  # (D, D)
+    scale = float(cov.diagonal().mean()) if d else 1.0
+    cov += (ridge * (scale if scale > 0 else 1.0)) * torch.eye(d, dtype=torch.float64)
+    precision = torch.linalg.inv(cov)
+    precision = (precision + precision.T) / 2  # exact symmetry, lost to rounding in the inverse
+    return means.float(), precision.float()
+
+
+def _tie_groups(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per distinct confidence, most confident first: (threshold, answers with confidence >= it, their errors).
+
+    Answers with equal confidence are kept or dropped together by any threshold, so only the ends of tie groups
+    are valid operating points.
+    """
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    wrong = ~np.asarray(correct, dtype=bool).ravel()
+    if len(conf) != len(wrong):
+        raise ValueError(f"{len(conf)} confidences but {len(wrong)} correctness flags")
+    order = np.argsort(-conf, kind="stable")
+    sorted_conf = conf[order]
+    cum_errors = np.cumsum(wrong[order])
+    ends = np.flatnonzero(np.append(sorted_conf[1:] != sorted_conf[:-1], True))  # last index of each tie group
+    return sorted_conf[ends], ends + 1, cum_errors[ends]
+
+
+def _lowest_threshold(confidence: np.ndarray, correct: np.ndarray, target_risk: float) -> tuple[float, bool]:
+    """(lowest confidence threshold whose selective risk is <= target_risk, whether any threshold reached it)."""
+    thresholds, kept, errors = _tie_groups(confidence, correct)
+    if len(thresholds) == 0:
+        raise ValueError("cannot fit a confidence threshold on zero examples")
+    # errors / kept <= target, in integers-times-float to avoid a division's rounding at the boundary.
+    ok = np.flatnonzero(errors <= target_risk * kept + 1e-9)
+    if len(ok) == 0:
+        return float(thresholds[0]), False
+    return float(thresholds[ok[-1]]), True
+
+
+def risk_coverage_curve(confidence: np.ndarray, correct: np.ndarray, points: int = 101) -> list[dict[str, float]]:
+    """At most `points` operating points (coverage, risk, threshold), from most to least confident.
+
+    Coverage is the share of answers with confidence >= threshold, risk the error rate among them. Points are
+    spread evenly in coverage; the last one keeps everything (coverage 1.0, risk = overall error rate).
+    """
+    thresholds, kept, errors = _tie_groups(confidence, correct)
+    n = int(kept[-1]) if len(kept) else 0
+    if n == 0:
+        return []
+    wanted = np.ceil(np.linspace(0.0, 1.0, max(points, 2)) * n).clip(1, n)  # answers to keep at each point
+    groups = np.unique(np.searchsorted(kept, wanted))  # first tie group keeping at least that many
+    return [
+        {"coverage": float(kept[g] / n), "risk": float(errors[g] / kept[g]), "threshold": float(thresholds[g])}
+        for g in groups
+    ]
+
+
+def coverage_at_risk(confidence: np.ndarray, correct: np.ndarray, target_risk: float) -> float:
+    """Largest coverage whose selective risk is <= target_risk, over confidence thresholds; 0.0 if none."""
+    _, kept, errors = _tie_groups(confidence, correct)
+    ok = np.flatnonzero(errors <= target_risk * kept + 1e-9)
+    return float(kept[ok[-1]] / kept[-1]) if len(ok) else 0.0
+
+
+def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """Area under the risk-coverage curve (Geifman et al. 2019): mean selective risk over every coverage k / N.
+
+    Ties are resolved as any threshold would: a tie group's members share the risk of keeping the whole group.
+    """
+    _, kept, errors = _tie_groups(confidence, correct)
+    if len(kept) == 0:
+        return 0.0
+    sizes = np.diff(np.concatenate([[0], kept]))  # members in each tie group
+    return float((sizes * errors / kept).sum() / kept[-1])
+
+
+def fit_abstention(
+    val_logits: torch.Tensor,
+    val_features: torch.Tensor,
+    val_labels: np.ndarray,
+    temperature: float,
+    target_risk: float = DEFAULT_TARGET_RISK,
+    ood_quantile: float = DEFAULT_OOD_QUANTILE,
+    *,
+    ood_score: str = DEFAULT_OOD_SCORE,
+    ridge: float = DEFAULT_RIDGE,
+    feature_power: float = DEFAULT_FEATURE_POWER,
+    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None,
+    photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
+) -> AbstentionPolicy:
+    """Fit both thresholds (and the feature density) on validation logits (N, C), features (N, D) and labels (N,).
+
+    `photos`, when given, is (logits (M, C), features (M, D), labels (M,)) of validation garments rendered as photos
+    and normalised as the service does (`fmnist.evaluation.photo_mix`): photos then get their own confidence threshold,
+    the
+    lowest that keeps their selective risk at `target_risk` (never below the scans' threshold), so a confident
+    answer is as trustworthy on a photo as on a scan. A network is more often wrong, and as sure of itself, on a
+    photo; one threshold for both would either let photo mistakes through or decline scans it gets right. Photos
+    also get their own OOD threshold, the `photo_ood_quantile` quantile of the photos' scores (never above the
+    scans' one): a photograph of something else, normalised into a garment-like blob, is then caught by its
+    distance where its confidence would pass. The density stays the clean images' own: it describes what the
+    training images look like.
+
+    1. The feature density: class means and shared precision of the validation features raised to
+       `feature_power` (fitted whichever `ood_score` is chosen, so a record can switch scores). Held-out features
+       are what a new upload's features are compared with; the network has seen its training images, whose
+       features sit a little closer to their class means.
+    2. The OOD threshold: the `ood_quantile` quantile of the validation images' OOD scores, so about
+       1 - ood_quantile of in-distribution images are flagged.
+    3. The confidence threshold: among validation images that pass the OOD check, the lowest threshold whose
+       selective risk is at most `target_risk`, so the policy as a whole reaches the target on validation. If no
+       threshold does, the highest confidence seen (only the most confident tie group is kept), with a warning.
+    """
+    labels = np.asarray(val_labels).astype(np.int64)
+    if not (len(val_logits) == len(val_features) == len(labels)) or len(labels) == 0:
+        raise ValueError(f"need matching, non-empty logits {len(val_logits)}, features {len(val_features)}, labels")
+    if not 0.0 <= target_risk < 1.0 or not 0.0 < ood_quantile <= 1.0:
+        raise ValueError(f"target_risk {target_risk} must be in [0, 1), ood_quantile {ood_quantile} in (0, 1]")
+    means, precision = fit_gaussian(
+        power_transform(val_features, feature_power), labels, num_classes=val_logits.shape[1], ridge=ridge
+    )
+    policy = AbstentionPolicy(
+        confidence_threshold=0.0,
+        target_risk=target_risk,
+        ood_score=ood_score,
+        ood_threshold=math.inf,
+        ood_quantile=ood_quantile,
+        class_means=means,
+        precision=precision,
+        ridge=ridge,
+        feature_power=feature_power,
+        num_fit_examples=len(labels),
+    )
+    # Scores from the stored float32 tensors, exactly as `decide` will compute them.
+    ood = policy.ood_scores(val_logits, val_features).numpy()  # (N,)
+    policy.ood_threshold = float(np.quantile(ood, ood_quantile))
+    passes = ood <= policy.ood_threshold
+
+    confidence = confidence_scores(val_logits, temperature).numpy()  # (N,)
+    correct = val_logits.argmax(1).numpy() == labels  # (N,)
+    threshold, reached = _lowest_threshold(confidence[passes], correct[passes], target_risk)
+    if not reached:
+        log.warning(
+            "no confidence threshold reaches selective risk %.4f on validation; keeping only the most confident"
+            " answers (threshold %.6f)",
+            target_risk,
+            threshold,
+        )
+    policy.confidence_threshold = threshold
+    if photos is not None and len(photos[2]):
+        policy.photo_ood_quantile = photo_ood_quantile
+        policy.photo_threshold = max(threshold, _fit_photo_threshold(policy, photos, temperature, target_risk))
+
+    kept = passes & (confidence >= threshold)
+    policy.val_coverage = float(kept.mean())
+    policy.val_risk = float((~correct[kept]).mean()) if kept.any() else 0.0
+    policy.val_ood_flagged = float((~passes).mean())
+    if photos is not None and len(photos[2]):
+        photo_kept, photo_correct = _photo_verdicts(policy, photos, temperature)
+        policy.val_photo_coverage = float(photo_kept.mean())
+        policy.val_photo_risk = float((~photo_correct[photo_kept]).mean()) if photo_kept.any() else 0.0
+    log.info(
+        "abstention on %d validation images: confidence >= %.4f, %s score <= %.4g; coverage %.4f, risk %.4f,"
+        " %.2f%% flagged as unlike the training images",
+        len(labels),
+        threshold,
+        ood_score,
+        policy.ood_threshold,
+        policy.val_coverage,
+        policy.val_risk,
+        100 * policy.val_ood_flagged,
+    )
+    return policy
+
+
+def _fit_photo_threshold(
+    policy: AbstentionPolicy,
+    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+    temperature: float,
+    target_risk: float,
+) -> float:
+    """The lowest confidence threshold whose selective risk on the photos that pass the OOD check is at most
+    `target_risk` (0.0 when none passes it); counts them on `policy`."""
+    logits, features, labels = photos
+    y = np.asarray(labels).astype(np.int64)
+    if not len(logits) == len(features) == len(y):
+        raise ValueError(f"photo logits {len(logits)}, features {len(features)} and labels {len(y)} must match")
+    ood = policy.ood_scores(logits, features).numpy()  # (M,)
+    if not math.isnan(policy.photo_ood_quantile):
+        policy.photo_ood_threshold = min(policy.ood_threshold, float(np.quantile(ood, policy.photo_ood_quantile)))
+    passes = ood <= (policy.ood_threshold if math.isnan(policy.photo_ood_threshold) else policy.photo_ood_threshold)
+    confidence = confidence_scores(logits, temperature).numpy()  # (M,)
+    correct = logits.argmax(1).numpy() == y  # (M,)
+    policy.num_fit_photos = len(y)
+    if not passes.any():
+        return 0.0
+    threshold, reached = _lowest_threshold(confidence[passes], correct[passes], target_risk)
+    if not reached:
+        log.warning("no confidence threshold reaches selective risk %.4f on the validation photos", target_risk)
+    return threshold
+
+
+def _photo_verdicts(
+    policy: AbstentionPolicy, photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(confident (M,), correct (M,)) of the fitted policy on the photo part of the fit."""
+    logits, features, labels = photos
+    _, _, code = policy.scores(logits, features, temperature, photo=np.ones(len(logits), dtype=bool))
+    return code.numpy() == 0, logits.argmax(1).numpy() == np.asarray(labels).astype(np.int64)
+
+
+def selective_summary(
+    policy: AbstentionPolicy,
+    logits: torch.Tensor,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    temperature: float,
+) -> dict[str, Any]:
+    """How the policy does on a labelled set: coverage, risk and accuracy among confident answers, shares declined.
+
+    coverage: share marked confident; risk / accuracy: error rate / accuracy among those (None if there are
+    none); flagged: share declined per reason; aurc: area under the risk-coverage curve of the confidence alone
+    (the OOD check aside), a threshold-free summary of how well confidence ranks right above wrong.
+    """
+    y = np.asarray(labels).astype(np.int64)
+    confidence, _, code = policy.scores(logits, features, temperature)
+    code_np = code.numpy()
+    correct = logits.argmax(1).numpy() == y  # (N,)
+    n = len(y)
+    kept = code_np == 0
+    n_kept = int(kept.sum())
+    risk = float((~correct[kept]).mean()) if n_kept else None
+    return {
+        "num_examples": n,
+        "num_confident": n_kept,
+        "coverage": n_kept / n if n else 0.0,
+        "risk": risk,
+        "accuracy": None if risk is None else 1.0 - risk,
+        "accuracy_all": float(correct.mean()) if n else 0.0,
+        "flagged": {reason: float((code_np == i + 1).mean()) if n else 0.0 for i, reason in enumerate(REASONS)},
+        "aurc": aurc(confidence.numpy(), correct),
+        "coverage_at_target_risk": coverage_at_risk(confidence.numpy(), correct, policy.target_risk) if n else 0.0,
+        "target_risk": policy.target_risk,
+        "confidence_threshold": policy.confidence_threshold,
+        "ood_score": policy.ood_score,
+        "ood_threshold": policy.ood_threshold,
+    }

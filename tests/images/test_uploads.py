@@ -1,0 +1,192 @@
+"""Uploads: formats, modes, sizes, transparency, the decompression-bomb guard and raw pixel values, through
+`fmnist.images.normalise.prepare_upload`, the path every upload of the service takes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fmnist.images.normalise import prepare_upload as prepare_image
+from fmnist.images.uploads import ImageError, ImageTooLarge, pixels_from_values
+from tests.support.images import encode, png_bomb, real_test_images
+
+LIMIT = 4_000_000
+
+
+def test_a_28x28_fashion_mnist_png_passes_through_unchanged():
+    images, _ = real_test_images()
+    for pixels in images[:20]:
+        prepared = prepare_image(encode(pixels), LIMIT)
+        assert not prepared.inverted
+        np.testing.assert_array_equal(prepared.pixels, pixels)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_a_product_photo_dark_on_light_is_inverted_and_fitted_back_to_28x28(fmt):
+    """The test image, inverted to dark-on-white and enlarged into a wide white canvas, comes back close to itself."""
+    images, _ = real_test_images()
+    original = images[1]  # a pullover: touches neither the top nor the bottom edge
+    big = Image.fromarray(255 - original).resize((280, 280), Image.Resampling.BICUBIC).convert("RGB")
+    canvas = Image.new("RGB", (500, 340), "white")
+    canvas.paste(big, (110, 30))
+    prepared = prepare_image(encode(canvas, fmt), LIMIT)
+    assert prepared.inverted
+    assert prepared.original_size == (500, 340)
+    assert prepared.pixels.shape == (28, 28) and prepared.pixels.dtype == np.uint8
+    # Trimmed to the garment and centred as Fashion-MNIST was; resampling (a 10x bicubic enlargement, then an area
+    # reduction) blurs the edges a little, and the contrast stretch lifts the garment to the training range.
+    assert np.abs(prepared.pixels.astype(int) - original.astype(int)).mean() < 26
+    assert np.concatenate([prepared.pixels[0], prepared.pixels[-1]]).mean() < 60
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"])
+def test_every_image_mode_becomes_28x28_grayscale(mode):
+    images, _ = real_test_images()
+    source = Image.fromarray(images[0]).resize((56, 56))
+    if mode in ("I;16", "I", "F"):
+        image = Image.fromarray(
+            (np.asarray(source, dtype=np.float64) * 200).astype(
+                {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+            )
+        )
+    else:
+        image = source.convert(mode)
+    fmt = "TIFF" if mode in ("I", "F", "CMYK") else "PNG"
+    prepared = prepare_image(encode(image, fmt), LIMIT)
+    assert prepared.pixels.shape == (28, 28)
+    assert not prepared.inverted  # still a light garment on black
+    assert prepared.pixels.max() > 100
+
+
+def test_transparent_cut_out_counts_as_a_light_background():
+    garment = np.zeros((100, 100, 4), dtype=np.uint8)
+    garment[20:80, 30:70] = (40, 40, 40, 255)  # a dark opaque object, transparent around it
+    prepared = prepare_image(encode(garment), LIMIT)
+    assert prepared.inverted
+    assert prepared.pixels[14, 14] > 150 and prepared.pixels[0, 0] < 30
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"", ImageError, "empty"),
+        (b"certainly not an image", ImageError, "not an image"),
+        (None, ImageError, "truncated"),
+        (png_bomb(), ImageTooLarge, "decompression bomb"),
+    ],
+)
+def test_bad_uploads_raise_a_clear_error(data, error, message):
+    if data is None:
+        images, _ = real_test_images()
+        whole = encode(Image.fromarray(images[0]).resize((300, 300)))
+        data = whole[: len(whole) // 2]
+    with pytest.raises(error, match=message):
+        prepare_image(data, LIMIT)
+
+
+def test_pillow_bomb_limit_holds_even_for_formats_without_an_explicit_check():
+    image = encode(np.zeros((3000, 3000), dtype=np.uint8))  # 9 M pixels, a 30 kB file
+    with pytest.raises(ImageTooLarge):
+        prepare_image(image, 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([1, 2, 3], "shape"),
+        ([[0] * 28] * 27, "shape"),
+        ([[0] * 28] * 27 + [[0] * 27], "rectangular"),
+        ([float("nan")] * 784, "NaN"),
+        ([float("inf")] * 784, "NaN or infinite"),
+        ([300] * 784, "0-255"),
+        ([-1] * 784, "0-255"),
+        (["7"] * 784, "strings"),
+        ([True] * 784, "booleans"),
+    ],
+)
+def test_bad_pixel_arrays_are_named(values, message):
+    with pytest.raises(ImageError, match=message):
+        pixels_from_values(values, 3)
+
+
+def test_pixel_arrays_in_both_shapes():
+    images, _ = real_test_images()
+    np.testing.assert_array_equal(pixels_from_values(images[0].tolist(), 0), images[0])
+    np.testing.assert_array_equal(pixels_from_values(images[0].ravel().tolist(), 0), images[0])
+
+
+# --- decoding at reduced size -----------------------------------------------------------------------------------------
+
+
+def full_size_input(data: bytes) -> np.ndarray:
+    """The model input as full-size decoding gives it: decoded and converted at the claimed size, then normalised."""
+    from fmnist.images.normalise import normalize_photo
+    from fmnist.images.uploads import decode_image, grayscale_array
+
+    return normalize_photo(grayscale_array(decode_image(data, 10**8))).pixels
+
+
+def test_ordinary_uploads_decode_exactly_as_at_full_size():
+    """A 28x28 scan and a 224 px JPEG photo are small enough never to be reduced: the same model input, bit for bit."""
+    images, _ = real_test_images()
+    for pixels in images[:10]:
+        photo = Image.fromarray(255 - pixels).resize((224, 224), Image.Resampling.BICUBIC).convert("RGB")
+        for data in (encode(pixels), encode(photo, "JPEG", quality=90)):
+            np.testing.assert_array_equal(prepare_image(data, LIMIT).pixels, full_size_input(data))
+
+
+def test_reduced_decoding_gives_the_full_size_model_input_within_a_bound():
+    """A large PNG is shrunk by an integer factor as soon as it is decoded, the normalisation doing the last step.
+    The bound: 3 grey levels per pixel on average over these ten garments, 12 for any one; the test prints each
+    image's difference (run with -s): 0.4 to 9.1, 2.0 on average. Either path is a resampling of the garment, and
+    the normalisation's trimming amplifies sub-pixel differences at the garment's edge."""
+    images, _ = real_test_images()
+    differences = []
+    for pixels in images[:10]:
+        photo = Image.fromarray(255 - pixels).resize((1500, 1500), Image.Resampling.BICUBIC).convert("RGB")
+        canvas = Image.new("RGB", (2250, 1500), "white")
+        canvas.paste(photo, (375, 0))
+        data = encode(canvas)
+        reduced = prepare_image(data, LIMIT * 10).pixels.astype(int)
+        differences.append(np.abs(reduced - full_size_input(data).astype(int)).mean())
+    print("mean |reduced - full| per image:", np.round(differences, 2))
+    assert np.mean(differences) < 3 and max(differences) < 12, differences
+
+
+def test_sixteen_bit_images_are_averaged_in_strips_without_a_float64_copy():
+    """A 16-bit 4000x4000 image (a full float64 copy would be 128 MB) is converted with less than 24 MB of numpy
+    memory at its peak, and its block means are exactly numpy's."""
+    import tracemalloc
+
+    from fmnist.images.uploads import _stretched_block_means
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 65535, (700, 1000), dtype=np.uint16)
+    reduced = np.asarray(_stretched_block_means(Image.fromarray(values), 4)).astype(float)
+    padded = np.pad(values.astype(float), ((0, 0), (0, 0)))
+    means = padded.reshape(175, 4, 250, 4).mean(axis=(1, 3))
+    expected = ((means - values.min()) * (255.0 / (int(values.max()) - int(values.min())))).round()
+    np.testing.assert_array_equal(reduced, expected)
+
+    big = encode(Image.new("I;16", (4000, 4000), 3000))
+    tracemalloc.start()
+    prepared = prepare_image(big, 10**8)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert prepared.pixels.shape == (28, 28) and prepared.original_size == (4000, 4000)
+    assert peak < 24 * 2**20, peak / 2**20
+
+
+def test_exif_rotation_survives_reduced_decoding():
+    """A JPEG stored sideways with an EXIF orientation tag comes out upright, reduced or not."""
+    images, _ = real_test_images()
+    upright = Image.fromarray(255 - images[1]).resize((1200, 1200), Image.Resampling.BICUBIC).convert("RGB")
+    canvas = Image.new("RGB", (1800, 1200), "white")
+    canvas.paste(upright, (300, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 270 degrees to display: stored turned by 90
+    sideways = canvas.transpose(Image.Transpose.ROTATE_90)
+    stored = encode(sideways, "PNG", exif=exif.tobytes())
+    reference = prepare_image(encode(canvas, "PNG"), LIMIT).pixels.astype(int)
+    assert np.abs(prepare_image(stored, LIMIT).pixels.astype(int) - reference).mean() < 3

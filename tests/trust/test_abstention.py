@@ -1,0 +1,381 @@
+"""Abstention: thresholds fitted on validation, the risk-coverage helpers, the policy's record round trip, decide."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from fmnist.core.inference import features_and_logits, predict_logits
+from fmnist.core.model import ModelArgs, build_model
+from fmnist.trust.abstention import (
+    LOW_CONFIDENCE,
+    UNLIKE_TRAINING,
+    AbstentionPolicy,
+    Decision,
+    confidence_scores,
+    energy_scores,
+    mahalanobis_scores,
+)
+from fmnist.trust.abstention_fit import (
+    aurc,
+    coverage_at_risk,
+    fit_abstention,
+    fit_gaussian,
+    risk_coverage_curve,
+    selective_summary,
+)
+from fmnist.trust.calibration import fit_temperature
+
+CPU = torch.device("cpu")
+NUM_CLASSES, DIM = 10, 16
+
+
+def synthetic_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(logits (N, C), non-negative features (N, D), labels (N,)) where confidence tracks correctness.
+
+    Features: a class centre plus noise, clamped at zero like ReLU outputs. Logits: the true class gets a random
+    margin, so some examples are confidently right and others are wrong with low confidence.
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    centres = torch.rand(NUM_CLASSES, DIM, generator=torch.Generator().manual_seed(123)) * 4 + 1  # fixed per class
+    features = (centres[labels] + 0.5 * torch.randn(n, DIM, generator=g)).clamp_min(0.0)
+    logits = torch.randn(n, NUM_CLASSES, generator=g)
+    logits[torch.arange(n), labels] += 4 * torch.rand(n, generator=g)
+    return logits, features, labels.numpy().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def val_set() -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    return synthetic_set(4000, seed=0)
+
+
+def selective_risk(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> float:
+    kept = confidence >= threshold
+    return float((~correct[kept]).mean())
+
+
+@pytest.mark.parametrize("target", [0.01, 0.02, 0.05, 0.2])
+def test_fitted_policy_reaches_target_risk_on_the_data_it_was_fitted_on(val_set, target):
+    logits, features, labels = val_set
+    policy = fit_abstention(logits, features, labels, temperature=1.3, target_risk=target)
+    summary = selective_summary(policy, logits, features, labels, temperature=1.3)
+    assert summary["risk"] <= target
+    assert summary["coverage"] == pytest.approx(policy.val_coverage)
+    assert summary["risk"] == pytest.approx(policy.val_risk)
+    assert 0.0 < summary["coverage"] < 1.0
+    # The OOD threshold is the 99.5% quantile of the same scores: 0.5% flagged, give or take one image.
+    assert summary["flagged"][UNLIKE_TRAINING] == pytest.approx(0.005, abs=1.5 / len(labels))
+    assert policy.val_ood_flagged == summary["flagged"][UNLIKE_TRAINING]
+    assert summary["coverage"] + sum(summary["flagged"].values()) == pytest.approx(1.0)
+    assert summary["accuracy"] == pytest.approx(1 - summary["risk"])
+
+
+def test_confidence_threshold_is_the_lowest_that_reaches_the_target(val_set):
+    logits, features, labels = val_set
+    # ood_quantile 1.0 flags nothing on the fitting data, so the threshold depends on confidence alone.
+    policy = fit_abstention(logits, features, labels, temperature=1.0, target_risk=0.03, ood_quantile=1.0)
+    confidence = confidence_scores(logits, 1.0).numpy()
+    correct = logits.argmax(1).numpy() == labels
+    candidates = np.unique(confidence)
+    reaching = [t for t in candidates if selective_risk(confidence, correct, t) <= 0.03]
+    assert policy.confidence_threshold == min(reaching)
+    assert policy.val_coverage == pytest.approx(coverage_at_risk(confidence, correct, 0.03))
+
+
+def test_confidence_threshold_is_monotone_in_target_risk(val_set):
+    logits, features, labels = val_set
+    targets = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+    policies = [fit_abstention(logits, features, labels, 1.0, target_risk=t) for t in targets]
+    thresholds = [p.confidence_threshold for p in policies]
+    coverages = [p.val_coverage for p in policies]
+    assert thresholds == sorted(thresholds, reverse=True)
+    assert coverages == sorted(coverages)
+    assert thresholds[0] > thresholds[-1]
+
+
+def test_unreachable_target_keeps_only_the_most_confident_and_warns(caplog):
+    logits = torch.tensor([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0]])  # all predict class 0
+    labels = np.array([1, 1, 0])  # the two most confident are wrong
+    features = torch.rand(3, 4, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING, logger="fmnist.trust.abstention"):
+        policy = fit_abstention(logits, features, labels, 1.0, target_risk=0.1, ood_quantile=1.0)
+    assert "no confidence threshold reaches" in caplog.text
+    assert policy.confidence_threshold == pytest.approx(float(confidence_scores(logits[:1], 1.0)[0]))
+    assert policy.val_coverage == pytest.approx(1 / 3)
+    assert policy.val_risk == 1.0
+
+
+def test_ties_are_kept_or_dropped_together():
+    confidence = np.array([0.9, 0.9, 0.9, 0.6, 0.6])
+    correct = np.array([True, True, False, True, True])
+    # Keeping the 0.9 group risks 1/3; keeping everything risks 1/5. Never a coverage that splits a tie group.
+    assert coverage_at_risk(confidence, correct, 0.2) == 1.0
+    assert coverage_at_risk(confidence, correct, 0.3) == 1.0
+    assert coverage_at_risk(confidence, correct, 0.1) == 0.0
+    curve = risk_coverage_curve(confidence, correct)
+    assert [(p["coverage"], p["threshold"]) for p in curve] == [(0.6, 0.9), (1.0, 0.6)]
+    assert curve[0]["risk"] == pytest.approx(1 / 3)
+
+
+def test_risk_coverage_curve_endpoints_and_order(val_set):
+    logits, _, labels = val_set
+    confidence = confidence_scores(logits, 1.0).numpy()
+    correct = logits.argmax(1).numpy() == labels
+    curve = risk_coverage_curve(confidence, correct, points=21)
+    assert 2 <= len(curve) <= 21
+    last = curve[-1]
+    assert last["coverage"] == 1.0
+    assert last["risk"] == pytest.approx(1 - correct.mean())
+    assert last["threshold"] == confidence.min()
+    assert curve[0]["coverage"] <= 1 / len(confidence) + 1e-12  # the single most confident answer
+    assert curve[0]["threshold"] == confidence.max()
+    assert [p["coverage"] for p in curve] == sorted(p["coverage"] for p in curve)
+    assert [p["threshold"] for p in curve] == sorted((p["threshold"] for p in curve), reverse=True)
+    # Confidence tracks correctness here: the most confident fifth is far less wrong than the whole set.
+    fifth = next(p for p in curve if p["coverage"] >= 0.2)
+    assert fifth["risk"] < last["risk"] / 2
+
+
+def test_aurc_extremes():
+    confidence = np.linspace(1.0, 0.0, 10)
+    assert aurc(confidence, np.ones(10, bool)) == 0.0
+    assert aurc(confidence, np.zeros(10, bool)) == 1.0
+    # One error ranked last: risk 1/10 at full coverage only, 0 before.
+    assert aurc(confidence, np.arange(10) < 9) == pytest.approx(0.1 / 10)
+
+
+def test_policy_round_trips_through_metadata_and_tensors(val_set):
+    logits, features, labels = val_set
+    policy = fit_abstention(logits, features, labels, temperature=1.2)
+    # Through JSON and safetensors, as the model record stores them.
+    meta = json.loads(json.dumps(policy.metadata()))
+    blob = save_safetensors(policy.tensors())
+    tensors = load_safetensors(blob)
+    assert set(tensors) == {"abstention.class_means", "abstention.precision"}
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors.values())
+    restored = AbstentionPolicy.from_parts(meta, {**tensors, "features.0.0.weight": torch.zeros(1)})
+    assert restored.metadata() == policy.metadata()
+    for key, tensor in restored.tensors().items():
+        assert torch.equal(tensor, policy.tensors()[key])
+    # Same decisions; scores equal up to the summation order BLAS picks for differently aligned buffers.
+    before, after = policy.decide(logits, features, 1.2), restored.decide(logits, features, 1.2)
+    assert [(d.confident, d.reason, d.confidence) for d in after] == [
+        (d.confident, d.reason, d.confidence) for d in before
+    ]
+    assert [d.ood_score for d in after] == pytest.approx([d.ood_score for d in before], rel=1e-9)
+
+
+def test_from_parts_rejects_missing_or_mismatched_tensors(val_set):
+    logits, features, labels = val_set
+    policy = fit_abstention(logits, features, labels, temperature=1.0)
+    with pytest.raises(ValueError, match="missing"):
+        AbstentionPolicy.from_parts(policy.metadata(), {})
+    bad = {**policy.tensors(), "abstention.precision": torch.eye(3)}
+    with pytest.raises(ValueError, match="do not match"):
+        AbstentionPolicy.from_parts(policy.metadata(), bad)
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0])
+def test_decide_flags_far_features_and_trusts_a_class_mean_with_a_confident_logit(val_set, power):
+    logits, features, labels = val_set
+    policy = fit_abstention(logits, features, labels, temperature=1.0, feature_power=power)
+    c = 3
+    # Raw features whose transform is exactly the class mean the policy stores.
+    at_mean = policy.class_means[c : c + 1].double().pow(1 / power).float()  # (1, D)
+    confident_logit = torch.zeros(1, NUM_CLASSES)
+    confident_logit[0, c] = 20.0
+    far = at_mean + 100.0 * features.max()
+
+    (at_mean_decision,) = policy.decide(confident_logit, at_mean, 1.0)
+    assert at_mean_decision.confident and at_mean_decision.reason is None
+    assert at_mean_decision.ood_score == pytest.approx(0.0, abs=1e-3)
+    assert at_mean_decision.confidence > 0.99
+
+    # Far away: declined as unlike the training images even though the logit is confident (checked first).
+    (far_decision,) = policy.decide(confident_logit, far, 1.0)
+    assert far_decision == Decision(False, UNLIKE_TRAINING, far_decision.confidence, far_decision.ood_score)
+    assert far_decision.ood_score > policy.ood_threshold
+
+    # At the class mean but with flat logits: declined for low confidence.
+    (flat_decision,) = policy.decide(torch.zeros(1, NUM_CLASSES), at_mean, 1.0)
+    assert (flat_decision.confident, flat_decision.reason) == (False, LOW_CONFIDENCE)
+    assert flat_decision.confidence == pytest.approx(1 / NUM_CLASSES)
+
+
+def test_decide_never_trusts_non_finite_inputs(val_set):
+    logits, features, labels = val_set
+    policy = fit_abstention(logits, features, labels, temperature=1.0)
+    nan_logits = torch.full((1, NUM_CLASSES), math.nan)
+    nan_features = torch.full((1, DIM), math.nan)
+    assert not policy.decide(nan_logits, features[:1], 1.0)[0].confident
+    assert policy.decide(logits[:1], nan_features, 1.0)[0].reason == UNLIKE_TRAINING
+
+
+def test_decide_batch_of_one_matches_the_batch(val_set):
+    logits, features, labels = val_set
+    policy = fit_abstention(logits, features, labels, temperature=1.0)
+    batch = policy.decide(logits[:50], features[:50], 1.0)
+    singles = [policy.decide(logits[i : i + 1], features[i : i + 1], 1.0)[0] for i in range(50)]
+    assert [d.confident for d in singles] == [d.confident for d in batch]
+    assert [d.reason for d in singles] == [d.reason for d in batch]
+    assert [d.ood_score for d in singles] == pytest.approx([d.ood_score for d in batch], rel=1e-9)
+
+
+def test_energy_policy_uses_the_logits():
+    logits, features, labels = synthetic_set(2000, seed=1)
+    policy = fit_abstention(logits, features, labels, 1.0, ood_score="energy")
+    assert policy.metadata()["ood_score"] == "energy"
+    scores = policy.ood_scores(logits, features)
+    assert torch.allclose(scores, -torch.logsumexp(logits.double(), 1))
+    flat = policy.decide(torch.full((1, NUM_CLASSES), -10.0), features[:1], 1.0)[0]
+    assert flat.reason == UNLIKE_TRAINING  # energy 10 - log 10, far above any validation image's
+    with pytest.raises(ValueError, match="unknown OOD score"):
+        fit_abstention(logits, features, labels, 1.0, ood_score="entropy")
+
+
+def test_energy_of_uniform_logits_is_minus_log_classes():
+    assert float(energy_scores(torch.zeros(1, 10))[0]) == pytest.approx(-math.log(10))
+
+
+def test_mahalanobis_matches_the_direct_formula():
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(500, 6, generator=g)
+    labels = torch.randint(0, 3, (500,), generator=g).numpy()
+    means, precision = fit_gaussian(features, labels, 3, ridge=0.0)
+    assert means.shape == (3, 6) and precision.shape == (6, 6) and precision.dtype == torch.float32
+    assert torch.allclose(means[1], features[labels == 1].mean(0), atol=1e-6)
+    queries = torch.randn(7, 6, generator=g)
+    diff = queries.double()[:, None, :] - means.double()[None]  # (7, 3, 6)
+    direct = torch.einsum("ncd,de,nce->nc", diff, precision.double(), diff).min(1).values
+    assert torch.allclose(mahalanobis_scores(queries, means, precision), direct, rtol=1e-9, atol=1e-9)
+
+
+def test_features_and_logits_agree_with_predict_logits():
+    torch.manual_seed(0)
+    model = build_model(ModelArgs(width=4))
+    model.train()
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8).numpy()
+    features, logits = features_and_logits(model, images, CPU, batch_size=2)
+    assert model.training  # mode restored
+    # The descriptor: mean activations of the four conv blocks (4, 8, 16, 16 channels), then the 16 pooled features.
+    assert features.shape == (5, 60) and logits.shape == (5, 10)
+    assert features.dtype == logits.dtype == torch.float32
+    assert (features >= 0).all()  # ReLU outputs, averaged or max-pooled, which the square-root transform relies on
+    assert torch.allclose(logits, predict_logits(model, images, CPU), atol=1e-5)
+    empty_f, empty_l = features_and_logits(model, np.zeros((0, 28, 28), np.uint8), CPU)
+    assert empty_f.shape == (0, 60) and empty_l.shape == (0, 10)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A width-8 model trained for two epochs on 5000 real images (about 77% accurate), and its splits."""
+    from fmnist.core.config import HParams
+    from fmnist.core.data import load_dataset, make_splits
+    from fmnist.training.loop import train_model
+
+    splits = make_splits(load_dataset(download=False), val_size=1000, seed=0, train_subset=6000)
+    hp = HParams(width=8, epochs=2, batch_size=128, label_smoothing=0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains faster on one thread than on a busy shared pair
+    try:
+        result = train_model(hp, splits, CPU, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    model = build_model(result.model_args)
+    model.load_state_dict(result.state_dict)
+    return model, splits
+
+
+def test_policy_on_a_real_model_declines_blank_and_noise_images(small_model):
+    """End to end on real data."""
+    model, splits = small_model
+    features, logits = features_and_logits(model, splits.val_images, CPU)
+    temperature = fit_temperature(logits, splits.val_labels)
+    policy = fit_abstention(logits, features, splits.val_labels, temperature, target_risk=0.05)
+    summary = selective_summary(policy, logits, features, splits.val_labels, temperature)
+    assert summary["risk"] <= 0.05 and summary["coverage"] > 0.3
+
+    rng = np.random.default_rng(0)
+    odd = np.stack([np.zeros((28, 28)), np.full((28, 28), 255), rng.integers(0, 256, (28, 28))]).astype(np.uint8)
+    f, z = features_and_logits(model, odd, CPU)
+    # Black and white frames are far from every garment's features; none of the three is a confident answer.
+    decisions = policy.decide(z, f, temperature)
+    assert [d.reason for d in decisions[:2]] == [UNLIKE_TRAINING] * 2
+    assert not any(d.confident for d in decisions)
+
+
+def test_photo_threshold_holds_its_risk_on_held_out_photos(small_model):
+    """Fitted on one half of the validation split (clean images and both photo families), the policy keeps its
+    selective risk on the other half's photos, which played no part in the fit: the check that matters, since any
+    threshold reaches its target on the data it was fitted to."""
+    from fmnist.evaluation.photo_mix import render_validation_photos
+
+    model, splits = small_model
+    images, labels = splits.val_images, splits.val_labels
+    order = np.random.default_rng(1).permutation(len(labels))
+    fit, held = np.sort(order[:500]), np.sort(order[500:])
+
+    def photos(part: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        mix = render_validation_photos(images[part], labels[part], seed=seed, per_class=2, size=112)
+        found = ~mix.empty
+        f, z = features_and_logits(model, mix.pixels[found], CPU)
+        return z, f, mix.labels[found]
+
+    features, logits = features_and_logits(model, images[fit], CPU)
+    temperature = fit_temperature(logits, labels[fit])
+    target = 0.1
+    policy = fit_abstention(logits, features, labels[fit], temperature, target_risk=target, photos=photos(fit, seed=0))
+    assert policy.photo_threshold >= policy.confidence_threshold and policy.num_fit_photos > 400
+    assert policy.val_photo_risk <= target + 1e-9  # on the photos it was fitted to, by construction
+
+    z, f, y = photos(held, seed=1)  # other garments, other draws
+    confident = policy.scores(z, f, temperature, photo=np.ones(len(y), dtype=bool))[2].numpy() == 0
+    risk = float((z.argmax(1).numpy()[confident] != y[confident]).mean())
+    # About 50 confident held-out photos or more: a binomial spread of a few points around the target.
+    assert confident.sum() >= 50 and risk <= target + 0.08, (risk, int(confident.sum()))
+    # A photo threshold that did nothing would show here: photos judged by the scans' bar are wrong more often.
+    as_scans = policy.scores(z, f, temperature)[2].numpy() == 0
+    assert as_scans.sum() >= confident.sum()
+
+
+def test_the_photo_threshold_applies_only_where_marked(val_set):
+    logits, features, labels = val_set
+    policy = fit_abstention(logits, features, labels, temperature=1.0)
+    policy.photo_threshold = 1.01  # no answer is this sure
+    confidence, ood, code = policy.scores(logits, features, 1.0)
+    marks = np.arange(len(labels)) % 2 == 0
+    photo_code = policy.reason_codes(confidence.numpy(), ood.numpy(), marks)
+    assert (photo_code[marks] != 0).all()  # every photo declined
+    assert (photo_code[~marks] == code.numpy()[~marks]).all()  # scans as before
+    with pytest.raises(ValueError, match="3 photo flags for"):
+        policy.reason_codes(confidence.numpy(), ood.numpy(), marks[:3])
+    assert AbstentionPolicy.from_parts(policy.metadata(), policy.tensors()).photo_threshold == 1.01
+
+    # The photos' OOD threshold, likewise: a photo as far from the classes as the median scan is declined as unlike
+    # the training images, while the scan itself is judged as before.
+    policy.photo_threshold = policy.confidence_threshold
+    policy.photo_ood_threshold = float(np.median(ood.numpy()))
+    codes = policy.reason_codes(confidence.numpy(), ood.numpy(), marks)
+    far = ood.numpy() > policy.photo_ood_threshold
+    assert (codes[marks & far] == 1).all() and (codes[~marks] == code.numpy()[~marks]).all()
+    assert AbstentionPolicy.from_parts(policy.metadata(), policy.tensors()).photo_ood_threshold == pytest.approx(
+        policy.photo_ood_threshold
+    )
+
+
+def test_the_photo_ood_threshold_is_the_photos_quantile_and_never_above_the_scans(val_set):
+    logits, features, labels = val_set
+    photos = (logits[:1000] * 0.5, features[:1000] * 1.5, labels[:1000])  # less sure and farther than the scans
+    policy = fit_abstention(logits, features, labels, 1.0, photos=photos, photo_ood_quantile=0.9)
+    scores = policy.ood_scores(photos[0], photos[1]).numpy()
+    expected = min(policy.ood_threshold, float(np.quantile(scores, 0.9)))
+    assert policy.photo_ood_threshold == pytest.approx(expected) and policy.photo_ood_quantile == 0.9
+    assert policy.photo_ood_threshold <= policy.ood_threshold
