@@ -76,11 +76,16 @@ CARD_RUN = $(lastword $(subst /, ,$(RUN)))
 CARD_STEP = $(or $(STEP),$(if $(filter promote,$(FLOW)),decide,$(if $(filter score,$(FLOW)),join,evaluate)))
 CARD_FLOW = $(if $(filter promote,$(FLOW)),PromoteFlow,$(if $(filter score,$(FLOW)),ScoreFlow,FashionFlow))
 CARD_FILE = cards/$(CARD_FLOW)-$(CARD_RUN)-$(CARD_STEP).html
-card: setup
+# Metaflow looks for the run in the `.metaflow` folder of the working directory, where `make run` put it; the
+# repository's paths are absolute, so `make -f <repo>/Makefile card ...` also works where other runs live.
+REPO := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+CARD_PY = $(if $(filter /%,$(PY)),$(PY),$(REPO)/$(PY))
+card:
 	@test -n "$(RUN)" || (echo "usage: make card RUN=<run-id> [STEP=<step>] [FLOW=fashion|promote|score]" && exit 2)
-	@test -f flows/$(FLOW)_flow.py || (echo "FLOW=$(FLOW): no flows/$(FLOW)_flow.py (fashion, promote or score)" && exit 2)
+	@test -f $(REPO)/flows/$(FLOW)_flow.py || (echo "FLOW=$(FLOW): no flows/$(FLOW)_flow.py (fashion, promote or score)" && exit 2)
+	@test -x $(CARD_PY) || (echo "no $(CARD_PY): run make setup (or make run) first" && exit 2)
 	@mkdir -p cards
-	$(PY) flows/$(FLOW)_flow.py card get $(CARD_RUN)/$(CARD_STEP) $(CARD_FILE)
+	$(CARD_PY) $(REPO)/flows/$(FLOW)_flow.py card get $(CARD_RUN)/$(CARD_STEP) $(CARD_FILE)
 	@echo "card written to $(CARD_FILE)"
 
 # Debian's wrk, the native load generator of benchmarks/serve_wrk.py (its quick mode runs in the tests).

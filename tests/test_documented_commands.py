@@ -187,6 +187,12 @@ def test_documented_flags_and_targets_exist(where_command):
     options = [w for w in rest[i + len(sub) :] if w.startswith("--")]
     _check_flags(top, help_text(sys.executable, script), f"{where}: {script}")
     assert sub, f"{where}: no Metaflow command in {command}"
+    if sub == ["resume"]:
+        # `resume --help` looks for the run to resume before it prints help: read the command's own options.
+        from metaflow.cli_components.run_cmds import resume
+
+        _check_flags(options, " ".join(o for p in resume.params for o in p.opts), f"{where}: {script} resume")
+        return
     _check_flags(options, help_text(sys.executable, script, *sub), f"{where}: {script} {' '.join(sub)}")
 
 
@@ -215,9 +221,14 @@ def test_documented_card_commands_write_the_card(command, smoke_run):
         target.unlink(missing_ok=True)
         # The session's runs are recorded as the user "test": the shell that ran them has $USER=test, from which the
         # Makefile takes USERNAME, as it did for `make run`.
-        result = _shell(written, ROOT, USER="test")
+        # Metaflow finds runs and cards in the `.metaflow` folder of the working directory: the repository's after
+        # `make run`; the session's runs are in their own datastore, so make runs there with the repository's Makefile.
+        cwd = session_datastore()
+        target = cwd / "cards" / target.name
+        target.unlink(missing_ok=True)
+        result = _shell(written.replace("make ", f"make -f {ROOT / 'Makefile'} ", 1), cwd, USER="test")
         assert result.returncode == 0, result.stdout[-1500:] + result.stderr[-1500:]
-        assert f"card written to {target.relative_to(ROOT)}" in result.stdout
+        assert f"card written to {target.relative_to(cwd)}" in result.stdout
     else:
         cwd = session_datastore()
         written = written.replace("python ", f"USERNAME=test {sys.executable} {ROOT}/", 1).replace(

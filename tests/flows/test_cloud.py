@@ -30,6 +30,7 @@ from fashion_checkpoints import checkpoint_key
 from shared_cloud import batch_decorators, package_files, retry_decorators
 
 import fmnist
+import registry
 from fmnist.core.config import load_profile
 from tests.support.aws import BUCKET, CPU_QUEUE, JOB_ROLE, SYSROOT, batch_states, step_functions_json
 from tests.support.flows import CONFIGS, FLOW_FILE, ROOT, resume_flow, run_flow
@@ -97,6 +98,7 @@ def test_local_retries_come_from_the_profile_and_batch_keeps_its_own():
 def test_code_package_lists_fmnist_sources():
     shipped = dict(package_files(Path(fmnist.__file__).parent))
     assert set(shipped.values()) >= {"fmnist/__init__.py", "fmnist/core/config.py", "fmnist/training/loop.py"}
+    assert set(dict(package_files(Path(registry.__file__).parent)).values()) >= {"registry/runs.py"}
     assert all("__pycache__" not in path for path in shipped)
 
 
@@ -204,7 +206,8 @@ def test_batch_tasks_import_fmnist_from_the_code_package(aws, s3_client):
             assert tar.extractfile(members[arcname]).read() == source, arcname
         assert "fashion_flow.py" in members and "shared_cloud.py" in members
     # Unpacked next to the flow file in the container's working directory: first on the task's sys.path.
-    assert (ran[0]["cwd"] / "metaflow" / "fmnist" / "train.py").is_file()
+    assert (ran[0]["cwd"] / "metaflow" / "fmnist" / "training" / "loop.py").is_file()
+    assert (ran[0]["cwd"] / "metaflow" / "registry" / "runs.py").is_file()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,7 +268,7 @@ def test_dockerfile_has_train_and_serve_targets():
     assert train["FROM"].startswith("python:3.11")  # torch and its CUDA libraries come from the lock, not the base
     assert any(i == "RUN" and "--constraint requirements/lock.txt" in a for i, a in stages["train"])
     copied = {word for i, a in stages["train"] if i == "COPY" for word in a.split()}
-    assert {"fmnist/", "serving/", "pyproject.toml", "requirements/"} <= copied
+    assert {"fmnist/", "serving/", "registry/", "pyproject.toml", "requirements/"} <= copied
     assert "METAFLOW_SKIP_INSTALL_DEPENDENCIES=1" in train["ENV"]
 
     serve = stages["serve"]
@@ -283,4 +286,4 @@ def test_dockerfile_has_train_and_serve_targets():
 def test_dockerignore_lets_in_only_what_the_images_need():
     lines = [ln for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!README.md", "!fmnist/", "!serving/"} <= set(lines)
+    assert {"!pyproject.toml", "!README.md", "!fmnist/", "!serving/", "!registry/"} <= set(lines)

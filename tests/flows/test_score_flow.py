@@ -128,7 +128,7 @@ def test_the_runs_are_linked_and_the_table_written(scored, smoke_run):
 
 
 def test_the_card_shows_the_catalogue(scored, smoke_run):
-    from tests.test_cards import card_of, images_of, text_of
+    from tests.flows.test_cards import card_of, images_of, text_of
 
     result, _ = scored
     _html, components = card_of(result.run["join"].task)

@@ -8,8 +8,9 @@ import re
 import subprocess
 from pathlib import Path
 
-# "report card: <command>", "card: <command>", then "  or: <command>" for each alternative.
-_HINT = re.compile(r"^(?:[a-z ]*card: |  or: )(?P<command>.+)$", re.MULTILINE)
+# "report card: <command>", "card: <command>", then "  or: <command>" for each alternative; in a Runner's output each
+# line follows Metaflow's "<time> [<task> (pid <n>)] " prefix.
+_HINT = re.compile(r"(?:^|\)\] )(?:[a-z]+ )?(?:card|  or): (?P<command>.+)$", re.MULTILINE)
 
 
 def printed_card_commands(stdout: str) -> list[str]:
@@ -42,17 +43,22 @@ def card_markdown(html: str) -> str:
 
 
 def check_card_commands(stdout: str, cwd: Path, expected: dict[str, str]) -> list[str]:
-    """Run every printed card command at `cwd`; each must write its `<Flow>-<run>-<step>.html` file whose card
-    holds `expected[step]`. Returns the commands run."""
+    """Run every printed card command at `cwd`; each must write its `<Flow>-<run>-<step>.html` file (`make card`:
+    under cards/) whose card holds `expected[step]`. Returns the commands run."""
     commands = printed_card_commands(stdout)
     assert commands, f"no card command printed:\n{stdout[-2000:]}"
     for command in commands:
+        made = re.match(r"make card FLOW=(\w+) RUN=(\d+) STEP=(\w+)$", command)
         target = re.search(r"(\S+-(\d+)-(\w+)\.html)$", command)
-        assert target, f"the command names no card file: {command}"
-        path = cwd / target.group(1)
+        assert made or target, f"the command names no card file: {command}"
+        if made:
+            flow = {"fashion": "FashionFlow", "promote": "PromoteFlow", "score": "ScoreFlow"}[made.group(1)]
+            path, step = cwd / "cards" / f"{flow}-{made.group(2)}-{made.group(3)}.html", made.group(3)
+        else:
+            path, step = cwd / target.group(1), target.group(3)
         path.unlink(missing_ok=True)
         result = run_as_printed(command, cwd)
         assert result.returncode == 0, f"{command}\n{result.stdout[-1500:]}{result.stderr[-1500:]}"
         assert path.is_file(), f"{command} wrote no {path}"
-        assert expected[target.group(3)] in card_markdown(path.read_text()), command
+        assert expected[step] in card_markdown(path.read_text()), command
     return commands
