@@ -62,8 +62,8 @@ score: setup
 # Style, types, the import rules between the library's rooms (pyproject.toml's [tool.importlinter];
 # docs/architecture.md), and the docs site built strictly: a broken link or a missing anchor fails.
 lint: setup
-	$(VENV)/bin/ruff check fmnist serving registry flows tests benchmarks
-	$(VENV)/bin/ruff format --check fmnist serving registry flows tests benchmarks
+	$(VENV)/bin/ruff check fmnist serving registry flows tests benchmarks data
+	$(VENV)/bin/ruff format --check fmnist serving registry flows tests benchmarks data
 	$(VENV)/bin/mypy fmnist serving registry flows
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir .site

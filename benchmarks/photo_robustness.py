@@ -2,7 +2,7 @@
 report's photo sections, and the place every photo-related default is chosen.
 
     python benchmarks/photo_robustness.py [--run FashionFlow/123] [--per-class 20] [--fit-per-class 10] [--one-view]
-                                        [--json PATH]
+                                        [--real-per-folder N] [--json PATH]
 
 Without --run, the flow's latest successful run (as the service picks it). The run's validation split (an artifact of
 the run; never the test set) is cut in two seeded halves. On the first, the temperature and the abstention policy are
@@ -14,7 +14,8 @@ service's own path (normalisation, network, temperature, abstention). Printed: p
 clean, share answered confidently, accuracy of those answers and, for the in-the-wild family, how far the model's input
 moved from the same garment's plain photo; then the development non-garment sets (synthetic, photographs, faces, digits:
 other seeds and other photographs than the report's), with the share caught by the `empty` rule and by the model's
-scores alone.
+scores alone; then the real phone photographs' validation split (`fmnist.core.real_photos`: the fit split joins the
+policy's fit, the report split is the evaluate step's) per folder.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import numpy as np
 
 from fmnist.core.config import EvaluationConfig
 from fmnist.core.inference import features_and_logits
+from fmnist.core.real_photos import load_real_photos, sample_per_folder
 from fmnist.evaluation.answers import service_answers
 from fmnist.evaluation.photos import photo_robustness
+from fmnist.evaluation.real_photo_suite import format_table, real_photo_table
 from fmnist.evaluation.report import fit_on_validation, nongarment_detection
 from fmnist.evaluation.wild_photos import DEV_STREAM, wild_robustness, worst_conditions
 from fmnist.release.classifier import Classifier
@@ -61,10 +64,15 @@ def refit(
     fit_per_class: int,
     seed: int,
     photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
+    real_per_folder: int = 10_000,
 ) -> None:
     """Fit the classifier's temperature and abstention policy on (images, labels) exactly as the evaluate step does
     (`fmnist.evaluation.report.fit_on_validation`), with the default evaluation settings but these."""
-    evaluation = EvaluationConfig(fit_photo_per_class=fit_per_class, photo_ood_quantile=photo_ood_quantile)
+    evaluation = EvaluationConfig(
+        fit_photo_per_class=fit_per_class,
+        photo_ood_quantile=photo_ood_quantile,
+        real_photos_per_folder=real_per_folder,
+    )
     fit_on_validation(classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed)
 
 
@@ -86,6 +94,12 @@ def main() -> None:
         help="quantile of validation photos' OOD scores for the photos' OOD threshold (1.0: the scans' threshold)",
     )
     parser.add_argument("--nongarments", type=int, default=25, help="synthetic non-garments per kind")
+    parser.add_argument(
+        "--real-per-folder",
+        type=int,
+        default=10_000,
+        help="real photographs per folder: of the fit split in the policy's fit, of the validation split judged",
+    )
     parser.add_argument(
         "--one-view",
         action="store_true",
@@ -112,7 +126,15 @@ def main() -> None:
         one_view = replace(record, model_args=replace(record.model_args, flip_tta=False))
         classifier = Classifier(one_view, classifier.device, classifier.runtime)
     started = time.perf_counter()
-    refit(classifier, images[fitting], labels[fitting], args.fit_per_class, args.seed, args.photo_ood_quantile)
+    refit(
+        classifier,
+        images[fitting],
+        labels[fitting],
+        args.fit_per_class,
+        args.seed,
+        args.photo_ood_quantile,
+        args.real_per_folder,
+    )
     policy, record = classifier.policy, classifier.record
     assert policy is not None
     features, logits = features_and_logits(
@@ -137,6 +159,13 @@ def main() -> None:
         size=args.size,
     )
     nongarments = nongarment_detection(classifier, args.nongarments, args.seed, part="dev")
+    real = None
+    if args.real_per_folder > 0:
+        real = real_photo_table(
+            service_answers(classifier), sample_per_folder(load_real_photos("validation"), args.real_per_folder)
+        )
+        real.pop("inputs")
+        real = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in real.items()}
     seconds = time.perf_counter() - started
 
     print(
@@ -188,6 +217,10 @@ def main() -> None:
             f"non-garments {name}: {found['count']} images, unsure {found['unsure']:.1%}, empty rule"
             f" {found['empty_rule']:.1%}, unsure by the model's scores alone {found['model_scores']:.1%}"
         )
+    if real is not None:
+        print(f"real photographs, validation split ({real['count']}):")
+        for line in format_table(real):
+            print(line)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -198,6 +231,7 @@ def main() -> None:
                     "studio": [asdict(r) for r in studio],
                     "wild": [asdict(w) for w in wild],
                     "nongarments": nongarments,
+                    "real_photos": real,
                     "seconds": seconds,
                 },
                 indent=2,

@@ -16,7 +16,7 @@ from shared_cards import provenance_table
 
 from fmnist.core.data import CLASS_NAMES
 from fmnist.evaluation import plots
-from fmnist.evaluation.report_schema import Abstention, EvaluationReport, PhotoSuite, WildSuite
+from fmnist.evaluation.report_schema import Abstention, EvaluationReport, PhotoSuite, RealPhotoSuite, WildSuite
 
 Components = list[Any]
 
@@ -194,6 +194,7 @@ def report_card(report: EvaluationReport) -> Components:
         Image(plots.robustness_chart(report.robustness), label="test accuracy under each perturbation"),
         *photo_components(report.photos),
         *(wild_photo_components(report.wild_photos) if report.wild_photos is not None else []),
+        *(real_photo_components(report.real_photos) if report.real_photos is not None else []),
         *abstention_components(report.abstention),
         Markdown(
             "## Misclassified test images\n"
@@ -204,6 +205,41 @@ def report_card(report: EvaluationReport) -> Components:
     if report.misclassified:
         components.append(Image(plots.misclassified_gallery(report.misclassified), label="misclassified gallery"))
     components += [Markdown("## Provenance"), provenance_table(report.provenance)]
+    return components
+
+
+def real_photo_components(real: RealPhotoSuite) -> Components:
+    """Real phone photographs (the report split): per folder, accuracy, confident share and accuracy of the
+    confident answers; garments without a class and how often they are marked unsure; the worst answers."""
+    components: Components = [
+        Markdown(
+            "## Real photographs\n"
+            f"{real.count} phone photos of clothes nobody on this project made (a public CC0 data set's report split,"
+            " `data/real_photos/`), through the service's normalisation. Right means the exact class where"
+            " Fashion-MNIST has it, the garment family otherwise (longsleeves: the tops; shoes: footwear); hats,"
+            " shorts and skirts have no class, and the honest answer is unsure. Garments with a class: family"
+            f" accuracy {_pct(real.family_accuracy or 0)}, exact class {_pct(real.exact_accuracy or 0)};"
+            f" {_pct(real.confident or 0)} answered confidently, {_pct(real.confident_family_accuracy or 0)} of those"
+            f" right. Without a class: {_pct(real.no_class_unsure or 0)} marked unsure."
+        ),
+        Table(
+            [
+                [
+                    r.folder,
+                    str(r.count),
+                    r.judged_by,
+                    "-" if r.accuracy is None else _pct(r.accuracy),
+                    "-" if r.confident is None else _pct(r.confident),
+                    "-" if r.confident_family_accuracy is None else _pct(r.confident_family_accuracy),
+                    "-" if r.unsure is None else _pct(r.unsure),
+                ]
+                for r in real.rows
+            ],
+            headers=["folder", "photos", "judged by", "accuracy", "confident", "right when confident", "unsure"],
+        ),
+    ]
+    if real.worst:
+        components.append(Image(plots.real_photo_gallery(real.worst), label="wrong answers: what the model saw"))
     return components
 
 

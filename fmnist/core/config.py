@@ -232,6 +232,11 @@ class EvaluationConfig(_Strict):
     # marked unsure 89.0% -> 96.0%, photographs 88.3% -> 91.7%, for held-out validation photos answered confidently
     # 71.3% -> 68.9% (98.08% -> 98.41% of them right).
     photo_ood_quantile: float = Field(0.9, gt=0.5, le=1.0)
+    # Real phone photographs (`fmnist.core.real_photos`, data/real_photos/): at most this many per upstream folder of
+    # the `fit` split join the photo threshold's fit (garment families and garments without a class counted as such),
+    # and at most this many per folder of the `report` split make the report's real-photograph section. 10,000 is
+    # every photo; 0 leaves real photos out of both.
+    real_photos_per_folder: int = Field(10_000, ge=0)
 
 
 class TrackingConfig(_Strict):

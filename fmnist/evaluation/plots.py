@@ -15,6 +15,7 @@ from fmnist.evaluation.report_schema import (
     Mistake,
     Perturbed,
     PhotoRow,
+    RealPhotoWorst,
     RiskCoveragePoint,
     Selective,
 )
@@ -161,6 +162,15 @@ def image_gallery(items: Sequence[dict[str, Any]], columns: int = 8) -> bytes:
 def misclassified_gallery(mistakes: Sequence[Mistake], columns: int = 8) -> bytes:
     """Misclassified test images titled with true label, prediction and (calibrated) confidence."""
     items = [{"image": m.image, "title": f"true: {m.true}\npred: {m.predicted}\n{m.confidence:.0%}"} for m in mistakes]
+    return image_gallery(items, columns)
+
+
+def real_photo_gallery(worst: Sequence[RealPhotoWorst], columns: int = 8) -> bytes:
+    """What the model saw of the real photographs it got wrong: folder, prediction, and whether it was confident."""
+    items = [
+        {"image": w.image, "title": f"{w.folder}\npred: {w.predicted}\n{'CONFIDENT' if w.confident else 'unsure'}"}
+        for w in worst
+    ]
     return image_gallery(items, columns)
 
 

@@ -6,6 +6,7 @@ its confidence can be believed, when it says "unsure", and where it came from. `
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -13,8 +14,10 @@ import numpy as np
 import torch
 
 from fmnist.core.config import EvaluationConfig
-from fmnist.core.data import CLASS_NAMES
+from fmnist.core.data import CLASS_NAMES, NUM_CLASSES
 from fmnist.core.inference import features_and_logits
+from fmnist.core.real_photos import load_real_photos, sample_per_folder
+from fmnist.core.runtime import available_cores
 from fmnist.evaluation.answers import service_answers
 from fmnist.evaluation.metrics import report_metrics
 from fmnist.evaluation.nongarments import DEV_STREAM as SYNTHETIC_DEV_STREAM
@@ -23,11 +26,13 @@ from fmnist.evaluation.nongarments import encode_png, synthetic_nongarments
 from fmnist.evaluation.photo_mix import render_validation_photos
 from fmnist.evaluation.photos import photo_robustness, worst_realistic
 from fmnist.evaluation.real_nongarments import Part, handwritten_digits, real_photographs
+from fmnist.evaluation.real_photo_suite import real_photo_table
 from fmnist.evaluation.report_schema import EvaluationReport
 from fmnist.evaluation.robustness import robustness_table
 from fmnist.evaluation.wild_photos import REPORT_STREAM as WILD_REPORT_STREAM
 from fmnist.evaluation.wild_photos import wild_robustness, worst_conditions
-from fmnist.release.classifier import Classifier
+from fmnist.images.normalise import prepare_upload
+from fmnist.release.classifier import MAX_UPLOAD_PIXELS, Classifier
 from fmnist.release.model_record import ModelRecord
 from fmnist.trust.abstention import AbstentionPolicy
 from fmnist.trust.abstention_fit import fit_abstention, risk_coverage_curve, selective_summary
@@ -113,6 +118,7 @@ def build_report(
             "robustness": robustness,
             "photos": photo_section(classifier, test_images, test_labels, evaluation, seed),
             "wild_photos": wild_photo_section(classifier, test_images, test_labels, evaluation, seed),
+            "real_photos": real_photo_section(classifier, evaluation),
             "abstention": abstention_section(classifier, test_logits, test_features, test_labels, evaluation, seed),
             "validation_unsure_share": validation_unsure,
             "misclassified": misclassified_examples(
@@ -159,17 +165,62 @@ def _validation_photos(
     evaluation: EvaluationConfig,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
-    """(logits, features, labels) of validation garments rendered as photos of both families, for the abstention
-    fit; uploads the normalisation finds empty are left out (they are unsure whatever the scores). None when the
-    profile fits on clean images only."""
-    if evaluation.fit_photo_per_class == 0:
+    """(logits, features, right classes (M, C) bool) of the photos the abstention fit holds to the photo threshold:
+    validation garments rendered as photos of both families, and the real photographs' `fit` split (a family
+    answer right for a longsleeve or a pair of shoes, no class right for a hat); uploads the normalisation finds
+    empty are left out (they are unsure whatever the scores). None when the profile fits on clean images only."""
+    parts: list[tuple[np.ndarray, np.ndarray]] = []  # (pixels (m, 28, 28), right (m, C))
+    if evaluation.fit_photo_per_class > 0:
+        mix = render_validation_photos(
+            val_images, val_labels, seed, evaluation.fit_photo_per_class, size=evaluation.photo_size
+        )
+        found = ~mix.empty
+        right = np.zeros((int(found.sum()), NUM_CLASSES), dtype=bool)
+        right[np.arange(len(right)), mix.labels[found]] = True
+        parts.append((mix.pixels[found], right))
+    if evaluation.real_photos_per_folder > 0:
+        photos = sample_per_folder(load_real_photos("fit"), evaluation.real_photos_per_folder)
+        with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
+            prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_UPLOAD_PIXELS), photos))
+        kept = [(q.pixels, p) for q, p in zip(prepared, photos, strict=True) if not q.empty]
+        if kept:
+            right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)
+            for i, (_, photo) in enumerate(kept):
+                right[i, list(photo.right_classes)] = True
+            parts.append((np.stack([pixels for pixels, _ in kept]), right))
+    if not parts:
         return None
-    mix = render_validation_photos(
-        val_images, val_labels, seed, evaluation.fit_photo_per_class, size=evaluation.photo_size
+    pixels = np.concatenate([p for p, _ in parts])
+    features, logits = features_and_logits(model, pixels, device, mean=record.mean, std=record.std)
+    return logits, features, np.concatenate([r for _, r in parts])
+
+
+def real_photo_section(classifier: Classifier, evaluation: EvaluationConfig, worst: int = 24) -> dict[str, Any] | None:
+    """The real photographs' report split (at most `real_photos_per_folder` per folder) through the service's path:
+    per folder accuracy, confident share and accuracy of the confident answers; the worst answers with what the
+    model saw. None when the profile leaves real photos out."""
+    if evaluation.real_photos_per_folder == 0:
+        return None
+    photos = sample_per_folder(load_real_photos("report"), evaluation.real_photos_per_folder)
+    table = real_photo_table(service_answers(classifier), photos)
+    labels, confident, inputs = table.pop("labels"), table.pop("confident_flags"), table.pop("inputs")
+    table["worst"] = [
+        {
+            "name": photos[i].name,
+            "folder": photos[i].folder,
+            "predicted": CLASS_NAMES[int(labels[i])],
+            "confident": bool(confident[i]),
+            "image": inputs[i].tolist(),
+        }
+        for i in table["worst"][:worst]
+    ]
+    log.info(
+        "real photographs: family accuracy %.3f, %.3f answered confidently, %.3f of those right",
+        table["family_accuracy"] or 0,
+        table["confident"] or 0,
+        table["confident_family_accuracy"] or 0,
     )
-    found = ~mix.empty
-    features, logits = features_and_logits(model, mix.pixels[found], device, mean=record.mean, std=record.std)
-    return logits, features, mix.labels[found]
+    return table
 
 
 def photo_section(

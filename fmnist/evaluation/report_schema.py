@@ -206,6 +206,42 @@ class Mistake(_Record):
     image: list[list[int]]  # (28, 28) pixels
 
 
+class RealPhotoRow(_Record):
+    """One upstream folder of the real photographs' report split (`fmnist.evaluation.real_photo_suite`)."""
+
+    folder: str
+    count: int
+    judged_by: str  # "exact", "family:<name>" or "unsure" (a garment without a Fashion-MNIST class)
+    accuracy: float | None  # exact class where there is one, else the family; None for garments without a class
+    family_accuracy: float | None
+    confident: float | None
+    confident_family_accuracy: float | None
+    unsure: float | None
+
+
+class RealPhotoWorst(_Record):
+    """A wrong answer to a real photograph, as the grid shows it."""
+
+    name: str
+    folder: str
+    predicted: str
+    confident: bool
+    image: list[list[int]]  # (28, 28): what the model saw
+
+
+class RealPhotoSuite(_Record):
+    """Real phone photographs of clothes (`fmnist.core.real_photos`, report split) through the service's path."""
+
+    count: int
+    rows: list[RealPhotoRow]
+    exact_accuracy: float | None
+    family_accuracy: float | None
+    confident: float | None
+    confident_family_accuracy: float | None
+    no_class_unsure: float | None
+    worst: list[RealPhotoWorst]
+
+
 class EvaluationReport(_Record):
     """Everything the evaluate step found out about the chosen model."""
 
@@ -218,6 +254,7 @@ class EvaluationReport(_Record):
     provenance: dict[str, Any]
     wild_photos: WildSuite | None = None  # reports before the in-the-wild suite: None
     validation_unsure_share: float | None = None  # clean validation images marked unsure (the drift reference's)
+    real_photos: RealPhotoSuite | None = None  # reports before the real-photograph suite, or a profile without it
 
     def to_artifact(self) -> dict[str, Any]:
         """Plain data for the Metaflow artifact (field names as stored, e.g. 'class' in per-class scores)."""
@@ -268,6 +305,14 @@ class EvaluationReport(_Record):
 
     def _wild_lines(self) -> list[str]:
         lines = []
+        real = self.real_photos
+        if real is not None and real.confident_family_accuracy is not None:
+            lines.append(
+                f"real photographs ({real.count}): family {real.family_accuracy or 0:.1%}, exact class"
+                f" {real.exact_accuracy or 0:.1%}; {real.confident or 0:.1%} answered confidently,"
+                f" {real.confident_family_accuracy:.1%} of those right;"
+                f" no class: {real.no_class_unsure or 0:.1%} unsure"
+            )
         if self.wild_photos is not None:
             accuracy, confident = self.wild_photos.worst["accuracy"], self.wild_photos.worst["confident_accuracy"]
             lines.append(

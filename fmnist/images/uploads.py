@@ -90,7 +90,8 @@ def open_upload(data: bytes, max_pixels: int, work_size: int | None = None) -> U
                 " (possible decompression bomb)"
             )
         if image.format == "JPEG":
-            image.draft("L", _draft_request(width, height, work_size))
+            # Colour kept: the normaliser finds a garment by its colour where its grey matches the backdrop's.
+            image.draft(None, _draft_request(width, height, work_size))
     return Upload(image, (width, height), image.format)
 
 
@@ -113,7 +114,13 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def decode_gray(upload: Upload, work_size: int) -> np.ndarray:
-    """Decode an opened upload into (H, W) uint8 grayscale, as `grayscale_array` would, but shrunk by an integer factor
+    """(H, W) uint8 grayscale of an opened upload, reduced as `decode_pixels` reduces it."""
+    return decode_pixels(upload, work_size)[0]
+
+
+def decode_pixels(upload: Upload, work_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decode an opened upload into (H, W) uint8 grayscale, as `grayscale_array` would, and (H, W, 3) uint8 RGB for a
+    colour image (None for a grey one), but shrunk by an integer factor
     as soon as it is decoded, so its long side is at least REDUCING_GAP x `work_size`: every later step (mode
     conversion, EXIF rotation, transparency, the normalisation) costs what the working size costs, not what the
     claimed size does. An image already that small comes out exactly as `grayscale_array` makes it.
@@ -132,7 +139,7 @@ def decode_gray(upload: Upload, work_size: int) -> np.ndarray:
         image = _reduced(_reducible(image), factor)
     if orientation in ORIENTATIONS:
         image = image.transpose(ORIENTATIONS[orientation])
-    return _gray(image)
+    return _gray(image), _colour(image)
 
 
 def _orientation(image: Image.Image) -> int:
@@ -234,6 +241,20 @@ def _gray(image: Image.Image) -> np.ndarray:
     if image.mode != "L":
         image = image.convert("L")
     return np.asarray(image, dtype=np.uint8)
+
+
+def _colour(image: Image.Image) -> np.ndarray | None:
+    """A colour image -> (H, W, 3) uint8 RGB, transparency composited onto white as in `_gray`; None for grey modes
+    (L, LA, I, F, 1) and for a colour image whose channels are all equal (nothing to add to the grey)."""
+    if image.mode not in ("RGB", "RGBA", "RGBa"):
+        return None
+    if image.mode != "RGB":
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    rgb = np.asarray(image, dtype=np.uint8)
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return None
+    return rgb
 
 
 def pixels_from_values(values: list, index: int) -> np.ndarray:

@@ -29,6 +29,11 @@ from fmnist.trust.abstention import (
 
 log = logging.getLogger(__name__)
 
+# The photo threshold's risk bound holds with probability at least 1 - PHOTO_RISK_DELTA (`guaranteed_risk_threshold`).
+PHOTO_RISK_DELTA = 0.05
+# Candidate thresholds of the bound: one per 5% of coverage.
+RISK_CANDIDATES = 20
+
 
 def fit_gaussian(
     features: torch.Tensor,
@@ -234,33 +239,84 @@ def _fit_photo_threshold(
     target_risk: float,
 ) -> float:
     """The lowest confidence threshold whose selective risk on the photos that pass the OOD check is at most
-    `target_risk` (0.0 when none passes it); counts them on `policy`."""
-    logits, features, labels = photos
-    y = np.asarray(labels).astype(np.int64)
-    if not len(logits) == len(features) == len(y):
-        raise ValueError(f"photo logits {len(logits)}, features {len(features)} and labels {len(y)} must match")
+    `target_risk` with confidence 1 - PHOTO_RISK_DELTA (`guaranteed_risk_threshold`; 1.0, no confident photo, when
+    none is); counts them on `policy`."""
+    logits, features, _ = photos
+    right = _right_classes(photos)
     ood = policy.ood_scores(logits, features).numpy()  # (M,)
     if not math.isnan(policy.photo_ood_quantile):
         policy.photo_ood_threshold = min(policy.ood_threshold, float(np.quantile(ood, policy.photo_ood_quantile)))
     passes = ood <= (policy.ood_threshold if math.isnan(policy.photo_ood_threshold) else policy.photo_ood_threshold)
     confidence = confidence_scores(logits, temperature).numpy()  # (M,)
-    correct = logits.argmax(1).numpy() == y  # (M,)
-    policy.num_fit_photos = len(y)
+    correct = right[np.arange(len(right)), logits.argmax(1).numpy()]  # (M,)
+    policy.num_fit_photos = len(right)
     if not passes.any():
         return 0.0
-    threshold, reached = _lowest_threshold(confidence[passes], correct[passes], target_risk)
+    threshold, reached = guaranteed_risk_threshold(confidence[passes], correct[passes], target_risk)
     if not reached:
-        log.warning("no confidence threshold reaches selective risk %.4f on the validation photos", target_risk)
+        log.warning(
+            "no confidence threshold bounds the photos' selective risk by %.4f (%.0f%% confidence)",
+            target_risk,
+            100 * (1 - PHOTO_RISK_DELTA),
+        )
     return threshold
+
+
+def _right_classes(photos: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> np.ndarray:
+    """(M, C) bool: the classes counted right for each photo. Labels are (M,) class indices, or already (M, C) masks
+    (a garment family: several classes right; a garment with no class: none, only "unsure" is right)."""
+    logits, features, labels = photos
+    y = np.asarray(labels)
+    if not len(logits) == len(features) == len(y):
+        raise ValueError(f"photo logits {len(logits)}, features {len(features)} and labels {len(y)} must match")
+    if y.ndim == 2:
+        if y.shape[1] != logits.shape[1]:
+            raise ValueError(f"photo label masks have {y.shape[1]} classes, the logits {logits.shape[1]}")
+        return y.astype(bool)
+    right = np.zeros((len(y), logits.shape[1]), dtype=bool)
+    right[np.arange(len(y)), y.astype(np.int64)] = True
+    return right
+
+
+def guaranteed_risk_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target_risk: float, delta: float | None = None
+) -> tuple[float, bool]:
+    """A confidence threshold with guaranteed selective risk, after Geifman & El-Yaniv (2017): among RISK_CANDIDATES
+    thresholds spread evenly over the answers' coverage, the lowest whose selective risk has a one-sided
+    Clopper-Pearson upper bound at most `target_risk`, the confidence level split among the candidates (Bonferroni),
+    so the bound holds with probability at least 1 - `delta` for new answers drawn like these. A fixed set of
+    candidates rather than their binary search: one unlucky step of the search can throw away every good threshold.
+    (threshold, reached); when no candidate is bounded, a threshold above every confidence (no answer confident)
+    and False."""
+    from scipy.stats import beta
+
+    delta = PHOTO_RISK_DELTA if delta is None else delta
+    thresholds, kept, errors = _tie_groups(confidence, correct)
+    if len(thresholds) == 0:
+        raise ValueError("cannot fit a confidence threshold on zero examples")
+    # Tie-group ends closest to coverage k / RISK_CANDIDATES of the answers, k = 1 .. RISK_CANDIDATES.
+    wanted = np.arange(1, RISK_CANDIDATES + 1) * kept[-1] / RISK_CANDIDATES
+    candidates = np.unique(np.clip(np.searchsorted(kept, wanted), 0, len(kept) - 1))
+    level = 1.0 - delta / len(candidates)
+    upper = np.where(
+        errors[candidates] >= kept[candidates],
+        1.0,
+        beta.ppf(level, errors[candidates] + 1, np.maximum(kept[candidates] - errors[candidates], 1)),
+    )
+    bounded = candidates[upper <= target_risk]
+    if len(bounded) == 0:
+        return float(np.nextafter(thresholds[0], np.inf)), False
+    return float(thresholds[bounded.max()]), True
 
 
 def _photo_verdicts(
     policy: AbstentionPolicy, photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], temperature: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(confident (M,), correct (M,)) of the fitted policy on the photo part of the fit."""
-    logits, features, labels = photos
+    logits, features, _ = photos
+    right = _right_classes(photos)
     _, _, code = policy.scores(logits, features, temperature, photo=np.ones(len(logits), dtype=bool))
-    return code.numpy() == 0, logits.argmax(1).numpy() == np.asarray(labels).astype(np.int64)
+    return code.numpy() == 0, right[np.arange(len(right)), logits.argmax(1).numpy()]
 
 
 def selective_summary(
