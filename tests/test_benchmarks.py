@@ -71,6 +71,8 @@ def test_photo_robustness_benchmark_reports_every_condition_on_validation_only(s
             "64",
             "--nongarments",
             "2",
+            "--real-per-folder",
+            "3",
             "--json",
             str(out),
         ],
@@ -93,6 +95,11 @@ def test_photo_robustness_benchmark_reports_every_condition_on_validation_only(s
     assert {"plain", "shadow_edge", "wood_backdrop", "hanger_and_tag", "cut_by_frame"} <= wild
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in report["studio"] + report["wild"])
     assert set(report["nongarments"]["sets"]) == {"synthetic", "photographs", "faces", "digits"}
+    # The real photographs' validation split, 3 per folder: every folder judged, hats and the like by "unsure".
+    real = report["real_photos"]
+    assert real["count"] == 30 and {r["folder"] for r in real["rows"]} >= {"t-shirt", "shoes", "hat"}
+    assert "real photographs, validation split (30)" in proc.stdout
+    assert next(r for r in real["rows"] if r["folder"] == "hat")["judged_by"] == "unsure"
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")

@@ -131,14 +131,18 @@ def test_evaluate_card_holds_the_whole_report(run):
         "## Unsure answers",
         "correct among confident answers",
         "marked unsure",
+        "## Real photographs",
+        "hat",
+        "right when confident",
         "## Misclassified test images",
         "## Provenance",
         "data_fingerprint",
         "code_version",
     ):
         assert section in text, section
-    # confusion heat map, reliability diagram, robustness chart, photo chart, risk-coverage curve, misclassified gallery
-    assert len(images_of(components)) == 6
+    # confusion heat map, reliability diagram, robustness chart, photo chart, real photographs answered wrong,
+    # risk-coverage curve, misclassified gallery
+    assert len(images_of(components)) == 7
     assert_self_contained(html, components)
 
 

@@ -8,6 +8,9 @@ import sys
 import pytest
 
 from fmnist.core.data import CLASS_NAMES
+from fmnist.core.real_photos import load_real_photos
+from fmnist.evaluation.photos import PHOTO_CONDITIONS
+from fmnist.evaluation.wild_photos import WILD_CONDITIONS
 from fmnist.release.model_record import ModelRecord
 from tests.support.flows import FLOW_FILE, SMOKE_PROFILE, resume_flow, run_flow, session_datastore
 from tests.support.hints import check_card_commands
@@ -45,6 +48,20 @@ def test_the_printed_card_commands_work_as_printed(smoke_flow):
     )
     assert {f"{run_id}/evaluate", f"{run_id}/join"} <= {c.split(" card get ")[1].split()[0] for c in commands}
     assert not any(f"FashionFlow/{run_id}/" in c for c in commands)  # the card CLI takes <run-id>/<step>
+
+
+def test_the_report_judges_real_photographs_of_its_report_split_only(smoke_flow):
+    """The smoke profile's 5 real photos per folder of the report split, through the service's path, and the fit
+    split's in the photo threshold's fit (more fit photos than the rendered ones alone)."""
+    report = smoke_flow.run.data.report
+    real = report["real_photos"]
+    assert real["count"] == 50 and len(real["rows"]) == 10
+    assert all(w["name"] in {p.name for p in load_real_photos("report")} for w in real["worst"])
+    assert 0.0 <= real["family_accuracy"] <= 1.0 and real["no_class_unsure"] is not None
+    assert "real photographs (50)" in smoke_flow.stdout
+    policy = ModelRecord.from_bytes(smoke_flow.run.data.calibrated_model).abstention
+    rendered = len(PHOTO_CONDITIONS) + len(WILD_CONDITIONS)  # 10 rendered photos per condition at most
+    assert policy is not None and policy.num_fit_photos > 10 * rendered  # and the 50 real fit photos
 
 
 def test_each_trial_keeps_weights_history_and_metrics(smoke_run):
