@@ -158,7 +158,29 @@ def _check_flags(flags: list[str], text: str, what: str) -> None:
 
 @pytest.mark.parametrize("where_command", documented_commands(), ids=lambda wc: wc[1][:60])
 def test_documented_flags_and_targets_exist(where_command):
-    where, command = where_command
+    check_command(*where_command)
+
+
+def test_the_cli_hints_name_commands_that_exist():
+    """What the service's CLI and ScoreFlow tell a user to type when there is no model to use: the make target and
+    the flag exist. (PromoteFlow's refusal prints its card command, run in tests/test_promotion.py.)"""
+    from score_runs import ModelRunError, find_model_run
+
+    from serving.cli import missing_model
+    from serving.settings import Settings
+
+    served = missing_model(Settings(tag="no-run-carries-this-tag"))
+    assert served is not None and "`make run`" in served
+    check_command("fmnist-serve's hint", "make run")
+    with pytest.raises(ModelRunError) as refused:
+        find_model_run("", "no-run-carries-this-tag")
+    hint = re.search(r"name one with (--run \S+)", str(refused.value))
+    assert hint, str(refused.value)
+    check_command("ScoreFlow's hint", f"python flows/score_flow.py run {hint.group(1)}")
+
+
+def check_command(where: str, command: str) -> None:
+    """Every make target and variable, and every flag, of `command` exists in the Makefile or the command's help."""
     words = _words(command)
     if words[0] == "make":
         makefile = (ROOT / "Makefile").read_text()
