@@ -39,6 +39,8 @@ RUN = {
 # Documented, checked against their help, but not run here; why.
 TRAINING = "trains a whole run (minutes to hours); the session's smoke run covers the flow (tests/conftest.py)"
 QUICK = "its --quick mode runs in tests/test_benchmarks.py"
+QUICK_SERVING = "its --quick mode runs in tests/serving/test_serving.py"
+BY_HAND = "a measurement taken by hand (minutes on these cores), nothing to assert but its figures; flags checked"
 LONG_BENCHMARK = "a full benchmark (minutes to hours on these cores): its figures are quoted from it"
 CLOUD = (
     "needs AWS or a Kubernetes cluster; rendered against the stand-in (tests/flows/test_cloud.py, test_kubernetes.py)"
@@ -55,12 +57,12 @@ SKIPPED = {
     ".venv/bin/python flows/fashion_flow.py resume": "needs a failed run; tests/flows/test_fashion_flow.py resumes one",
     ".venv/bin/python benchmarks/train_speed.py [--quick] [--json PATH]": QUICK,
     ".venv/bin/python benchmarks/frontier.py [--quick] [--only NAME ...] [--json PATH]": QUICK,
-    ".venv/bin/python benchmarks/serve_load.py [--quick]": QUICK,
-    ".venv/bin/python benchmarks/serve_wrk.py [--run FashionFlow/<id>]": QUICK,
+    ".venv/bin/python benchmarks/serve_load.py [--quick]": QUICK_SERVING,
+    ".venv/bin/python benchmarks/serve_wrk.py [--run FashionFlow/<id>]": QUICK_SERVING,
     ".venv/bin/python benchmarks/photo_robustness.py [--run FashionFlow/<id>] [--per-class 20] [--one-view] "
     "[--json PATH]": "tests/test_benchmarks.py runs it on the smoke run with a small sample",
-    ".venv/bin/python benchmarks/serve_decode.py [--rounds 2]": QUICK,
-    ".venv/bin/python benchmarks/score_throughput.py [--images 2000]": QUICK,
+    ".venv/bin/python benchmarks/serve_decode.py [--rounds 2]": BY_HAND,
+    ".venv/bin/python benchmarks/score_throughput.py [--images 2000]": BY_HAND,
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder DIR": LONG_BENCHMARK,
     ".venv/bin/python benchmarks/serve_faults.py [--quick] [--only hostile] [--service-root DIR]": QUICK,
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --render-only": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
