@@ -40,6 +40,11 @@ REDUCING_GAP = 2
 # High bit-depth images are averaged block by block through strips of at most this many values, so their
 # conversion never holds more than one strip in float64 (8 MB), whatever the image's size.
 STRIP_VALUES = 1 << 20
+# The formats users send, and the only openers Pillow may run: PNG, JPEG (its opener also reads a phone's
+# multi-picture JPEG, format "MPO"), WebP, GIF, BMP, TIFF. Everything else is refused before any opener runs: ICO's
+# opener decodes the embedded image while opening, before any size check; PSD, EPS, PDF and the like are not photos
+# of garments; HEIC is not readable here.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 # Modes with more than 8 bits per sample: their actual range is stretched onto 0-255.
 HIGH_BIT_DEPTH = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 # What a transposition by EXIF orientation tag value is.
@@ -79,8 +84,12 @@ def open_upload(data: bytes, max_pixels: int, work_size: int | None = None) -> U
     # Pillow's own guard (a warning above MAX_IMAGE_PIXELS, an error above twice that) is turned into an error at
     # our limit; the explicit size check below comes before any pixel is decoded.
     Image.MAX_IMAGE_PIXELS = max_pixels
+    refused = _refused_format(data)
+    if refused:
+        raise ImageError(f"{refused} files are not accepted: send PNG, JPEG, WebP, GIF, BMP or TIFF")
+    Image.init()  # registers every opener once, so each allowed format's is known by name
     with _decoding_errors():
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         width, height = image.size
         if width < 1 or height < 1:
             raise ImageError(f"image has no pixels ({width}x{height})")
@@ -89,10 +98,29 @@ def open_upload(data: bytes, max_pixels: int, work_size: int | None = None) -> U
                 f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
                 " (possible decompression bomb)"
             )
-        if image.format == "JPEG":
+        if image.format in ("JPEG", "MPO"):
             # Colour kept: the normaliser finds a garment by its colour where its grey matches the backdrop's.
             image.draft(None, _draft_request(width, height, work_size))
     return Upload(image, (width, height), image.format)
+
+
+def _refused_format(data: bytes) -> str | None:
+    """The name of a well-known image format that is refused, from its first bytes, for a clear error; None
+    otherwise (Pillow then tries the accepted formats' openers only)."""
+    head = data[:16]
+    if head[:4] == b"\x00\x00\x01\x00" and len(head) >= 6 and head[4] | head[5]:  # reserved, type 1, image count
+        return "ICO"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "HEIC/AVIF"
+    for magic, name in (
+        (b"8BPS", "PSD"),
+        (b"%PDF", "PDF"),
+        (b"%!PS", "PostScript"),
+        (b"\x00\x00\x00\x0cjP", "JPEG 2000"),
+    ):
+        if head.startswith(magic):
+            return name
+    return None
 
 
 def _draft_request(width: int, height: int, work_size: int | None) -> tuple[int, int]:
@@ -218,7 +246,7 @@ def _decoding_errors() -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageTooLarge(f"image too large to decode safely: {err}") from None
     except UnidentifiedImageError:
-        raise ImageError("file is not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)") from None
+        raise ImageError("file is not an image in an accepted format (PNG, JPEG, WebP, GIF, BMP or TIFF)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error) as err:
         raise ImageError(f"image file is truncated or corrupt: {err}") from None
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fmnist.images.normalise import prepare_upload as prepare_image
-from fmnist.images.uploads import ImageError, ImageTooLarge, pixels_from_values
+from fmnist.images.uploads import ImageError, ImageTooLarge, open_upload, pixels_from_values
 from tests.support.images import encode, png_bomb, real_test_images
 
 LIMIT = 4_000_000
@@ -190,3 +190,30 @@ def test_exif_rotation_survives_reduced_decoding():
     stored = encode(sideways, "PNG", exif=exif.tobytes())
     reference = prepare_image(encode(canvas, "PNG"), LIMIT).pixels.astype(int)
     assert np.abs(prepare_image(stored, LIMIT).pixels.astype(int) - reference).mean() < 3
+
+
+@pytest.mark.parametrize(
+    ("fmt", "message"),
+    [
+        ("ICO", "ICO files are not accepted"),
+        ("PDF", "PDF files are not accepted"),
+        ("PPM", "not an image in an accepted format"),
+        ("TGA", "not an image in an accepted format"),
+        ("PCX", "not an image in an accepted format"),
+    ],
+)
+def test_formats_outside_the_allow_list_are_refused_before_any_opener_runs(fmt, message):
+    """ICO above all: its opener decodes the embedded image while opening, before a size could be checked."""
+    data = encode(Image.new("RGB", (64, 48), "white"), fmt)
+    with pytest.raises(ImageError, match=message):
+        open_upload(data, LIMIT)
+
+
+def test_an_ico_claiming_a_small_icon_but_holding_a_huge_image_is_refused():
+    """A 16x16 ICO header over a 6000x6000 PNG payload (what Pillow's ICO opener would decode while opening): refused
+    by its first bytes, with the format named."""
+    payload = encode(Image.new("L", (6000, 6000)), "PNG")
+    header = b"\x00\x00\x01\x00\x01\x00" + bytes([16, 16, 0, 0, 1, 0, 32, 0])
+    entry = len(payload).to_bytes(4, "little") + (22).to_bytes(4, "little")
+    with pytest.raises(ImageError, match="ICO files are not accepted"):
+        open_upload(header + entry + payload, LIMIT)
