@@ -341,9 +341,11 @@ def test_photo_threshold_holds_its_risk_on_held_out_photos(small_model):
     risk = float((z.argmax(1).numpy()[confident] != y[confident]).mean())
     # About 50 confident held-out photos or more: a binomial spread of a few points around the target.
     assert confident.sum() >= 50 and risk <= target + 0.08, (risk, int(confident.sum()))
-    # A photo threshold that did nothing would show here: photos judged by the scans' bar are wrong more often.
+    # A photo threshold that did nothing would show here: judged by the scans' bar, more held-out photos are answered
+    # confidently, and more of those answers are wrong.
     as_scans = policy.scores(z, f, temperature)[2].numpy() == 0
-    assert as_scans.sum() >= confident.sum()
+    risk_as_scans = float((z.argmax(1).numpy()[as_scans] != y[as_scans]).mean())
+    assert as_scans.sum() > confident.sum() and risk_as_scans > risk, (risk_as_scans, risk)
 
 
 def test_the_photo_threshold_applies_only_where_marked(val_set):
