@@ -15,6 +15,9 @@ the photo is encoded as JPEG, as a phone would, and `photo_robustness` pushes th
 
 Everything random is drawn from a numpy Generator seeded from (seed, test index): see `photo_rng`. Rendering uses
 Pillow and vectorised numpy only; one 224x224 photo takes a few milliseconds.
+
+Longer than most modules (about 540 lines) on purpose: most of it is the table of named conditions with the reason
+for each severity, which reads best beside the renderer it drives.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ part of the garment off or covers it: its accuracy is reported but not held to t
 Everything random comes from a numpy Generator seeded from (seed, stream, image index) (`wild_rng`); albumentations'
 own randomness is seeded from it, so a photo is the same on every run and in every thread. The report renders test
 images with `REPORT_STREAM`; development (tuning, the abstention fit) renders validation images with `DEV_STREAM`.
+
+Longer than most modules (about 660 lines) on purpose: each condition's renderer sits beside its stated reason and
+severities, and they share the garment's placement, texture and camera; split, a condition would be read in three
+files.
 """
 
 from __future__ import annotations

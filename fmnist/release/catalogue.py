@@ -16,6 +16,9 @@ ScoreFlow (`flows/score_flow.py`) runs these functions; nothing here imports Met
 - `rows_frame`, `table_bytes`, `summarize`: the rows as one pandas table (Parquet or CSV bytes) and what the card
   reports about it (class distribution against the training prior, unsure answers and why, unreadable files, the
   drift signals the service computes).
+
+Longer than most modules (about 480 lines) on purpose: listing, sharding, scoring and tabulating share the row's
+shape and its error rules, and ScoreFlow reads them as one contract.
 """
 
 from __future__ import annotations
