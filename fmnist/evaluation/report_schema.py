@@ -306,12 +306,13 @@ class EvaluationReport(_Record):
     def _wild_lines(self) -> list[str]:
         lines = []
         real = self.real_photos
-        if real is not None and real.confident_family_accuracy is not None:
+        if real is not None:
+            right = real.confident_family_accuracy
             lines.append(
                 f"real photographs ({real.count}): family {real.family_accuracy or 0:.1%}, exact class"
-                f" {real.exact_accuracy or 0:.1%}; {real.confident or 0:.1%} answered confidently,"
-                f" {real.confident_family_accuracy:.1%} of those right;"
-                f" no class: {real.no_class_unsure or 0:.1%} unsure"
+                f" {real.exact_accuracy or 0:.1%}; {real.confident or 0:.1%} answered confidently"
+                + (f", {right:.1%} of those right" if right is not None else "")
+                + f"; no class: {real.no_class_unsure or 0:.1%} unsure"
             )
         if self.wild_photos is not None:
             accuracy, confident = self.wild_photos.worst["accuracy"], self.wild_photos.worst["confident_accuracy"]
