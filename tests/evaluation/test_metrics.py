@@ -25,7 +25,12 @@ from fmnist.release.model_record import ModelRecord
 
 # The photo suite and the non-garments at their smallest: the report's shape, not its figures, is under test here.
 TINY_EVALUATION = EvaluationConfig(
-    photo_per_class=1, photo_size=56, nongarments_per_kind=1, wild_per_class=1, fit_photo_per_class=1
+    photo_per_class=1,
+    photo_size=56,
+    nongarments_per_kind=1,
+    wild_per_class=1,
+    fit_photo_per_class=1,
+    real_photos_per_folder=2,
 )
 
 
@@ -108,8 +113,10 @@ def test_build_report_on_a_tiny_model():
     # Fitted into the record, on the validation images, before the test set was scored.
     assert record.temperature == report.calibration.temperature
     assert record.abstention is not None and record.abstention.num_fit_examples == 30
-    # The photo part of the fit: validation garments (1 per class, every condition of both families) as photos.
-    assert 0 < record.abstention.num_fit_photos <= 10 * 26
+    # The photo part of the fit: validation garments (1 per class, every condition of both families) as photos,
+    # and 2 real photos of the fit split per upstream folder (those the normaliser finds a garment in).
+    assert 10 * 2 < record.abstention.num_fit_photos <= 10 * 26 + 10 * 2
+    assert report.real_photos is not None and report.real_photos.count == 10 * 2
     assert report.validation_unsure_share is not None and 0.0 <= report.validation_unsure_share <= 1.0
     assert report.wild_photos is not None and report.wild_photos.rows[1].condition == "plain"
     assert set(report.abstention.nongarments.sets) == {"synthetic", "photographs", "faces", "digits"}
@@ -135,4 +142,6 @@ def test_the_report_round_trips_through_its_plain_artifact_form():
     assert artifact["test"]["per_class"][0]["class"] == "T-shirt/top"  # stored under the field names readers know
     json.dumps(artifact)  # plain data, nothing that needs this package to read
     assert EvaluationReport.model_validate(artifact) == report
-    assert len(report.summary_lines()) == 5  # calibration, photos, unsure, in-the-wild photos, non-garments
+    # calibration, photos, unsure, real photographs, in-the-wild photos, non-garments
+    assert len(report.summary_lines()) == 6
+    assert report.summary_lines()[3].startswith("real photographs (20)")
