@@ -52,7 +52,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serve_load import REPO, free_port, stop_servers, test_images, wait_ready
+from serve_load import REPO, free_port, load_traffic_images, stop_servers, wait_ready
 from serve_wrk import BOUNDARY, LUA, WrkResult, multipart, run_wrk
 
 TAG = "serve-faults-benchmark"
@@ -718,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(datastore_root()))
 
     work = Path(tempfile.mkdtemp(prefix="serve_faults_"))
-    images, _ = test_images(1)
+    images, _ = load_traffic_images(1)
     (work / "single.body").write_bytes(multipart("file", images[:1]))
     script = work / "single.lua"
     script.write_text(LUA.format(body=work / "single.body", boundary=BOUNDARY))

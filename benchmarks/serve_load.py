@@ -145,15 +145,15 @@ def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout: flo
     raise SystemExit(f"server for {url} not ready after {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")
 
 
-def test_images(count: int) -> tuple[list[bytes], np.ndarray]:
-    """The first `count` real Fashion-MNIST test images as PNG bytes, with their labels."""
-    data = load_dataset(download=False)
+def load_traffic_images(count: int) -> tuple[list[bytes], np.ndarray]:
+    """The first `count` real Fashion-MNIST test images as PNG bytes, with their labels: traffic, nothing chosen."""
+    test_images, test_labels = load_dataset(download=False).test_split()
     encoded = []
-    for pixels in data.test_images[:count]:
+    for pixels in test_images[:count]:
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         encoded.append(buffer.getvalue())
-    return encoded, data.test_labels[:count].astype(int)
+    return encoded, test_labels[:count].astype(int)
 
 
 async def run_phase(
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["FASHIONFLOW_RUN"] = args.run
     os.environ.setdefault("USERNAME", os.environ.get("USER", "benchmark"))
 
-    images, labels = test_images(512)
+    images, labels = load_traffic_images(512)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     servers: dict[str, tuple[str, Path, dict[str, str]]] = {
         "service": ("serving.app:app", REPO, {}),

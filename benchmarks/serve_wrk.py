@@ -39,9 +39,9 @@ from serve_load import (
     REPO,
     THROUGHPUT_TARGET,
     free_port,
+    load_traffic_images,
     start_server,
     stop_servers,
-    test_images,
     wait_ready,
 )
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["FASHIONFLOW_RUN"] = args.run
     os.environ.setdefault("USERNAME", os.environ.get("USER", "benchmark"))
 
-    images, _ = test_images(args.batch_size or 1)
+    images, _ = load_traffic_images(args.batch_size or 1)
     work = Path(tempfile.mkdtemp(prefix="serve_wrk_"))
     scripts = {}
     for name, body in {

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fmnist.core.config import HParams, Profile, expand_grid
-from fmnist.core.data import CLASS_NAMES, FILES, Splits, load_dataset, make_splits
+from fmnist.core.data import CLASS_NAMES, TEST_SIZE, Splits, load_dataset, make_splits
 from fmnist.core.faults import failing, kill_point
 from fmnist.core.provenance import environment
 from fmnist.core.runtime import amp_dtype, configure_threads, describe_device, pick_device
@@ -104,7 +104,7 @@ def prepare_data(profile: Profile) -> PreparedData:
         "fingerprint": data.fingerprint,
         "train_size": len(splits.train_labels),
         "val_size": len(splits.val_labels),
-        "test_size": FILES["test_labels"].shape[0],  # verified by load_dataset; only `evaluate` reads the arrays
+        "test_size": TEST_SIZE,  # verified by load_dataset; only `evaluate` opens the test split
         "train_class_counts": np.bincount(splits.train_labels, minlength=len(CLASS_NAMES)).tolist(),
         "val_class_counts": np.bincount(splits.val_labels, minlength=len(CLASS_NAMES)).tolist(),
     }
@@ -239,10 +239,11 @@ def evaluate_selected(
         "evaluation_device": describe_device(device),
     }
     # Fits the temperature and the abstention thresholds into `record` (validation only), then reads the test set.
+    test_images, test_labels = data.test_split()  # logs that the evaluate step opened it
     report = build_report(
         record,
-        data.test_images,
-        data.test_labels,
+        test_images,
+        test_labels,
         val_images,
         val_labels,
         device,

@@ -22,13 +22,13 @@ def test_train_speed_quick_reports_baseline_and_profile(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "img/s x" in proc.stdout and "per-epoch test accuracy" in proc.stdout
+    assert "img/s x" in proc.stdout and "per-epoch validation accuracy" in proc.stdout
     report = json.loads(out.read_text())
     baseline, ours = report["results"]
     assert baseline["label"].startswith("baseline") and ours["label"] == "fmnist default profile"
     for result in (baseline, ours):
-        assert result["images_per_second"] > 0 and 0.1 < result["final_test_accuracy"] <= 1.0
-        assert {"epoch_seconds", "test_accuracy", "train_seconds"} <= set(result["history"][0])
+        assert result["images_per_second"] > 0 and 0.1 < result["final_val_accuracy"] <= 1.0
+        assert {"epoch_seconds", "val_accuracy", "train_seconds"} <= set(result["history"][0])
     assert ours["eval_seconds_total"] >= 0
 
 

@@ -13,9 +13,11 @@ import gzip
 import hashlib
 import logging
 import os
+import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -85,22 +87,65 @@ FILES = {
 }
 # Fashion-MNIST is balanced: every class has exactly this many images in each part.
 CLASS_COUNTS = {"train_labels": 6000, "test_labels": 1000}
+TEST_SIZE = FILES["test_labels"].shape[0]  # 10000: the size every run reports without opening the test split
+
+# Who may open the test split, and why: (file relative to the folder holding `fmnist/`, function's qualified name).
+# Nothing else may, so no default, threshold or choice can be made on the test images; `FashionMNIST.test_split`
+# checks its caller against this list at run time, and tests/test_test_set_discipline.py checks the source.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+TEST_SPLIT_READERS = MappingProxyType(
+    {
+        ("fmnist/pipeline.py", "evaluate_selected"): "the evaluate step: the test set's one reader in a run",
+        ("benchmarks/serve_load.py", "load_traffic_images"): "load traffic for the service benchmarks; chooses nothing",
+        ("tests/support/images.py", "real_test_images"): "real inputs for the image and service tests",
+        ("tests/evaluation/test_photos.py", "test_set"): "real garments the photo renderer's tests draw on",
+    }
+)
+_TEST_SPECS = frozenset(key for key in FILES if key.startswith("test_"))
 
 
 class DataError(RuntimeError):
     """A Fashion-MNIST file is missing, unreadable or not what it should be; the message names the file."""
 
 
+class TestSplitRefused(PermissionError):
+    """Code that is not on `TEST_SPLIT_READERS` asked for the test split; the message names it."""
+
+    __test__ = False  # not a test class, whatever pytest's name rule thinks
+
+
+def _caller(depth: int) -> tuple[str, str]:
+    """(file relative to PACKAGE_PARENT, qualified function name) of the frame `depth` levels above the caller."""
+    frame = sys._getframe(depth + 1)
+    path = Path(frame.f_code.co_filename).resolve()
+    where = path.relative_to(PACKAGE_PARENT).as_posix() if path.is_relative_to(PACKAGE_PARENT) else str(path)
+    return where, frame.f_code.co_qualname
+
+
 @dataclass(frozen=True)
 class FashionMNIST:
-    """The verified dataset as compact uint8 arrays."""
+    """The verified dataset as compact uint8 arrays; the test split is sealed behind `test_split()`."""
 
     train_images: np.ndarray  # (60000, 28, 28) uint8
     train_labels: np.ndarray  # (60000,) uint8
-    test_images: np.ndarray  # (10000, 28, 28) uint8
-    test_labels: np.ndarray  # (10000,) uint8
     source: str  # directory the files were read from
     fingerprint: str  # SHA-256 over the four files' decompressed digests
+    _sealed_test: tuple[np.ndarray, np.ndarray] = field(repr=False, compare=False)  # (10000, 28, 28), (10000,)
+
+    def test_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """The test images (10000, 28, 28) and labels (10000,) uint8, for the callers on TEST_SPLIT_READERS.
+
+        Raises TestSplitRefused, naming the caller, for anyone else.
+        """
+        where, function = _caller(1)
+        if (where, function) not in TEST_SPLIT_READERS:
+            allowed = ", ".join(f"{f}:{name}" for f, name in TEST_SPLIT_READERS)
+            raise TestSplitRefused(
+                f"{where}:{function} asked for the Fashion-MNIST test split, which only {allowed} may open: "
+                "choose and tune on the validation split (fmnist.core.data.make_splits)"
+            )
+        log.info("test split opened by %s:%s (%s)", where, function, TEST_SPLIT_READERS[where, function])
+        return self._sealed_test
 
 
 def cache_dir() -> Path:
@@ -167,7 +212,15 @@ def download_files(target: Path) -> Path:
 
 
 def read_idx(path: Path, spec: IdxSpec) -> tuple[np.ndarray, str]:
-    """Read and verify one IDX file (gzipped or not); returns the array and its decompressed SHA-256."""
+    """Read and verify one IDX file (gzipped or not); returns the array and its decompressed SHA-256.
+
+    The test files are read by `load_dataset` alone, which seals them: a direct read would walk around the guard.
+    """
+    if spec in (FILES[key] for key in _TEST_SPECS) and _caller(1) != ("fmnist/core/data.py", "load_dataset"):
+        where, function = _caller(1)
+        raise TestSplitRefused(
+            f"{where}:{function} read {spec.stem} directly; the test split opens only through FashionMNIST.test_split()"
+        )
     try:
         raw = path.read_bytes()
         data = gzip.decompress(raw) if path.suffix == ".gz" else raw
@@ -219,7 +272,11 @@ def load_dataset(data_dir: str | os.PathLike[str] | None = None, download: bool 
             _check_labels(path, arrays[key], CLASS_COUNTS[key])
     log.info("loaded and verified Fashion-MNIST from %s", directory)
     return FashionMNIST(
-        **arrays, source=str(directory), fingerprint=hashlib.sha256("".join(digests).encode()).hexdigest()
+        train_images=arrays["train_images"],
+        train_labels=arrays["train_labels"],
+        source=str(directory),
+        fingerprint=hashlib.sha256("".join(digests).encode()).hexdigest(),
+        _sealed_test=(arrays["test_images"], arrays["test_labels"]),
     )
 
 

@@ -19,6 +19,7 @@ from fmnist.core.data import (
     make_splits,
     stratified_split,
 )
+from tests.support.images import real_test_images
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,10 @@ def data_copy(tmp_path: Path) -> Path:
 
 def test_real_files_have_the_published_shapes_and_balanced_labels(dataset):
     assert dataset.train_images.shape == (60000, 28, 28) and dataset.train_images.dtype == np.uint8
-    assert dataset.test_images.shape == (10000, 28, 28)
+    test_images, test_labels = real_test_images(10000)  # the whole test split, through its accessor
+    assert test_images.shape == (10000, 28, 28)
     assert np.bincount(dataset.train_labels).tolist() == [6000] * 10
-    assert np.bincount(dataset.test_labels).tolist() == [1000] * 10
+    assert np.bincount(test_labels).tolist() == [1000] * 10
     assert len(CLASS_NAMES) == 10 and len(dataset.fingerprint) == 64
     # Real images, not zeros: mean pixel close to the published 0.286 * 255.
     assert 70 < dataset.train_images.mean() < 76

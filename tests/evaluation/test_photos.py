@@ -29,8 +29,7 @@ EXAMPLES = (0, 1, 2, 7, 13)  # real test images: ankle boot, pullover, trouser, 
 
 @pytest.fixture(scope="module")
 def test_set():
-    data = load_dataset(download=False)
-    return data.test_images, data.test_labels
+    return load_dataset(download=False).test_split()
 
 
 def photo(test_set, name: str, severity: float | None = None, index: int = 0, seed: int = 0) -> np.ndarray:

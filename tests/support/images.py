@@ -16,8 +16,8 @@ from fmnist.core.data import load_dataset
 @cache
 def real_test_images(count: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """The first `count` images (uint8, 28x28) and labels of the real Fashion-MNIST test set."""
-    data = load_dataset(download=False)
-    return data.test_images[:count].copy(), data.test_labels[:count].astype(int)
+    test_images, test_labels = load_dataset(download=False).test_split()
+    return test_images[:count].copy(), test_labels[:count].astype(int)
 
 
 def encode(pixels: np.ndarray, fmt: str = "PNG", **options) -> bytes:
