@@ -26,7 +26,8 @@ from .inference import MicroBatcher
 from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .model_loading import ModelLoadError, load_model
-from .routes import drift, model, predict, status
+from .open_inference import ProtocolError
+from .routes import drift, inference_protocol, model, predict, status
 from .settings import Settings
 
 log = logging.getLogger("serving")
@@ -102,9 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_seconds=app.state.settings.body_timeout_seconds,
     )
     app.add_exception_handler(RequestValidationError, validation_problem)
+    app.add_exception_handler(ProtocolError, inference_protocol.protocol_error)
     # The prediction routes first: FastAPI matches a request against the routers in order, and most requests are
     # predictions (matching them last would make each one try every other route first).
-    for router in (predict.router, status.router, model.router, drift.router):
+    for router in (predict.router, inference_protocol.router, status.router, model.router, drift.router):
         app.include_router(router)
     _document_limits(app, app.state.settings)
     return app
@@ -119,6 +121,7 @@ def _document_limits(app: FastAPI, settings: Settings) -> None:
             schemas = generate()["components"]["schemas"]
             schemas["Body_predict_batch_predict_batch_post"]["properties"]["files"]["maxItems"] = settings.max_batch
             schemas["PixelBatch"]["properties"]["images"]["maxItems"] = settings.max_batch
+            schemas.update(inference_protocol.schema_components())
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]

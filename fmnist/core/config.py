@@ -223,7 +223,7 @@ class EvaluationConfig(_Strict):
     wild_per_class: int = Field(20, ge=1, le=1000)
     # Validation garments per class rendered under each photo condition of both families (realistic severity) for
     # the abstention fit, so that the confidence threshold holds its risk on photos too (`fmnist.evaluation.photo_mix`):
-    # 10 per class is 100 per condition, 2,500 photos in all. 0 fits on the clean validation images only.
+    # 10 per class is 100 per condition, 2,600 photos in all (26 conditions); 0 fits on the clean validation images.
     fit_photo_per_class: int = Field(10, ge=0, le=500)
     # Photos get their own OOD threshold: this quantile of the validation garment photos' scores (never above the
     # scans' threshold), so that a photograph of something else that the normaliser turns into a garment-like blob

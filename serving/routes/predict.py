@@ -138,7 +138,7 @@ async def predict(
     else:
         scored = model.score(prepared.pixels[None], [prepared.empty], [prepared.photo])[0]
     prediction = model.describe(scored, top_k or settings.default_top_k, prepared.inverted, file.filename, model.run)
-    _record(serving, prepared.pixels[None], [prediction])
+    record_predictions(serving, prepared.pixels[None], [prediction])
     if return_input:  # one small PNG (~50 us): encoded here, cheaper than a hop to the thread pool
         return _json(_with_input(prediction, prepared.pixels, SinglePredictionWithInput))
     return _json(prediction)
@@ -171,18 +171,18 @@ async def predict_batch(
     each prediction also carries `model_input`, the 28x28 image the model saw."""
     return_input = _return_input(request)
     model, settings = serving.predictor, serving.settings
-    _check_batch_size(len(files), settings)
+    check_batch_size(len(files), settings)
     # Every header first (no pixel decoded): a batch of small files claiming huge images is refused before any work.
     opened = [await _open(f, settings, i) for i, f in enumerate(files)]
-    _check_request_pixels([o for o, _ in opened], settings)
-    prepared = [await _decode(o, serving, where) for o, where in opened]
+    check_request_pixels([o for o, _ in opened], settings)
+    prepared = [await decode_opened(o, serving, where) for o, where in opened]
     pixels = np.stack([p.pixels for p in prepared])  # (B, 28, 28)
     scored = await run_in_threadpool(model.score, pixels, [p.empty for p in prepared], [p.photo for p in prepared])
     k = top_k or settings.default_top_k
     predictions = [
         model.describe(s, k, p.inverted, f.filename) for s, p, f in zip(scored, prepared, files, strict=True)
     ]
-    _record(serving, pixels, predictions)
+    record_predictions(serving, pixels, predictions)
     if return_input:
         return _json(await run_in_threadpool(_batch_with_inputs, model.run, predictions, pixels))
     return _json(BatchPrediction(run=model.run, predictions=predictions))
@@ -194,7 +194,7 @@ async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response
     `normalize: true` they first go through the same normalisation as uploads. With `return_input: true` each
     prediction also carries `model_input`, the 28x28 image the model saw."""
     model = serving.predictor
-    _check_batch_size(len(batch.images), serving.settings)
+    check_batch_size(len(batch.images), serving.settings)
     try:
         pixels = np.stack([pixels_from_values(values, i) for i, values in enumerate(batch.images)])  # (B, 28, 28)
     except ImageError as err:
@@ -208,7 +208,7 @@ async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response
         photo = [n.photo for n in normalized]
     scored = await run_in_threadpool(model.score, pixels, empty, photo)
     predictions = [model.describe(s, batch.top_k, inv) for s, inv in zip(scored, inverted, strict=True)]
-    _record(serving, pixels, predictions)
+    record_predictions(serving, pixels, predictions)
     if batch.return_input:
         return _json(await run_in_threadpool(_batch_with_inputs, model.run, predictions, pixels))
     return _json(BatchPrediction(run=model.run, predictions=predictions))
@@ -242,21 +242,25 @@ def _batch_with_inputs(run: str, predictions: Sequence[Prediction], pixels: np.n
 async def _prepare(upload: UploadFile, serving: Serving, index: int | None = None) -> Prepared:
     """Read, check and normalise one upload; 413, 422 or 503 naming the file and the problem."""
     opened, where = await _open(upload, serving.settings, index)
-    return await _decode(opened, serving, where)
+    return await decode_opened(opened, serving, where)
 
 
 async def _open(upload: UploadFile, settings: Settings, index: int | None = None) -> tuple[Upload, str]:
     """Read one upload and its image header (no pixel decoded): the checked header, and how errors name the file."""
     named = f" ({upload.filename!r})" if upload.filename is not None else " (no filename)"
     where = f"the file{named}" if index is None else f"files[{index}]{named}"
-    data = await upload.read()
+    return open_bytes(await upload.read(), settings, where), where
+
+
+def open_bytes(data: bytes, settings: Settings, where: str) -> Upload:
+    """Check one upload's format and image header (no pixel decoded); 413 or 422 naming `where` and the problem."""
     try:
-        return open_upload(data, settings.max_image_pixels, WORK_SIZE), where
+        return open_upload(data, settings.max_image_pixels, WORK_SIZE)
     except ImageError as err:
         raise _problem(where, err) from None
 
 
-async def _decode(opened: Upload, serving: Serving, where: str) -> Prepared:
+async def decode_opened(opened: Upload, serving: Serving, where: str) -> Prepared:
     """Decode and normalise a checked upload: a thumbnail on the event loop, anything bigger on the decode pool."""
     try:
         if opened.decode_pixels <= INLINE_DECODE_PIXELS:
@@ -271,7 +275,7 @@ def _problem(where: str, err: ImageError) -> HTTPException:
     return HTTPException(413 if isinstance(err, ImageTooLarge) else 422, f"{where}: {err}")
 
 
-def _check_request_pixels(opened: Sequence[Upload], settings: Settings) -> None:
+def check_request_pixels(opened: Sequence[Upload], settings: Settings) -> None:
     """413 when a batch's images together decode to more than `max_request_pixels`: refused from their headers."""
     total = sum(o.decode_pixels for o in opened)
     if total > settings.max_request_pixels:
@@ -282,7 +286,7 @@ def _check_request_pixels(opened: Sequence[Upload], settings: Settings) -> None:
         )
 
 
-def _check_batch_size(n: int, settings: Settings) -> None:
+def check_batch_size(n: int, settings: Settings) -> None:
     if n > settings.max_batch:
         raise HTTPException(413, f"too many images in one request: {n}, the limit is {settings.max_batch}")
 
@@ -291,7 +295,7 @@ def _json(body: BaseModel) -> Response:
     return Response(body.model_dump_json(), media_type="application/json")
 
 
-def _record(serving: Serving, pixels: np.ndarray, predictions: list[Prediction]) -> None:
+def record_predictions(serving: Serving, pixels: np.ndarray, predictions: list[Prediction]) -> None:
     """Count the predictions (Prometheus) and add them to the drift window (O(1) each; signals are computed when
     read). `pixels`: the (B, 28, 28) model inputs."""
     metrics = serving.metrics

@@ -3,13 +3,7 @@ the answer with the image the model saw beside the drawing canvas on a laptop-si
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,8 +14,8 @@ from fmnist.core.data import CLASS_NAMES
 from fmnist.core.model import normalize
 from fmnist.release.model_record import ModelRecord
 from tests.support.images import encode, real_test_images
+from tests.support.service import running_service
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 pytestmark = pytest.mark.skipif(
@@ -33,32 +27,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def service_url(smoke_run, tmp_path_factory):
     """The real service under uvicorn on loopback, serving the smoke run's model."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (tmp_path_factory.mktemp("serve") / "uvicorn.log").open("wb")
-    env = {**os.environ, "FASHIONFLOW_RUN": smoke_run.pathspec, "FASHIONFLOW_DEVICE": "cpu"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()[-2000:]
-            try:
-                if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+    with running_service(smoke_run.pathspec, tmp_path_factory.mktemp("serve") / "uvicorn.log") as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
