@@ -27,6 +27,7 @@ from .limits import BodyLimitMiddleware
 from .metrics import MetricsMiddleware, ServiceMetrics
 from .model_loading import ModelLoadError, load_model
 from .open_inference import ProtocolError
+from .request_ids import RequestIdMiddleware
 from .routes import drift, inference_protocol, model, predict, status
 from .settings import Settings
 
@@ -102,6 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=app.state.settings.max_body_bytes,
         max_seconds=app.state.settings.body_timeout_seconds,
     )
+    # Outermost (added last), so that a 413 or 408 from the limits also carries the request's id.
+    app.add_middleware(RequestIdMiddleware)
     app.add_exception_handler(RequestValidationError, validation_problem)
     app.add_exception_handler(ProtocolError, inference_protocol.protocol_error)
     # The prediction routes first: FastAPI matches a request against the routers in order, and most requests are

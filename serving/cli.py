@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import logging.config
 import os
 import socket
 import sys
@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .request_ids import log_config
 from .settings import Settings
 
 OPTIONS = {  # option -> setting (and FASHIONFLOW_<SETTING> variable)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings()
     except ValidationError as err:
         parser.error(str(err))
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.config.dictConfig(log_config(args.log_level))
     problem = missing_model(settings)
     if problem is not None:
         print("fmnist-serve: " + " ".join(problem.split()), file=sys.stderr)  # one line, whatever the cause
@@ -101,6 +102,7 @@ def run_uvicorn(
         host=host,
         port=port,
         workers=workers,
+        log_config=log_config(log_level),  # every line ends in the request's id (serving.request_ids)
         log_level=log_level,
         access_log=access_log,
         http=HeadTimeoutProtocol,

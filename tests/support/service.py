@@ -27,7 +27,7 @@ def running_service(run_pathspec: str, log_path: Path, **env: str) -> Iterator[s
     log = log_path.open("wb")
     variables = {**os.environ, "FASHIONFLOW_RUN": run_pathspec, "FASHIONFLOW_DEVICE": "cpu", **env}
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "serving.cli", "--host", "127.0.0.1", "--port", str(port)],  # as fmnist-serve
         cwd=ROOT,
         env=variables,
         stdout=log,
