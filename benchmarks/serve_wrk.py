@@ -5,6 +5,7 @@ same run.
     python benchmarks/serve_wrk.py --compare-tree /tmp/before       # also the service of another checkout
     python benchmarks/serve_wrk.py --workers 2                      # both servers with 2 uvicorn workers
     python benchmarks/serve_wrk.py --compare-batching               # also the service with FASHIONFLOW_BATCHING=true
+    python benchmarks/serve_wrk.py --protocols                      # also /predict/pixels and the /v2 infer route
     python benchmarks/serve_wrk.py --quick                          # 2 s per phase (the test suite's run)
 
 Needs `wrk` on PATH (Debian: `apt-get install wrk`). Starts benchmarks/bare_app.py and the service (uvicorn
@@ -13,6 +14,12 @@ with a Lua script posting a multipart upload of one real 28x28 Fashion-MNIST tes
   bare     POST /predict on the bare endpoint (reads the upload, fixed answer)
   single   POST /predict on the service
   batch    POST /predict/batch on the service, --batch-size images per request
+and with --protocols, one image's pixels (or --batch-size PNGs) through the service's own JSON route and through the
+Open Inference Protocol's infer route, in JSON and in binary tensors (tritonclient's default):
+  pixels            POST /predict/pixels, JSON
+  infer-pixels      POST /v2/models/fashionflow/infer, a UINT8 [1, 28, 28] tensor in JSON
+  infer-pixels-bin  the same in the binary tensor extension
+  infer-images      the same route, a BYTES tensor of --batch-size PNGs, binary (against `batch`)
 Prints requests/s, p50/p99 latency, errors (non-2xx answers and socket errors), the share of one core that wrk itself
 and the server used, the service/bare ratio and, with --compare-batching, what server-side batching changed. wrk's own
 CPU share shows whether the load generator was the limit.
@@ -22,15 +29,22 @@ Exits 1 on any error.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from serving.open_inference import HEADER_LENGTH
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -53,7 +67,7 @@ local f = assert(io.open("{body}", "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
-wrk.headers["Content-Type"] = "multipart/form-data; boundary={boundary}"
+{headers}
 
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -101,6 +115,24 @@ def multipart(field: str, images: list[bytes]) -> bytes:
         )
         parts.append(head.encode() + png + b"\r\n")
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def protocol_bodies(images: list[bytes], pixels: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """The --protocols phases' bodies and headers: one image's `pixels` (28, 28) uint8 as the service's JSON and as
+    the infer route's JSON and binary tensors; the PNGs `images` as a binary BYTES tensor."""
+    as_json = {"Content-Type": "application/json"}
+    tensor = {"name": "pixels", "shape": [1, 28, 28], "datatype": "UINT8"}
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": pixels.size}}]}).encode()
+    files = b"".join(struct.pack("<I", len(png)) + png for png in images)
+    files_header = {"name": "images", "shape": [len(images)], "datatype": "BYTES"}
+    files_json = json.dumps({"inputs": [{**files_header, "parameters": {"binary_data_size": len(files)}}]}).encode()
+    binary = {"Content-Type": "application/octet-stream"}
+    return {
+        "pixels": (json.dumps({"images": [pixels.tolist()]}).encode(), as_json),
+        "infer-pixels": (json.dumps({"inputs": [{**tensor, "data": pixels.reshape(-1).tolist()}]}).encode(), as_json),
+        "infer-pixels-bin": (header + pixels.tobytes(), {**binary, HEADER_LENGTH: str(len(header))}),
+        "infer-images": (files_json + files, {**binary, HEADER_LENGTH: str(len(files_json))}),
+    }
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -163,12 +195,12 @@ def print_report(results: list[WrkResult], threads: int, connections: int, worke
     print(f"servers: {workers} uvicorn worker(s) each")
     print("CPU columns: share of one core used during the phase by wrk and by the server (all its workers)")
     print(
-        f"{'phase':<14} {'requests':>8} {'errors':>6} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7}"
+        f"{'phase':<17} {'requests':>8} {'errors':>6} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7}"
         f" {'wrk CPU':>7} {'srv CPU':>7}"
     )
     for r in results:
         print(
-            f"{r.name:<14} {r.requests:>8} {r.errors:>6} {r.requests_per_s:>8.1f}"
+            f"{r.name:<17} {r.requests:>8} {r.errors:>6} {r.requests_per_s:>8.1f}"
             f" {r.requests_per_s * r.images_per_request:>9.1f} {r.p50_ms:>7.1f} {r.p99_ms:>7.1f}"
             f" {r.wrk_cpu:>7.0%} {r.server_cpu:>7.0%}"
         )
@@ -190,6 +222,11 @@ def print_report(results: list[WrkResult], threads: int, connections: int, worke
             f"server-side batching: {batching.requests_per_s / single.requests_per_s - 1:+.0%} single-image req/s"
             f" against the service without it, p99 {batching.p99_ms:.0f} vs {single.p99_ms:.0f} ms"
         )
+    for protocol, own in (("infer-pixels", "pixels"), ("infer-pixels-bin", "pixels"), ("infer-images", "batch")):
+        if protocol in by_name and own in by_name and by_name[own].requests_per_s:
+            a, b = by_name[protocol], by_name[own]
+            rate = a.requests_per_s * a.images_per_request / (b.requests_per_s * b.images_per_request)
+            print(f"{protocol}/{own}: {rate:.1%} of the images/s, p99 {a.p99_ms:.1f} vs {b.p99_ms:.1f} ms")
     for r in results:
         if r.errors:
             print(f"  {r.name}: {r.non_2xx} non-2xx answers, {r.socket_errors} socket errors")
@@ -218,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="Also measure the service with server-side micro-batching on (FASHIONFLOW_BATCHING=true).",
     )
+    parser.add_argument(
+        "--protocols",
+        action="store_true",
+        help="Also measure /predict/pixels and the Open Inference Protocol's infer route (JSON and binary tensors).",
+    )
     parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
     parser.add_argument(
         "--quick", action="store_true", help="2 s per phase, 8 images per batch: checks the machinery (the test suite)."
@@ -233,14 +275,20 @@ def main(argv: list[str] | None = None) -> int:
 
     images, _ = load_traffic_images(args.batch_size or 1)
     work = Path(tempfile.mkdtemp(prefix="serve_wrk_"))
+    form = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    bodies = {
+        "single": (multipart("file", images[:1]), form),
+        "batch": (multipart("files", images[: args.batch_size or 1]), form),
+    }
+    if args.protocols:
+        pixels = np.asarray(Image.open(io.BytesIO(images[0])))  # (28, 28) uint8: the same image as `single`
+        bodies |= protocol_bodies(images[: args.batch_size or 1], pixels)
     scripts = {}
-    for name, body in {
-        "single": multipart("file", images[:1]),
-        "batch": multipart("files", images[: args.batch_size or 1]),
-    }.items():
+    for name, (body, headers) in bodies.items():
         (work / f"{name}.body").write_bytes(body)
         scripts[name] = work / f"{name}.lua"
-        scripts[name].write_text(LUA.format(body=work / f"{name}.body", boundary=BOUNDARY))
+        lines = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items())
+        scripts[name].write_text(LUA.format(body=work / f"{name}.body", headers=lines))
 
     servers: dict[str, tuple[str, Path, dict[str, str]]] = {
         "bare": ("bare_app:app", REPO / "benchmarks", {}),
@@ -258,6 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         phases.append(("batch", "service", "/predict/batch", "batch", args.batch_size))
         if args.compare_tree:
             phases.append(("batch-before", "before", "/predict/batch", "batch", args.batch_size))
+    if args.protocols:
+        infer = "/v2/models/fashionflow/infer"
+        phases += [
+            ("pixels", "service", "/predict/pixels", "pixels", 1),
+            ("infer-pixels", "service", infer, "infer-pixels", 1),
+            ("infer-pixels-bin", "service", infer, "infer-pixels-bin", 1),
+        ]
+        if args.batch_size:
+            phases.append(("infer-images", "service", infer, "infer-images", args.batch_size))
     ports = {name: free_port() for name in servers}
     logs = {name: work / f"{name}.log" for name in servers}
     processes = {}

@@ -1,4 +1,4 @@
-"""`fmnist-serve`: start the prediction service with uvicorn; options override the FASHIONFLOW_* variables."""
+"""`fmnist-serve`: start the prediction service with uvicorn; every setting is a flag, over FASHIONFLOW_* variables."""
 
 from __future__ import annotations
 
@@ -7,53 +7,68 @@ import logging.config
 import os
 import socket
 import sys
-from typing import Any
+import tempfile
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import CliSettingsSource, SettingsConfigDict
+
+from fmnist import __version__
 
 from .request_ids import log_config
 from .settings import Settings
 
-OPTIONS = {  # option -> setting (and FASHIONFLOW_<SETTING> variable)
-    "run": "Run pathspec to serve, e.g. FashionFlow/1795693605953813.",
-    "tag": "Serve the newest successful run with this tag, and follow it: switch to a newly tagged run without a"
-    " restart (e.g. --tag production).",
-    "reload_seconds": "Seconds between checks for a newly tagged run (default 30 with --tag; 0 = off).",
-    "flow": "Flow name (default FashionFlow).",
-    "metadata": "Metaflow metadata provider, e.g. local@/path/to/dir or service@https://...",
-    "host": "Interface to listen on (default 127.0.0.1; 0.0.0.0 in a container).",
-    "port": "Port (default 8000).",
-    "workers": "uvicorn worker processes (default 1).",
-    "device": "auto, cpu or cuda (default auto).",
-    "runtime": "What runs the model: auto (ONNX Runtime on a CPU when installed, else torch), onnxruntime or torch.",
-}
+
+# The options `fmnist-serve` has beyond the service's settings.
+class ServeOptions(Settings):
+    """Serve the FashionFlow model over REST. Without --run or --tag, the flow's latest successful run."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FASHIONFLOW_", extra="ignore", cli_kebab_case=True, cli_implicit_flags=True
+    )
+
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="Log level of the service and uvicorn."
+    )
+
+
+def parse(argv: list[str] | None) -> ServeOptions:
+    """Every setting as a flag (pydantic-settings' CLI source), over the FASHIONFLOW_* variables and the defaults;
+    each flag's help names its default and its variable. Exits with a usage error naming a bad value."""
+    parser = argparse.ArgumentParser(prog="fmnist-serve", description=ServeOptions.__doc__)
+    parser.add_argument("--version", action="version", version=f"fmnist-serve (fashionflow {__version__})")
+    source: CliSettingsSource[ServeOptions] = CliSettingsSource(ServeOptions, root_parser=parser)
+    for action in parser._actions:
+        if action.dest in ServeOptions.model_fields and action.dest != "log_level":
+            action.help = f"{action.help or ''} [env FASHIONFLOW_{action.dest.upper()}]".strip()
+    try:
+        return ServeOptions(_cli_settings_source=source(args=sys.argv[1:] if argv is None else argv))
+    except ValidationError as err:
+        parser.error(str(err))
+
+
+def _environment_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse options, validate the settings, and run uvicorn on serving.app:app."""
-    parser = argparse.ArgumentParser(
-        prog="fmnist-serve",
-        description="Serve the FashionFlow model over REST. Without --run or --tag, the latest successful run.",
-    )
-    for name, text in OPTIONS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=text)
-    parser.add_argument("--log-level", default="info", help="uvicorn log level (default info).")
-    args = parser.parse_args(argv)
-    # Options become environment variables so that every uvicorn worker process sees the same settings.
-    for name in OPTIONS:
-        value = getattr(args, name)
+    """Parse the flags, validate the settings, and run uvicorn on serving.app:app."""
+    options = parse(argv)
+    # The settings given become environment variables, so that every uvicorn worker process sees the same ones.
+    for name in options.model_fields_set - {"log_level"}:
+        value = getattr(options, name)
         if value is not None:
-            os.environ[f"FASHIONFLOW_{name.upper()}"] = str(value)
-    try:
-        settings = Settings()
-    except ValidationError as err:
-        parser.error(str(err))
-    logging.config.dictConfig(log_config(args.log_level))
+            os.environ[f"FASHIONFLOW_{name.upper()}"] = _environment_value(value)
+    settings = Settings()
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Every worker's counts in one place, so that /metrics is the whole server's (serving/metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fashionflow-metrics-")
+    logging.config.dictConfig(log_config(options.log_level))
     problem = missing_model(settings)
     if problem is not None:
         print("fmnist-serve: " + " ".join(problem.split()), file=sys.stderr)  # one line, whatever the cause
         sys.exit(1)
-    run_uvicorn("serving.app:app", settings.host, settings.port, settings.workers, args.log_level, settings=settings)
+    run_uvicorn("serving.app:app", settings.host, settings.port, settings.workers, options.log_level, settings=settings)
 
 
 def missing_model(settings: Settings) -> str | None:

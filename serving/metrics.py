@@ -1,11 +1,19 @@
-"""Prometheus metrics of one app instance (its own registry) and the ASGI middleware that records requests."""
+"""Prometheus metrics of one app instance (its own registry) and the ASGI middleware that records requests.
+
+With several uvicorn workers (`fmnist-serve --workers N`), the CLI points PROMETHEUS_MULTIPROC_DIR at a fresh folder
+before the workers start: prometheus_client then keeps every worker's counts in files there, and `/metrics`, from
+whichever worker answers, is the whole server's (its multiprocess mode). The drift signals stay the answering
+worker's own: each worker keeps its own window of recent predictions.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # The HTTP methods counted under their own name; any other (a client may send any token as a method) is "other", so
 # made-up methods cannot add time series without end.
@@ -19,16 +27,17 @@ class ServiceMetrics:
     """Request counts and latencies per route, predictions per class, the served model (loaded, which run, switches,
     failed switches) and the drift signals.
 
-    With several uvicorn workers every worker counts its own requests; scrape each or run one worker per container.
+    With several workers under `fmnist-serve` the counts are the whole server's (see the module's docstring).
     """
 
     def __init__(self, app_state: Any = None) -> None:
         """`app_state`: the app's state, whose `drift` monitor the drift gauges read (none without it)."""
         self.registry = CollectorRegistry()
+        self.worker_registry = CollectorRegistry()  # what only this worker knows: its drift window
         if app_state is not None:  # drift gauges, computed from the app's window at scrape time
             from .drift import DriftCollector
 
-            self.registry.register(DriftCollector(app_state))
+            self.worker_registry.register(DriftCollector(app_state))
         self.requests = Counter(
             "fashionflow_http_requests",
             "HTTP requests by route, method and status code",
@@ -61,13 +70,17 @@ class ServiceMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.model_loaded = Gauge(
-            "fashionflow_model_loaded", "1 once the model is loaded and warm", registry=self.registry
+            "fashionflow_model_loaded",
+            "1 once the model is loaded and warm (in every worker)",
+            registry=self.registry,
+            multiprocess_mode="livemin",
         )
         self.model_info = Gauge(
             "fashionflow_model_info",
             "1 for the run whose model is served (one series: the previous run's is removed on a switch)",
             ["run"],
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.model_switches = Counter(
             "fashionflow_model_switches",
@@ -78,6 +91,7 @@ class ServiceMetrics:
             "fashionflow_model_switched_at_seconds",
             "Unix time at which the served model was loaded or last switched to",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.model_reload_failures = Counter(
             "fashionflow_model_reload_failures",
@@ -93,11 +107,13 @@ class ServiceMetrics:
             "1 while following the tag has a problem (its run could not be loaded, or the tag not looked up, or one"
             " of them timed out; the current model keeps serving), else 0",
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.decodes_admitted = Gauge(
             "fashionflow_decodes_admitted",
             "Uploads being decoded on the decoding threads or waiting for one",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.decode_refusals = Counter(
             "fashionflow_decode_refusals",
@@ -107,6 +123,15 @@ class ServiceMetrics:
         )
         for reason in ("full", "wait"):
             self.decode_refusals.labels(reason)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of `/metrics`: the whole server's counts (every worker's, in multiprocess mode, else
+        this app's), then this worker's drift signals."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)
+            return generate_latest(merged) + generate_latest(self.worker_registry)
+        return generate_latest(self.registry) + generate_latest(self.worker_registry)
 
 
 class MetricsMiddleware:

@@ -1,9 +1,9 @@
 """What the README and the docs tell a user to type works as written.
 
 Every line of a fenced shell block that names a repository command (`make ...`, `python flows/...`, `python
-benchmarks/...`, `fmnist-serve ...`) is either run here, against the session's smoke run, or listed in SKIPPED
-with the reason. Every one, run or skipped, is checked against the command's own help: a documented flag or make
-target the command no longer has fails.
+benchmarks/...`, `fmnist-serve ...`, `fmnist predict ...`) is either run here, against the session's smoke run, or
+listed in SKIPPED with the reason. Every one, run or skipped, is checked against the command's own help: a
+documented flag or make target the command no longer has fails.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.support.releases import free_port
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PYTHON = r"(?:\.venv/bin/)?python3?"
-COMMAND = re.compile(rf"^(?:make\s|{PYTHON}\s+(?:flows|benchmarks)/\S+\.py|(?:\.venv/bin/)?fmnist-serve\b)")
+COMMAND = re.compile(rf"^(?:make\s|{PYTHON}\s+(?:flows|benchmarks)/\S+\.py|(?:\.venv/bin/)?fmnist(?:-serve)?(?:\s|$))")
 
 # Run here, against the smoke run: cheap, and what a user types first after a run.
 RUN = {
@@ -93,6 +93,10 @@ SKIPPED = {
     "python flows/promote_flow.py run --candidate FashionFlow/<earlier-run-id> --rollback true": "moves the production "
     "tag; tests/test_promotion.py rolls back with its own tag",
     "fmnist-serve": "serves the latest run on port 8000; run below with --run",
+    "fmnist-serve --help": "the help every documented fmnist-serve line's flags are checked against here",
+    "fmnist predict shoe.jpg shirt.png": "tests/serving/test_predict_files.py runs it on real files and the smoke run",
+    "fmnist predict photos/ --tag production --json": "tests/serving/test_predict_files.py runs it on a folder with "
+    "--run and --json",
     "fmnist-serve --tag production --host 0.0.0.0 --port 8080 --workers 2": "binds every interface; the same service "
     "as the --run line below; tests/serving/test_serving_faults.py runs several workers",
 }
@@ -192,6 +196,10 @@ def check_command(where: str, command: str) -> None:
             assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{where}: make has no target {target}"
         for variable in variables:
             assert f"$({variable})" in makefile or f"{variable} ?=" in makefile, f"{where}: make ignores {variable}"
+        return
+    if words[0].endswith("fmnist") and words[1:2] == ["predict"]:
+        fmnist = str(Path(sys.executable).with_name("fmnist"))
+        _check_flags([w for w in words[2:] if w.startswith("--")], help_text(fmnist, "predict"), f"{where}: fmnist")
         return
     if words[0].endswith("fmnist-serve"):
         serve = str(Path(sys.executable).with_name("fmnist-serve"))

@@ -7,7 +7,7 @@ from importlib import resources
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..deps import MetricsDep
 from ..schemas import ERRORS, Health, Readiness
@@ -39,7 +39,7 @@ async def ready(request: Request) -> Readiness:
 @router.get("/metrics", response_class=Response)
 async def prometheus_metrics(metrics: MetricsDep) -> Response:
     """Prometheus text format: requests and latencies per route, predictions per class, unsure answers."""
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -616,10 +616,12 @@ def test_load_benchmark_quick_mode_runs_without_errors(smoke_run):
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (make wrk, or apt-get install wrk)")
 def test_wrk_benchmark_quick_mode_measures_both_endpoints_with_two_workers(smoke_run, tmp_path):
-    """benchmarks/serve_wrk.py --quick: the bare endpoint and the service measured with the same two workers, no
-    errors, every figure of the table present (the figures themselves are the benchmark's business, not the test's)."""
+    """benchmarks/serve_wrk.py --quick --protocols: the bare endpoint and the service (its own routes and the Open
+    Inference Protocol's) measured with the same two workers, no errors, every figure of the table present (the
+    figures themselves are the benchmark's business, not the test's)."""
     out = tmp_path / "wrk.json"
     command = [sys.executable, "benchmarks/serve_wrk.py", "--quick", "--workers", "2", "--run", smoke_run.pathspec]
+    command.append("--protocols")  # also /predict/pixels and the /v2 infer route, JSON and binary
     result = subprocess.run(
         [*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ.copy()
     )
@@ -627,11 +629,12 @@ def test_wrk_benchmark_quick_mode_measures_both_endpoints_with_two_workers(smoke
     assert "servers: 2 uvicorn worker(s) each" in result.stdout and "single/bare:" in result.stdout
     assert "[met] errors: 0" in result.stdout
     phases = {r["name"]: r for r in json.loads(out.read_text())}
-    assert set(phases) == {"bare", "single", "batch"}
+    assert set(phases) == {"bare", "single", "batch", "pixels", "infer-pixels", "infer-pixels-bin", "infer-images"}
+    assert "infer-pixels/pixels:" in result.stdout and "infer-images/batch:" in result.stdout
     for r in phases.values():
         assert r["requests"] > 0 and r["socket_errors"] == r["non_2xx"] == 0
         assert 0 < r["p50_ms"] <= r["p99_ms"] and r["wrk_cpu"] > 0 and r["server_cpu"] > 0
-    assert phases["batch"]["images_per_request"] == 8
+    assert phases["batch"]["images_per_request"] == phases["infer-images"]["images_per_request"] == 8
 
 
 def test_several_workers_share_a_socket_whose_connections_send_at_once():
