@@ -42,10 +42,11 @@ KILL_SHARDS_ENV = "SCOREFLOW_KILL_SHARDS"
 
 # ------------------------------------------------------------------------------------------------------- inputs
 def list_sources(source: str) -> list[str]:
-    """Every input of `source`: an `s3://` prefix (every object under it, sorted), a folder or a list file."""
+    """Every input of `source`: an `s3://` prefix (every object under it, sorted, but the zero-byte "folder" markers
+    that consoles create, keys ending in /), a folder or a list file."""
     if source.startswith(S3_SCHEME):
         with S3() as s3:
-            return sorted(obj.url for obj in s3.list_recursive([source]))
+            return sorted(obj.url for obj in s3.list_recursive([source]) if not obj.url.endswith("/"))
     return list_inputs(source)
 
 

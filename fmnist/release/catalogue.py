@@ -145,7 +145,7 @@ def list_inputs(source: str | Path) -> list[str]:
     `s3://` URLs kept as they are). Duplicates are dropped, first occurrence kept. Raises FileNotFoundError."""
     path = Path(source).expanduser()
     if path.is_dir():
-        found = [str(p) for p in sorted(path.rglob("*")) if p.is_file() and not _hidden(p.relative_to(path))]
+        found = _walk(path)
     elif path.is_file():
         found = list(_list_file_entries(path))
     else:
@@ -156,8 +156,31 @@ def list_inputs(source: str | Path) -> list[str]:
     return unique
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+def _walk(folder: Path) -> list[str]:
+    """Every entry under `folder` that is not a folder, sorted, hidden names skipped. Symlinked folders are followed
+    (each real folder once, so a link cycle ends), and a broken symlink is listed too: reading it fails, and it
+    becomes a row with the reason instead of vanishing."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(root, name) for name in files if not name.startswith(".")]
+    return [str(p) for p in sorted(found)]
+
+
+def display_path(path: str) -> str:
+    """`path` as the table holds it: a file name that is not valid UTF-8 (held by Python as surrogate escapes, which
+    Parquet and CSV cannot store) gets its undecodable bytes as \\xNN escapes; any other path is unchanged."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return path
 
 
 def _list_file_entries(path: Path) -> Iterator[str]:
@@ -268,8 +291,8 @@ def score_shard(
     from fmnist.core.runtime import available_cores
 
     start = time.perf_counter()
-    kept = {row["path"]: row for row in done}
-    todo = [p for p in paths if p not in kept]
+    kept = {row["path"]: row for row in done}  # by the table's form of the path (`display_path`)
+    todo = [p for p in paths if display_path(p) not in kept]
     if kept:
         log.info(
             "%d of %d images already scored by an earlier attempt; scoring the other %d",
@@ -288,11 +311,11 @@ def score_shard(
             batch = todo[first : first + batch_size]
             rows, inputs = _score_batch(classifier, batch, read(batch), pool, max_pixels, names)
             least = _least_confident(least, rows, inputs)
-            new.update((row["path"], row) for row in rows)
+            new.update(zip(batch, rows, strict=True))
             if on_rows is not None:
                 on_rows(rows)
             log.info("scored %d of %d images", len(kept) + len(new), len(paths))
-    rows = [kept[p] if p in kept else new[p] for p in paths]
+    rows = [kept[display_path(p)] if display_path(p) in kept else new[p] for p in paths]
     return ShardOutcome(rows, len(new), time.perf_counter() - start, least)
 
 
@@ -336,7 +359,7 @@ def _score_batch(
         probabilities = answer.probabilities.tolist()  # Python floats, as float() of each element gives
         best = answer.label
         rows[i] = {
-            "path": paths[i],
+            "path": display_path(paths[i]),
             "class_index": best,
             "class_name": names[best],
             "probability": probabilities[best],
@@ -348,7 +371,7 @@ def _score_batch(
             "foreground": float(foreground[j]),
             **dict(zip(columns, probabilities, strict=True)),
         }
-    return rows, {paths[i]: pixels[j] for j, i in enumerate(good)}
+    return rows, {display_path(paths[i]): pixels[j] for j, i in enumerate(good)}
 
 
 def _prepare(content: bytes | Unreadable, max_pixels: int) -> Prepared | str:
@@ -369,7 +392,7 @@ def _prepare(content: bytes | Unreadable, max_pixels: int) -> Prepared | str:
 
 def _error_row(path: str, error: str, names: Sequence[str]) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(BASE_COLUMNS)
-    row.update({"path": path, "error": error})
+    row.update({"path": display_path(path), "error": error})
     row.update(dict.fromkeys(_probability_columns(tuple(names))))
     return row
 

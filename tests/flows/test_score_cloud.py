@@ -36,6 +36,7 @@ def scored_on_s3(aws, smoke_run, tmp_path_factory):
     s3 = aws["client"]("s3")
     for name, data in files.items():
         s3.put_object(Bucket=BUCKET, Key=INPUTS + name, Body=data)
+    s3.put_object(Bucket=BUCKET, Key=INPUTS + "new-folder/", Body=b"")  # a console's folder marker: no image, no row
     # The stand-in's endpoint and credentials for Metaflow's S3 client; the datastore stays the session's local one.
     env = {**os.environ, **{k: v for k, v in aws["env"].items() if k.startswith("AWS_")}}
     env.update(METAFLOW_S3_ENDPOINT_URL=aws["endpoint"], METAFLOW_DEFAULT_DATASTORE="local")

@@ -68,6 +68,43 @@ def test_a_folder_lists_every_file_once_skipping_hidden_ones(tmp_path):
     assert list_inputs(tmp_path) == [str(tmp_path / n) for n in ["a/c.jpg", "a/notes.txt", "b.png"]]
 
 
+def test_a_folder_follows_symlinked_folders_once_and_lists_broken_links(tmp_path):
+    """Files under a symlinked folder and broken links are inputs too (the link's read fails into a row with the
+    reason); a link back up the tree is followed no further than once."""
+    inside, outside = tmp_path / "catalogue", tmp_path / "elsewhere"
+    (inside / "a").mkdir(parents=True)
+    outside.mkdir()
+    (inside / "a" / "shoe.png").write_bytes(b"x")
+    (outside / "coat.png").write_bytes(b"x")
+    (inside / "linked").symlink_to(outside, target_is_directory=True)
+    (inside / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (inside / "a" / "loop").symlink_to(inside, target_is_directory=True)
+    listed = list_inputs(inside)
+    assert listed == [str(inside / n) for n in ["a/shoe.png", "gone.png", "linked/coat.png"]]
+    contents = read_local_files(MAX_FILE_BYTES)(listed)
+    assert "No such file or directory" in contents[1].reason
+
+
+def test_a_file_name_that_is_not_utf8_is_a_row_the_table_can_hold(record, tmp_path):
+    """Such a name (Latin-1 from an old archive) is read by its real bytes and stored with them escaped: Parquet
+    refused the name before, failing the shard on every retry."""
+    import os
+
+    from tests.support.images import encode, real_test_images
+
+    name = os.fsdecode(b"caf\xe9.png")  # Python holds the undecodable byte as a surrogate escape
+    (tmp_path / name).write_bytes(encode(real_test_images(1)[0][0]))
+    paths = list_inputs(tmp_path)
+    outcome = score_shard(build_classifier(record, "cpu"), paths, read_local_files(MAX_FILE_BYTES))
+    (row,) = outcome.rows
+    assert row["error"] is None and row["path"] == str(tmp_path / "caf\\xe9.png")
+    frame = rows_frame(outcome.rows, record.class_names)
+    assert read_table(table_bytes(frame))["path"].tolist() == [row["path"]]
+    assert table_bytes(frame, "csv").decode().count("caf\\xe9.png") == 1
+    resumed = score_shard(build_classifier(record, "cpu"), paths, read_local_files(MAX_FILE_BYTES), done=[row])
+    assert resumed.scored == 0 and resumed.rows == [row]
+
+
 def test_a_list_file_resolves_relative_paths_and_drops_duplicates(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("# catalogue\nshoe.png\n\n/abs/coat.jpg\nshoe.png\ns3://bucket/bag.png\n")
