@@ -36,6 +36,7 @@ import io
 import logging
 import os
 import random
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,16 @@ class TrainingState:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> TrainingState:
-        """Parse bytes written by `to_bytes`; raises ValueError naming the problem on anything else."""
+        """Parse bytes written by `to_bytes`; raises ValueError naming the problem on anything else.
+
+        Every member's CRC is checked first: torch.load does not, so a byte flipped in storage inside a tensor would
+        load silently as a changed weight or generator state."""
+        try:
+            damaged = zipfile.ZipFile(io.BytesIO(blob)).testzip()
+        except Exception as err:  # not a zip archive at all, or one cut short
+            raise ValueError(f"not a FashionFlow training checkpoint: {_reason(err)}") from None
+        if damaged is not None:
+            raise ValueError(f"a damaged training checkpoint: {damaged} fails its CRC check")
         try:
             data = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         except Exception as err:
@@ -259,6 +269,36 @@ class CheckpointStore:
         is refused (the trial then starts from epoch 1: it cannot contribute to this trial's result, and refusing
         by raising would fail every retry of the task the same way). Each skip is one log line naming why.
         """
+        return self.resume(identity, lambda state: None, lambda: None)
+
+    def resume(
+        self,
+        identity: dict[str, Any] | None,
+        restore: Callable[[TrainingState], None],
+        reset: Callable[[], None],
+    ) -> TrainingState | None:
+        """`latest`, restored by `restore` (into the model, optimiser, generators...): a state that parses but cannot
+        be restored (a generator state of the wrong size, a tensor of the wrong shape) is skipped like an unreadable
+        one, after `reset` has undone whatever `restore` changed, so the trial falls back instead of failing on
+        every retry."""
+        for path, state in self._readable(identity):
+            try:
+                restore(state)
+            except Exception as err:
+                log.warning("skipping checkpoint %s that cannot be restored: %s: %s", path, type(err).__name__, err)
+                self._latest_usable &= path != self.path
+                reset()
+                continue
+            log.info(
+                "found a checkpoint after epoch %d in %s: resuming at epoch %d", state.epoch, path, state.epoch + 1
+            )
+            if self.on_resume is not None:
+                self.on_resume(state.epoch + 1)
+            return state
+        return None
+
+    def _readable(self, identity: dict[str, Any] | None) -> Iterator[tuple[Path, TrainingState]]:
+        """(file, state) of each readable state that is `identity`'s, newest first; each skip logged."""
         for path in (self.path, self.previous_path):
             if not path.exists():
                 continue
@@ -273,13 +313,7 @@ class CheckpointStore:
                 log.warning("refusing checkpoint %s of another trial: %s", path, difference)
                 self._latest_usable &= path != self.path
                 continue
-            log.info(
-                "found a checkpoint after epoch %d in %s: resuming at epoch %d", state.epoch, path, state.epoch + 1
-            )
-            if self.on_resume is not None:
-                self.on_resume(state.epoch + 1)
-            return state
-        return None
+            yield path, state
 
     def due(self, epoch: int, last_epoch: int) -> bool:
         """Whether to save after `epoch`: every `every` epochs, never after the last (the result is saved then)."""

@@ -7,6 +7,7 @@ as tensors, which is what keeps a 2-core CPU and a large GPU both busy with the 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -211,14 +212,28 @@ def train_model(
     # Every explicit generator the loop draws from, by name; torch's, NumPy's and Python's global ones come too.
     generators = {"augment": generator}
     identity = trial_identity(hp, seed, splits, device, amp) if checkpoints is not None else {}
-    resumed = checkpoints.latest(identity) if checkpoints is not None else None
+    resumed = None
+    if checkpoints is not None:
+        # The untouched start, to go back to when a state fails half-way through being restored.
+        start = TrainingState(
+            0,
+            copy.deepcopy(model.state_dict()),
+            copy.deepcopy(optimizer.state_dict()),
+            copy.deepcopy(schedule.state_dict()),
+            capture_rng(device, generators),
+            ema=copy.deepcopy(ema.state_dict()) if ema is not None else None,
+        )
+
+        def restore(state: TrainingState) -> None:
+            model.load_state_dict(state.model)
+            optimizer.load_state_dict(state.optimizer)
+            schedule.load_state_dict(state.schedule)
+            restore_rng(state.rng, device, generators)
+            if ema is not None and state.ema is not None:
+                ema.load_state_dict(state.ema)
+
+        resumed = checkpoints.resume(identity, restore, lambda: restore(start))
     if resumed is not None:
-        model.load_state_dict(resumed.model)
-        optimizer.load_state_dict(resumed.optimizer)
-        schedule.load_state_dict(resumed.schedule)
-        restore_rng(resumed.rng, device, generators)
-        if ema is not None and resumed.ema is not None:
-            ema.load_state_dict(resumed.ema)
         result.history, result.train_seconds = list(resumed.history), resumed.train_seconds
         first_epoch = resumed.epoch + 1
         result.resumed_at = first_epoch

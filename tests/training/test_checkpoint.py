@@ -3,9 +3,12 @@ another trial's state is refused, and an unreadable latest state falls back to t
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 import shutil
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -101,6 +104,55 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(small_splits
     # The save after epoch 2 replaced the unreadable file instead of keeping it as the fall-back.
     epochs = [TrainingState.from_bytes((checkpoints / n).read_bytes()).epoch for n in (FILE_NAME, PREVIOUS_FILE_NAME)]
     assert epochs == [2, 1]
+
+
+def flip_a_byte_inside_a_tensor(path) -> None:
+    """Flip one bit in the middle of the checkpoint's largest tensor's bytes, as storage rot would: the file still
+    parses, and torch.load alone would load the changed value."""
+    blob = bytearray(path.read_bytes())
+    member = max(zipfile.ZipFile(io.BytesIO(bytes(blob))).infolist(), key=lambda m: m.file_size)
+    name_length, extra_length = struct.unpack("<HH", blob[member.header_offset + 26 : member.header_offset + 30])
+    start = member.header_offset + 30 + name_length + extra_length
+    blob[start + member.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(blob))
+    assert torch.load(io.BytesIO(bytes(blob)), weights_only=True)["epoch"] == 2  # loads, silently changed
+
+
+def test_a_flipped_byte_in_the_latest_checkpoint_is_caught_and_falls_back(
+    small_splits, uninterrupted, checkpoints, caplog
+):
+    flip_a_byte_inside_a_tensor(checkpoints / FILE_NAME)
+    with caplog.at_level(logging.WARNING, logger="fmnist.training.checkpoint"):
+        resumed = train_model(HP, small_splits, CPU, seed=SEED, checkpoints=CheckpointStore(checkpoints))
+    assert any("fails its CRC check" in r.getMessage() for r in caplog.records)
+    assert resumed.resumed_at == 2
+    assert_same_weights(uninterrupted, resumed)
+
+
+def unrestorable(path) -> None:
+    """Rewrite the state at `path` so that it parses but its torch generator state cannot be set."""
+    state = TrainingState.from_bytes(path.read_bytes())
+    state.rng["generators"]["augment"] = torch.zeros(3, dtype=torch.uint8)  # not a generator state
+    path.write_bytes(state.to_bytes())
+
+
+def test_a_state_that_cannot_be_restored_falls_back_and_leaves_no_trace(
+    small_splits, uninterrupted, checkpoints, caplog
+):
+    """The latest state fails half-way through being restored (model and optimiser loaded, the generators not): the
+    trial falls back to the previous one; when that fails too, it starts afresh, exactly as if nothing was loaded."""
+    unrestorable(checkpoints / FILE_NAME)
+    with caplog.at_level(logging.WARNING, logger="fmnist.training.checkpoint"):
+        resumed = train_model(HP, small_splits, CPU, seed=SEED, checkpoints=CheckpointStore(checkpoints))
+    assert sum("cannot be restored" in r.getMessage() for r in caplog.records) == 1
+    assert resumed.resumed_at == 2
+    assert_same_weights(uninterrupted, resumed)
+
+    unrestorable(checkpoints / FILE_NAME)
+    unrestorable(checkpoints / PREVIOUS_FILE_NAME)
+    fresh = train_model(HP, small_splits, CPU, seed=SEED, checkpoints=CheckpointStore(checkpoints))
+    assert fresh.resumed_at is None
+    assert_same_weights(uninterrupted, fresh)
 
 
 @pytest.mark.parametrize(
