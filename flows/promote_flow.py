@@ -111,7 +111,9 @@ class PromoteFlow(FlowSpec):
         for check in self.decision["checks"]:
             mark = "PASS" if check["passed"] else "FAIL"
             print(f"  {mark if check['applied'] else 'skip'} {check['rule']}: {check['reason']}")
-        if self.promote:
+        if self.promote and self.candidate_run in self.retired:  # a promotion at the same time, decided later, won
+            print(f"promoted, but a newer promotion holds the {self.decision['tag']!r} tag; untagged: {self.retired}")
+        elif self.promote:
             print(f"{self.candidate_run} is now tagged {self.decision['tag']!r}; untagged: {self.retired or 'none'}")
         else:
             print(f"refused: the {self.decision['tag']!r} tag stays on {self.champion_run or 'no run'}")

@@ -78,17 +78,46 @@ def move_tag(tag: str, candidate: str, promotion: str, user: str, when: str) -> 
     flow. Returns the runs it was taken off.
 
     The candidate is tagged first, so some run carries the tag at every moment: a service following it never finds
-    none (while both carry it, it keeps the newest, then the candidate)."""
+    none (while both carry it, it keeps the newest, then the candidate). Two promotions at once end with one
+    champion: `settle` keeps the tag on the newest promotion's run only, whichever of them settles last."""
+    put_tag(tag, candidate, promotion, user, when)
+    return settle(tag, candidate, promotion, when)
+
+
+def put_tag(tag: str, candidate: str, promotion: str, user: str, when: str) -> None:
+    """Tag `candidate` with `tag` and who, when and which promotion; its earlier promotion records are replaced."""
     namespace(None)
     run = Run(candidate)
     stale = [t for t in run.user_tags if t.startswith(PROMOTION_TAGS)]
     run.replace_tags(stale, [tag, f"promoted_by:{user}", f"promoted_at:{when}", f"promotion:{promotion}"])
+
+
+def promotion_order(run: Any) -> tuple[str, int, str]:
+    """Sort key of the promotion that tagged `run`: its time, then its PromoteFlow run id (ids grow with time);
+    a run tagged by hand, with no record, sorts first."""
+    tags = dict(t.split(":", 1) for t in run.user_tags if t.startswith(("promoted_at:", "promotion:")))
+    by = tags.get("promotion", "")
+    run_id = by.rsplit("/", 1)[-1]
+    return tags.get("promoted_at", ""), int(run_id) if run_id.isdigit() else -1, by
+
+
+def settle(tag: str, candidate: str, promotion: str, when: str) -> list[str]:
+    """Leave `tag` on one run only: of those carrying it, the newest promotion's (`promotion_order`). Every promotion
+    settles after tagging, so the last to settle sees every tag put before it and the newest is never taken off:
+    concurrent promotions converge on it. Returns the runs the tag was taken off (the candidate among them when a
+    newer promotion won)."""
+    namespace(None)
+    holders = {r.pathspec: r for r in Flow(candidate.split("/")[0]).runs(tag)}
+    holders.setdefault(candidate, Run(candidate))
+    winner = max(holders.values(), key=promotion_order).pathspec
     retired = []
-    for other in Flow(run.path_components[0]).runs(tag):
-        if other.pathspec == candidate:
+    for held, other in sorted(holders.items()):
+        if held == winner:
             continue
         stale = [t for t in other.user_tags if t.startswith(RETIREMENT_TAGS)]
         other.replace_tags([tag, *stale], [f"retired_by:{promotion}", f"retired_at:{when}"])
-        retired.append(other.pathspec)
-    log.info("%s tagged %r by %s at %s (%s); untagged: %s", candidate, tag, user, when, promotion, retired or "none")
+        retired.append(held)
+    if winner != candidate:
+        log.warning("a newer promotion put %r on %s: %s keeps it, %s does not", tag, winner, winner, candidate)
+    log.info("%s tagged %r (%s); untagged: %s", winner, tag, promotion, retired or "none")
     return retired

@@ -320,3 +320,25 @@ def test_promote_flow_moves_the_tag_records_who_and_when_and_rolls_back(smoke_ru
     assert [t for t in tags_of(first) if t.startswith("promotion:")] == [f"promotion:{gate.pathspec}"]
     metaflow.namespace(None)
     assert [r.pathspec for r in metaflow.Flow("FashionFlow").runs(tag)] == [first]
+
+
+def test_two_promotions_at_once_leave_one_champion_the_newer(smoke_run):
+    """Two PromoteFlow runs that both tag their candidate before either takes the tag off the others (the interleaving
+    that left two champions, or none): in either order of settling, the newer promotion's run alone keeps it."""
+    from promote_runs import put_tag, settle
+
+    first, second = smoke_run.pathspec, second_smoke_run().pathspec
+    for settle_order in ((first, second), (second, first)):
+        tag = f"race-{uuid.uuid4().hex[:8]}"
+        promotions = {
+            first: ("PromoteFlow/100", "2026-12-04T10:00:00+00:00"),
+            second: ("PromoteFlow/101", "2026-12-04T10:00:01+00:00"),
+        }
+        for run in (first, second):
+            put_tag(tag, run, promotions[run][0], "test", promotions[run][1])
+        assert {r.pathspec for r in metaflow.Flow("FashionFlow").runs(tag)} == {first, second}
+        retired = [settle(tag, run, *promotions[run]) for run in settle_order]
+        metaflow.namespace(None)
+        assert [r.pathspec for r in metaflow.Flow("FashionFlow").runs(tag)] == [second], settle_order
+        assert first in retired[0] + retired[1]
+        assert "retired_by:PromoteFlow/10" in " ".join(tags_of(first))
