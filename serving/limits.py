@@ -34,15 +34,20 @@ class BodyLimitMiddleware:
     request's head (a client trickling it a byte at a time) is answered 408 and its connection closed: uvicorn itself
     waits for a body without limit."""
 
-    def __init__(self, app: Any, max_bytes: int, max_seconds: float | None = None) -> None:
+    def __init__(
+        self, app: Any, max_bytes: int, max_seconds: float | None = None, path_limits: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
+        # Tighter limits for some paths: a JSON route whose largest valid body is far below the general limit.
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             try:
@@ -51,8 +56,8 @@ class BodyLimitMiddleware:
                 shown = declared[:40].decode(errors="replace")
                 await send_problem(send, 400, f"invalid Content-Length header {shown!r}")
                 return
-            if length > self.max_bytes:
-                await send_problem(send, 413, f"request body of {length} bytes is over the limit of {self.max_bytes}")
+            if length > limit:
+                await send_problem(send, 413, f"request body of {length} bytes is over the limit of {limit}")
                 return
         received = 0
         exceeded = False
@@ -75,7 +80,7 @@ class BodyLimitMiddleware:
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     exceeded = True
                     raise BodyTooLarge
             return message
@@ -101,4 +106,4 @@ class BodyLimitMiddleware:
                 close=True,
             )
         elif exceeded and not started:
-            await send_problem(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
+            await send_problem(send, 413, f"request body is over the limit of {limit} bytes")

@@ -165,6 +165,7 @@ class BatchPredictionWithInput(BaseModel):
     predictions: list[PredictionWithInput]
 
 
+IMAGE_VALUES = 784  # 28 x 28
 _PIXEL: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 255}
 _FLAT: dict[str, Any] = {"type": "array", "items": _PIXEL, "minItems": 784, "maxItems": 784, "title": "784 values"}
 _ROWS: dict[str, Any] = {
@@ -198,7 +199,9 @@ class PixelBatch(BaseModel):
 
     # Typed loosely on purpose: `fmnist.images.uploads.pixels_from_values` checks each image and says what is wrong
     # with it (shape, type, range) in the 422. The schema states exactly what is valid.
-    images: list[list[Any]] = Field(
+    # At most 784 entries per image (28 rows, or 784 values), checked as the body is validated: an image of a
+    # million numbers is refused before any of them is converted.
+    images: list[Annotated[list[Any], Field(max_length=IMAGE_VALUES)]] = Field(
         min_length=1,
         description="One entry per image: [28][28] or [784] numbers.",
         json_schema_extra={"items": {"oneOf": [_ROWS, _FLAT]}},

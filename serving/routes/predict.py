@@ -15,7 +15,8 @@ the bodies in the OpenAPI schema.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -23,6 +24,7 @@ from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator
 
 from fmnist.images.normalise import WORK_SIZE, Prepared, normalize_photo, prepare_opened
@@ -45,7 +47,39 @@ from ..settings import Settings
 # An answer's form with `model_input` (`_with_input`): for one upload, or for one image of a batch.
 WithInput = TypeVar("WithInput", SinglePredictionWithInput, PredictionWithInput)
 
-router = APIRouter(prefix="/predict", tags=["predict"])
+
+class OffloadedJSONRequest(Request):
+    """A request whose JSON body, when large, is parsed on a worker thread: up to the body limit (10 MiB) of numbers
+    takes a tenth of a second and more to parse, time the event loop would otherwise not serve anyone else."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            if len(body) <= INLINE_JSON_BYTES:
+                self._json = json.loads(body)
+            else:
+                self._json = await run_in_threadpool(json.loads, body)
+        return self._json
+
+
+class OffloadedJSONRoute(APIRoute):
+    """The routes of this router hand FastAPI an `OffloadedJSONRequest` (FastAPI's custom-route mechanism)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(OffloadedJSONRequest(request.scope, request.receive))
+
+        return route
+
+
+router = APIRouter(prefix="/predict", tags=["predict"], route_class=OffloadedJSONRoute)
+
+# JSON bodies up to this size are parsed on the event loop (a few images' pixels: well under a millisecond); larger
+# ones on a worker thread. Converting the values to arrays follows the same rule, by image count.
+INLINE_JSON_BYTES = 64 * 1024
+INLINE_PIXEL_IMAGES = 8
 
 # Uploads that decode to at most this many pixels (read from the header, before any pixel is decoded) are decoded on
 # the event loop: a 28x28 scan decodes and normalises in a fraction of a millisecond, less than a hop to a thread.
@@ -196,7 +230,10 @@ async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response
     model = serving.predictor
     check_batch_size(len(batch.images), serving.settings)
     try:
-        pixels = np.stack([pixels_from_values(values, i) for i, values in enumerate(batch.images)])  # (B, 28, 28)
+        if len(batch.images) <= INLINE_PIXEL_IMAGES:
+            pixels = _pixel_arrays(batch.images)
+        else:
+            pixels = await run_in_threadpool(_pixel_arrays, batch.images)
     except ImageError as err:
         raise HTTPException(422, str(err)) from None
     inverted: list[bool | None] = [None] * len(pixels)
@@ -212,6 +249,11 @@ async def predict_pixels(serving: JsonServingDep, batch: PixelBatch) -> Response
     if batch.return_input:
         return _json(await run_in_threadpool(_batch_with_inputs, model.run, predictions, pixels))
     return _json(BatchPrediction(run=model.run, predictions=predictions))
+
+
+def _pixel_arrays(images: Sequence[Sequence[Any]]) -> np.ndarray:
+    """The JSON images as (B, 28, 28) uint8; ImageError naming the first bad one."""
+    return np.stack([pixels_from_values(list(values), i) for i, values in enumerate(images)])
 
 
 def _return_input(request: Request) -> bool:

@@ -26,7 +26,7 @@ from fmnist.core.data import CLASS_NAMES
 from fmnist.core.model import normalize
 from fmnist.images.normalise import normalize_photo, prepare_upload
 from fmnist.release.model_record import ModelRecord
-from serving.app import create_app
+from serving.app import create_app, pixel_body_limit
 from serving.model_loading import ModelLoadError
 from serving.settings import Settings
 from tests.support.images import encode, png_bomb, real_test_images
@@ -531,6 +531,38 @@ def test_pixel_options_are_taken_as_the_schema_types_them(client, extra, status)
 
 
 # --- generated requests from the OpenAPI schema -----------------------------------------------------------------------
+
+
+def test_an_image_of_too_many_values_is_refused_before_conversion(client):
+    """The item limit: at most 784 entries per image, checked as the body is validated, named in the 422."""
+    answer = client.post("/predict/pixels", json={"images": [[0] * 784, [0] * 100_000]})
+    assert answer.status_code == 422, answer.text
+    (problem,) = answer.json()["detail"]
+    assert problem["loc"] == ["body", "images", 1] and "at most 784" in problem["msg"]
+
+
+def test_a_pixel_body_over_the_routes_own_limit_is_refused_by_its_size(client, settings):
+    """/predict/pixels takes at most what `max_batch` images can take up (`pixel_body_limit`), less than the
+    general body limit: a body of a million numbers is refused before it is parsed."""
+    limit = pixel_body_limit(settings)
+    assert limit < settings.max_body_bytes
+    body = json.dumps({"images": [[0] * 93_000]}).encode()  # 279 kB: between the two limits
+    assert limit < len(body) <= settings.max_body_bytes
+    answer = client.post("/predict/pixels", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and f"over the limit of {limit}" in answer.json()["detail"]
+
+
+def test_a_large_pixel_body_parsed_off_the_event_loop_gets_the_same_answers(client):
+    """A body over the inline-parsing size (here padded with JSON whitespace) is parsed on a worker thread, and 8
+    images converted there: the answers are those of the same images in a small body."""
+    images, _ = real_test_images(8)
+    small = json.dumps({"images": images.tolist()})
+    padded = small.replace(",", ", " + " " * 20)
+    assert len(padded) > 64 * 1024 > len(small)
+    headers = {"content-type": "application/json"}
+    inline = client.post("/predict/pixels", content=small, headers=headers).json()
+    offloaded = client.post("/predict/pixels", content=padded, headers=headers).json()
+    assert offloaded == inline and len(offloaded["predictions"]) == 8
 
 
 def test_schemathesis_finds_no_server_errors_and_no_valid_request_rejected(client, smoke_run):

@@ -84,7 +84,7 @@ def test_where_an_upload_is_decoded_follows_its_pixel_count_not_its_bytes(data, 
     assert (opened.decode_pixels > predict_routes.INLINE_DECODE_PIXELS) is on_pool
     pool = RecordingPool()
     serving = SimpleNamespace(decoder=pool)
-    prepared = asyncio.run(predict_routes._decode(opened, serving, "the file"))  # type: ignore[arg-type]
+    prepared = asyncio.run(predict_routes.decode_opened(opened, serving, "the file"))  # type: ignore[arg-type]
     assert pool.calls == int(on_pool)
     assert prepared.pixels.shape == (28, 28)
 
