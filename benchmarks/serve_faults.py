@@ -53,7 +53,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serve_load import REPO, free_port, load_traffic_images, stop_servers, wait_ready
-from serve_wrk import BOUNDARY, LUA, WrkResult, multipart, run_wrk
+from serve_wrk import BOUNDARY, MULTIPART_HEADERS, WrkResult, lua_script, multipart, run_wrk
 
 TAG = "serve-faults-benchmark"
 HEALTH_EVERY_S = 0.02
@@ -721,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     images, _ = load_traffic_images(1)
     (work / "single.body").write_bytes(multipart("file", images[:1]))
     script = work / "single.lua"
-    script.write_text(LUA.format(body=work / "single.body", boundary=BOUNDARY))
+    script.write_text(lua_script(work / "single.body", MULTIPART_HEADERS))
     requests = hostile_requests()
     load = os.getloadavg()
     print(f"model {args.run}; wrk {args.threads} thread(s), {args.connections} connections, {args.duration:g} s")

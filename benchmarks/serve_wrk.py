@@ -105,6 +105,15 @@ class WrkResult:
         return self.socket_errors + self.non_2xx
 
 
+MULTIPART_HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def lua_script(body: Path, headers: dict[str, str]) -> str:
+    """wrk's Lua script posting the bytes of the file `body` with `headers`, printing its figures as WRK_JSON."""
+    lines = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items())
+    return LUA.format(body=body, headers=lines)
+
+
 def multipart(field: str, images: list[bytes]) -> bytes:
     """A multipart/form-data body with one part per image, all under `field`."""
     parts = []
@@ -275,10 +284,9 @@ def main(argv: list[str] | None = None) -> int:
 
     images, _ = load_traffic_images(args.batch_size or 1)
     work = Path(tempfile.mkdtemp(prefix="serve_wrk_"))
-    form = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     bodies = {
-        "single": (multipart("file", images[:1]), form),
-        "batch": (multipart("files", images[: args.batch_size or 1]), form),
+        "single": (multipart("file", images[:1]), MULTIPART_HEADERS),
+        "batch": (multipart("files", images[: args.batch_size or 1]), MULTIPART_HEADERS),
     }
     if args.protocols:
         pixels = np.asarray(Image.open(io.BytesIO(images[0])))  # (28, 28) uint8: the same image as `single`
@@ -287,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (body, headers) in bodies.items():
         (work / f"{name}.body").write_bytes(body)
         scripts[name] = work / f"{name}.lua"
-        lines = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items())
-        scripts[name].write_text(LUA.format(body=work / f"{name}.body", headers=lines))
+        scripts[name].write_text(lua_script(work / f"{name}.body", headers))
 
     servers: dict[str, tuple[str, Path, dict[str, str]]] = {
         "bare": ("bare_app:app", REPO / "benchmarks", {}),

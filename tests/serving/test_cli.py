@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import httpx
 
@@ -38,14 +39,15 @@ def test_with_two_workers_metrics_are_the_whole_servers(smoke_run, tmp_path):
     one of those answers, not only its own."""
     with running_service(smoke_run.pathspec, tmp_path / "serve.log", FASHIONFLOW_WORKERS="2") as url:
         pids, answered = set(), 0
-        for _ in range(200):
+        deadline = time.monotonic() + 120  # the second worker may still be loading its model
+        while time.monotonic() < deadline and not (len(pids) == 2 and answered >= 10):
             with httpx.Client() as fresh:  # a new connection each time: the kernel hands it to either worker
                 answer = fresh.get(url + "/ready")
             if answer.status_code == 200:
                 pids.add(answer.json()["pid"])
                 answered += 1
-            if len(pids) == 2 and answered >= 10:
-                break
+            else:
+                time.sleep(0.05)
         assert len(pids) == 2, "only one worker answered"
         metrics = httpx.get(url + "/metrics").text
     counted = sum(
