@@ -27,7 +27,7 @@ async def get_predictor(request: Request) -> Predictor:
 
     Taken once per request: a request is answered by this predictor to the end, even if the service switches to a
     newly tagged model meanwhile (`serving.following`), so its response names the run that produced it."""
-    return _serving(request).predictor
+    return current_serving(request).predictor
 
 
 async def get_metrics(request: Request) -> ServiceMetrics:
@@ -37,7 +37,7 @@ async def get_metrics(request: Request) -> ServiceMetrics:
 
 async def get_drift(request: Request) -> DriftMonitor:
     """The drift window of the served model; 503 while no model is loaded."""
-    monitor = _serving(request).drift
+    monitor = current_serving(request).drift
     if monitor is None:  # set together with the predictor (`serving.following.install`)
         raise HTTPException(503, f"model not ready: {request.app.state.not_ready}")
     return monitor
@@ -59,16 +59,17 @@ class Serving:
 async def serving_uploads(request: Request) -> Serving:
     """For the upload routes: 415 unless the body is multipart/form-data, then 503 while no model is loaded."""
     require_multipart(request)
-    return _serving(request)
+    return current_serving(request)
 
 
 async def serving_json(request: Request) -> Serving:
     """For the JSON routes: 415 unless the body is application/json, then 503 while no model is loaded."""
     require_json(request)
-    return _serving(request)
+    return current_serving(request)
 
 
-def _serving(request: Request) -> Serving:
+def current_serving(request: Request) -> Serving:
+    """What a prediction request uses, from the app's state; 503 while no model is loaded."""
     state = request.app.state
     if state.predictor is None:
         raise HTTPException(503, f"model not ready: {state.not_ready}")

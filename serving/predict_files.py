@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from fmnist.images.normalise import WORK_SIZE, Prepared, prepare_opened
-from fmnist.images.uploads import ImageError, open_upload
+from fmnist.images.normalise import Prepared, prepare_upload
+from fmnist.images.uploads import ImageError
 
 from .inference import Predictor
 from .model_loading import ModelLoadError, load_model
@@ -53,7 +53,7 @@ def prepare(path: Path, settings: Settings) -> Prepared:
     data = path.read_bytes()
     if not data:
         raise ImageError("empty file")
-    return prepare_opened(open_upload(data, settings.max_image_pixels, WORK_SIZE))
+    return prepare_upload(data, settings.max_image_pixels)
 
 
 def predict_paths(paths: Iterable[Path], predictor: Predictor, settings: Settings, top_k: int) -> Iterator[dict]:

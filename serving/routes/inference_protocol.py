@@ -18,7 +18,6 @@ the binary tensor extension both work (`serving/open_inference.py`).
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,7 +25,9 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from ..deps import Serving
+from fmnist import __version__
+
+from ..deps import Serving, current_serving
 from ..inference import Predictor
 from ..open_inference import (
     HEADER_LENGTH,
@@ -36,20 +37,13 @@ from ..open_inference import (
     decode_request,
     encode_response,
 )
-from .predict import check_request_pixels, decode_opened, open_bytes, record_predictions
+from .predict import open_bytes, prepare_all, record_predictions
 
 MODEL_NAME = "fashionflow"
 # Request bodies up to this size are parsed on the event loop: one image's pixels as JSON (about 3 kB) parse in tens
 # of microseconds, less than a hop to a thread; a batch's megabytes go to the thread pool.
 INLINE_PARSE_BYTES = 64 * 1024
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
-
-
-def _package_version() -> str:
-    try:
-        return version("fashionflow")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
 
 
 def _error(status: int, description: str) -> dict[str, Any]:
@@ -78,10 +72,11 @@ async def protocol_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _serving(request: Request) -> Serving:
-    state = request.app.state
-    if state.predictor is None:
-        raise ProtocolError(503, f"model not ready: {state.not_ready}")
-    return Serving(state.predictor, state.settings, state.metrics, state.batcher, state.drift, state.decoder)
+    """`deps.current_serving`, its 503 in the protocol's error form."""
+    try:
+        return current_serving(request)
+    except HTTPException as err:
+        raise ProtocolError(err.status_code, str(err.detail)) from None
 
 
 def _model_version(predictor: Predictor) -> str:
@@ -101,7 +96,7 @@ def _check_model(predictor: Predictor, model_name: str, model_version: str | Non
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
     """The server's name, version and protocol extensions."""
-    return {"name": MODEL_NAME, "version": _package_version(), "extensions": ["binary_tensor_data"]}
+    return {"name": MODEL_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/health/live")
@@ -252,8 +247,8 @@ async def _prepare_files(
 ) -> tuple[np.ndarray, list[bool | None], list[bool], list[bool]]:
     """The `images` elements as model inputs: every header checked first, then the batch's pixel budget, then each
     decoded and normalised (small ones inline, the rest on the decode pool), as `/predict/batch` does."""
-    opened = [open_bytes(data, serving.settings, f"images[{i}]") for i, data in enumerate(files)]
-    check_request_pixels(opened, serving.settings)
-    prepared = [await decode_opened(o, serving, f"images[{i}]") for i, o in enumerate(opened)]
+    where = [f"images[{i}]" for i in range(len(files))]
+    opened = [(open_bytes(data, serving.settings, w), w) for data, w in zip(files, where, strict=True)]
+    prepared = await prepare_all(opened, serving)
     pixels = np.stack([p.pixels for p in prepared])  # (B, 28, 28) uint8
     return pixels, [p.inverted for p in prepared], [p.empty for p in prepared], [p.photo for p in prepared]

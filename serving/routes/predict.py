@@ -206,10 +206,7 @@ async def predict_batch(
     return_input = _return_input(request)
     model, settings = serving.predictor, serving.settings
     check_batch_size(len(files), settings)
-    # Every header first (no pixel decoded): a batch of small files claiming huge images is refused before any work.
-    opened = [await _open(f, settings, i) for i, f in enumerate(files)]
-    check_request_pixels([o for o, _ in opened], settings)
-    prepared = [await decode_opened(o, serving, where) for o, where in opened]
+    prepared = await prepare_all([await _open(f, settings, i) for i, f in enumerate(files)], serving)
     pixels = np.stack([p.pixels for p in prepared])  # (B, 28, 28)
     scored = await run_in_threadpool(model.score, pixels, [p.empty for p in prepared], [p.photo for p in prepared])
     k = top_k or settings.default_top_k
@@ -300,6 +297,14 @@ def open_bytes(data: bytes, settings: Settings, where: str) -> Upload:
         return open_upload(data, settings.max_image_pixels, WORK_SIZE)
     except ImageError as err:
         raise _problem(where, err) from None
+
+
+async def prepare_all(opened: Sequence[tuple[Upload, str]], serving: Serving) -> list[Prepared]:
+    """Several uploads whose headers are all checked (no pixel decoded yet), each with how errors name it: the
+    request's pixel budget first, so a batch of small files claiming huge images is refused before any work, then
+    each decoded and normalised."""
+    check_request_pixels([o for o, _ in opened], serving.settings)
+    return [await decode_opened(o, serving, where) for o, where in opened]
 
 
 async def decode_opened(opened: Upload, serving: Serving, where: str) -> Prepared:
