@@ -15,15 +15,8 @@ from tritonclient.utils import InferenceServerException
 from fmnist.core.data import CLASS_NAMES
 from fmnist.evaluation.photos import PHOTO_CONDITIONS, photo_rng, render_photo
 from tests.support.images import encode, real_test_images
-from tests.support.service import running_service
 
 OUTPUTS = ("class_index", "class_name", "probabilities", "confident", "unsure_reason")
-
-
-@pytest.fixture(scope="module")
-def service_url(smoke_run, tmp_path_factory):
-    with running_service(smoke_run.pathspec, tmp_path_factory.mktemp("oip") / "uvicorn.log") as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from fmnist.core.data import CLASS_NAMES
 from fmnist.core.model import normalize
 from fmnist.release.model_record import ModelRecord
 from tests.support.images import encode, real_test_images
-from tests.support.service import running_service
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
 )
-
-
-@pytest.fixture(scope="module")
-def service_url(smoke_run, tmp_path_factory):
-    """The real service under uvicorn on loopback, serving the smoke run's model."""
-    with running_service(smoke_run.pathspec, tmp_path_factory.mktemp("serve") / "uvicorn.log") as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
