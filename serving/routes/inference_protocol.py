@@ -40,8 +40,8 @@ from ..open_inference import (
 from .predict import open_bytes, prepare_all, record_predictions
 
 MODEL_NAME = "fashionflow"
-# Request bodies up to this size are parsed on the event loop: one image's pixels as JSON (about 3 kB) parse in tens
-# of microseconds, less than a hop to a thread; a batch's megabytes go to the thread pool.
+# Request bodies up to this size are parsed on the event loop: one image's pixels as JSON are about 3 kB, too little to
+# pay for a hop to a thread; a batch's megabytes go to the thread pool. (A bound chosen by size, not measured.)
 INLINE_PARSE_BYTES = 64 * 1024
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
