@@ -52,7 +52,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise ModelLoadError(f"the model of {served.run_pathspec} fails its warm-up: {err}") from None
     prepare_upload(_warm_up_png(), settings.max_image_pixels)
     app.state.decoder = DecodePool(
-        settings.decode_threads, settings.decode_queue, settings.decode_wait_seconds, app.state.metrics
+        settings.decode_threads,
+        settings.decode_queue,
+        settings.decode_wait_seconds,
+        app.state.metrics,
+        decode_seconds=settings.decode_seconds,
     )
     log.info("model of %s warm in %.2fs; serving", served.run_pathspec, seconds)
     if settings.batching:

@@ -3,7 +3,10 @@
 An upload bigger than a thumbnail is decoded and normalised on one of `decode_threads` threads, never on the event
 loop (`serving.routes.predict`). At most `decode_queue` more requests may wait for a thread, each for at most
 `decode_wait_seconds`; a request beyond that is answered 503 with `Retry-After` at once, so a flood of expensive
-uploads costs its senders retries, not everyone else their latency. Threads, not processes: Pillow's decoders and
+uploads costs its senders retries, not everyone else their latency. A decode runs for at most `decode_seconds`: past
+that its request is answered 422 naming the limit, and the decode itself stops at its next chunk of input or next
+step (`fmnist.images.uploads.time_limit`; a decoder call already running in C finishes first, its thread staying
+counted as busy until then). Threads, not processes: Pillow's decoders and
 numpy's reductions release the GIL for the bulk of a decode, and a thread hands the decoded 28x28 result back
 without pickling.
 
@@ -21,6 +24,7 @@ request bodies of at most `max_body_bytes` each, held while they wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -30,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from fastapi import HTTPException
+
+from fmnist.images.uploads import DecodeTooSlow, time_limit
 
 from .metrics import ServiceMetrics
 
@@ -60,7 +66,7 @@ def lower_thread_priority(niceness: int) -> None:
 
 class DecodePool:
     """`threads` decoding threads, `niceness` nicer than the worker, at most `queue` requests waiting for one, each at
-    most `wait_seconds`.
+    most `wait_seconds`; each decode given at most `decode_seconds`.
 
     Its counters are read and changed on the event loop only; the semaphore is released from the loop too (a
     thread's completion is handed over with `call_soon_threadsafe`), so no lock is needed."""
@@ -72,8 +78,10 @@ class DecodePool:
         wait_seconds: float,
         metrics: ServiceMetrics,
         niceness: int = DECODE_NICENESS,
+        decode_seconds: float | None = None,
     ) -> None:
         self.threads, self.capacity, self.wait_seconds = threads, threads + queue, wait_seconds
+        self.decode_seconds = decode_seconds
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="decode", initializer=lower_thread_priority, initargs=(niceness,)
@@ -83,20 +91,41 @@ class DecodePool:
         metrics.decodes_admitted.set_function(lambda: self.admitted)
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
-        """`function(*args)` on a decoding thread; 503 with Retry-After when every slot is taken or no thread frees up
-        within the wait. A decode whose request is cancelled runs to its end and only then frees its thread, so the
-        number of threads busy never exceeds `threads`."""
+        """`function(*args)` on a decoding thread, within `decode_seconds` (`DecodeTooSlow`, an upload error, past
+        it); 503 with Retry-After when every slot is taken or no thread frees up within the wait. A decode whose
+        request is cancelled or out of time runs to its end (or its next time check) and only then frees its thread,
+        so the number of threads busy never exceeds `threads`."""
         if self.admitted >= self.capacity:
             self._refuse("full", f"all {self.capacity} decoding slots of this worker are taken")
         self.admitted += 1
         try:
             await self._acquire()
             loop = asyncio.get_running_loop()
-            future = self.executor.submit(function, *args)
-            future.add_done_callback(lambda _: loop.call_soon_threadsafe(self.free.release))
-            return await asyncio.wrap_future(future)
+            future = self.executor.submit(self._timed, function, *args)
+            future.add_done_callback(lambda _: self._release(loop))
+            try:
+                # A thread was free, so the decode starts now: its time runs from here. Shielded: the thread's own
+                # check ends it; cancelling the wrapper would only hide its outcome.
+                async with asyncio.timeout(self.decode_seconds):
+                    return await asyncio.shield(asyncio.wrap_future(future))
+            except (TimeoutError, DecodeTooSlow):
+                self.metrics.decode_timeouts.inc()
+                raise DecodeTooSlow(
+                    f"decoding took longer than the limit of {self.decode_seconds:g}s: send a smaller image, or a"
+                    " PNG or baseline JPEG"
+                ) from None
         finally:
             self.admitted -= 1
+
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Free a thread's slot, from the thread that finished: on the loop, unless the loop has closed meanwhile (the
+        app shut down while a decode past its time ran on)."""
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self.free.release)
+
+    def _timed(self, function: Callable[..., T], *args: object) -> T:
+        with time_limit(self.decode_seconds):
+            return function(*args)
 
     async def _acquire(self) -> None:
         if not self.free.locked():

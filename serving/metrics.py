@@ -123,6 +123,11 @@ class ServiceMetrics:
         )
         for reason in ("full", "wait"):
             self.decode_refusals.labels(reason)
+        self.decode_timeouts = Counter(
+            "fashionflow_decode_timeouts",
+            "Uploads answered 422 because their decode ran past decode_seconds",
+            registry=self.registry,
+        )
 
     def exposition(self) -> bytes:
         """The Prometheus text of `/metrics`: the whole server's counts (every worker's, in multiprocess mode, else

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     decode_wait_seconds: float = Field(
         default=1.0, gt=0, le=60, description="Longest wait for a decoding thread before 503."
     )
+    # How long one decode may run before its request is answered 422 and the decode stopped at its next check
+    # (serving/decoding.py). Twice the slowest decode of an upload within the limits seen under a flood of hostile
+    # uploads on 2 busy cores (4.7 s, serving/decoding.py's DECODE_NICENESS): what runs longer is a pathological file.
+    decode_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="Longest a decode may run before 422 (time limit per decode)."
+    )
     default_top_k: int = Field(default=3, ge=1, le=10)
 
     # Drift signals over a sliding window of recent predictions (GET /drift, fashionflow_drift_* gauges). 1000

@@ -9,8 +9,11 @@ into 8-bit grayscale (transparency composited onto white, EXIF rotation applied)
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
+import re
 import struct
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +32,10 @@ class ImageTooLarge(ImageError):
     """The decoded image would exceed the pixel limit (a decompression bomb, or just an enormous picture)."""
 
 
+class DecodeTooSlow(ImageError):
+    """Decoding ran past its time limit (`time_limit`): an image whose cost no header check foresaw."""
+
+
 # JPEGs are decoded by the decoder itself at 1/2 to 1/8 scale (`Image.draft`) as long as both sides stay at least
 # this long: far faster, and the same result once resized to 28x28.
 JPEG_DRAFT_SIDE = 256
@@ -45,6 +52,18 @@ STRIP_VALUES = 1 << 20
 # opener decodes the embedded image while opening, before any size check; PSD, EPS, PDF and the like are not photos
 # of garments; HEIC is not readable here.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+# A JPEG in more than one scan (progressive, or sequential with a scan per component) makes libjpeg hold the whole
+# picture's DCT coefficients, whatever the draft scale, and entropy-decode every scan: memory follows the claimed
+# size, time the claimed size times the scans (a 36-megapixel progressive JPEG of 10 scans decodes in about ten times
+# a baseline one's time; `benchmarks/serve_decode.py` prints both). libjpeg's default progressive script writes 10
+# scans for a colour picture, 6 for a grey one; a file with more than this many is refused from its markers, before
+# any is decoded, as a crafted one repeats scans to multiply the cost.
+MAX_JPEG_SCANS = 32
+# A marker inside a JPEG's entropy-coded data: 0xFF followed by neither a stuffed 0x00 nor a restart marker (RST0-7);
+# fill bytes (more 0xFF) may precede it.
+_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# The end of the current decode's time (`time.monotonic()`), set by `time_limit`; None: no limit.
+_DEADLINE: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar("decode_deadline", default=None)
 # Modes with more than 8 bits per sample: their actual range is stretched onto 0-255.
 HIGH_BIT_DEPTH = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 # What a transposition by EXIF orientation tag value is.
@@ -66,12 +85,14 @@ class Upload:
     image: Image.Image  # opened lazily; a JPEG already set to decode at its reduced (draft) size
     original_size: tuple[int, int]  # (width, height) the header claims
     format: str | None
+    scans: int = 1  # a JPEG's scans (MAX_JPEG_SCANS); 1 for every other format
 
     @property
     def decode_pixels(self) -> int:
-        """Pixels the decoder will produce: the claimed size, or a JPEG's reduced one. Decoding time and memory
-        grow with it, not with the file's size (a 48 kB PNG can claim 36 megapixels)."""
-        width, height = self.image.size
+        """Pixels decoding will cost: the claimed size, or a single-scan JPEG's reduced one (a JPEG of several scans
+        holds every coefficient of the claimed size, whatever its draft). Decoding time and memory grow with it, not
+        with the file's size (a 48 kB PNG can claim 36 megapixels)."""
+        width, height = self.original_size if self.scans > 1 else self.image.size
         return width * height
 
 
@@ -89,7 +110,7 @@ def open_upload(data: bytes, max_pixels: int, work_size: int | None = None) -> U
         raise ImageError(f"{refused} files are not accepted: send PNG, JPEG, WebP, GIF, BMP or TIFF")
     Image.init()  # registers every opener once, so each allowed format's is known by name
     with _decoding_errors():
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        image = Image.open(_TimedBytes(data), formats=ALLOWED_FORMATS)
         width, height = image.size
         if width < 1 or height < 1:
             raise ImageError(f"image has no pixels ({width}x{height})")
@@ -98,10 +119,69 @@ def open_upload(data: bytes, max_pixels: int, work_size: int | None = None) -> U
                 f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
                 " (possible decompression bomb)"
             )
+        scans = 1
         if image.format in ("JPEG", "MPO"):
+            scans = jpeg_scans(data)
+            if scans > MAX_JPEG_SCANS:
+                raise ImageError(
+                    f"JPEG in {scans} scans, over the limit of {MAX_JPEG_SCANS} (each scan is decoded over the whole"
+                    " picture): save it as a baseline or standard progressive JPEG"
+                )
             # Colour kept: the normaliser finds a garment by its colour where its grey matches the backdrop's.
             image.draft(None, _draft_request(width, height, work_size))
-    return Upload(image, (width, height), image.format)
+    return Upload(image, (width, height), image.format, scans)
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The scans (start-of-scan segments) of a JPEG's first picture, counted from its markers without decoding:
+    header segments are skipped by their lengths (an EXIF thumbnail's scans are not counted), entropy-coded data to
+    the next marker. Stops at the end of the picture (a multi-picture file's later pictures are not decoded)."""
+    scans, position, end = 0, 2, len(data)
+    while position + 4 <= end and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # a fill byte before a marker
+            position += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # segments without a length
+            position += 2
+            continue
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xDA:
+            scans += 1
+            found = _JPEG_MARKER.search(data, position)
+            if found is None:
+                break
+            position = found.end() - 2
+    return scans
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Within this block (on this thread), a decode that runs past `seconds` stops at its next chunk of input or its
+    next step, raising `DecodeTooSlow`; the limit a service sets on each decode it runs (`serving.decoding`)."""
+    token = _DEADLINE.set(None if seconds is None else (time.monotonic() + seconds, seconds))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def check_time(step: str) -> None:
+    """Raise `DecodeTooSlow` when the current decode's time limit (`time_limit`) has passed."""
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline[0]:
+        raise DecodeTooSlow(f"decoding took longer than the limit of {deadline[1]:g}s (stopped while {step})")
+
+
+class _TimedBytes(io.BytesIO):
+    """The upload's bytes as Pillow reads them: each read checks the decode's time limit, so a decoder fed chunk by
+    chunk (Pillow's `ImageFile.load` reads 64 KiB at a time) stops within a chunk's work of the limit."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        check_time("reading the file")
+        return super().read(size)
 
 
 def _refused_format(data: bytes) -> str | None:
@@ -159,12 +239,14 @@ def decode_pixels(upload: Upload, work_size: int) -> tuple[np.ndarray, np.ndarra
     image = upload.image
     with _decoding_errors():
         image.load()  # decodes now, so a truncated file fails here rather than later
+    check_time("decoding")
     orientation = _orientation(image)
     factor = max(1, max(image.size) // (REDUCING_GAP * work_size))
     if image.mode in HIGH_BIT_DEPTH:
         image = _stretched_block_means(image, factor)
     else:
         image = _reduced(_reducible(image), factor)
+    check_time("reducing")
     if orientation in ORIENTATIONS:
         image = image.transpose(ORIENTATIONS[orientation])
     return _gray(image), _colour(image)

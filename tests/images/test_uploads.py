@@ -8,8 +8,18 @@ import pytest
 from PIL import Image
 
 from fmnist.images.normalise import prepare_upload as prepare_image
-from fmnist.images.uploads import ImageError, ImageTooLarge, open_upload, pixels_from_values
-from tests.support.images import encode, png_bomb, real_test_images
+from fmnist.images.uploads import (
+    MAX_JPEG_SCANS,
+    DecodeTooSlow,
+    ImageError,
+    ImageTooLarge,
+    decode_pixels,
+    jpeg_scans,
+    open_upload,
+    pixels_from_values,
+    time_limit,
+)
+from tests.support.images import encode, png_bomb, real_test_images, repeated_scan_jpeg
 
 LIMIT = 4_000_000
 
@@ -217,3 +227,49 @@ def test_an_ico_claiming_a_small_icon_but_holding_a_huge_image_is_refused():
     entry = len(payload).to_bytes(4, "little") + (22).to_bytes(4, "little")
     with pytest.raises(ImageError, match="ICO files are not accepted"):
         open_upload(header + entry + payload, LIMIT)
+
+
+# --- JPEGs of many scans, and the time limit of a decode --------------------------------------------------------------
+
+
+def _ramp(side: int, mode: str) -> Image.Image:
+    ramp = np.tile(np.linspace(0, 255, side, dtype=np.uint8), (side, 1))  # (side, side)
+    return Image.fromarray(ramp).convert(mode)
+
+
+@pytest.mark.parametrize(("mode", "progressive", "scans"), [("RGB", False, 1), ("RGB", True, 10), ("L", True, 6)])
+def test_a_jpegs_scans_are_counted_from_its_markers(mode, progressive, scans):
+    """libjpeg's own scripts: one scan for a baseline JPEG, 10 for a colour progressive one, 6 for a grey one; an
+    EXIF thumbnail (a JPEG inside the header) adds none."""
+    thumbnail = encode(_ramp(64, mode), "JPEG", progressive=True)
+    exif = Image.Exif()
+    exif[0x010E] = "a description"  # an EXIF block ahead of the picture, holding a JPEG's bytes as text
+    exif[0x9286] = thumbnail
+    data = encode(_ramp(300, mode), "JPEG", progressive=progressive, exif=exif.tobytes())
+    assert data.count(b"\xff\xda") > scans  # the thumbnail's start-of-scan markers are in the file
+    assert jpeg_scans(data) == scans
+
+
+def test_a_progressive_jpeg_costs_its_claimed_pixels_and_a_baseline_one_its_reduced_ones():
+    baseline = open_upload(encode(_ramp(3000, "RGB"), "JPEG"), 40_000_000, 224)
+    progressive = open_upload(encode(_ramp(3000, "RGB"), "JPEG", progressive=True), 40_000_000, 224)
+    assert baseline.scans == 1 and baseline.decode_pixels < 3000 * 3000 // 4  # decoded at a reduced size
+    assert progressive.scans == 10 and progressive.decode_pixels == 3000 * 3000  # every coefficient is held
+
+
+def test_a_jpeg_repeating_its_scans_past_the_limit_is_refused_before_decoding():
+    at_limit = open_upload(repeated_scan_jpeg(600, MAX_JPEG_SCANS), LIMIT, 224)
+    assert at_limit.scans == MAX_JPEG_SCANS and decode_pixels(at_limit, 224)[0].size > 0
+    with pytest.raises(ImageError, match=f"JPEG in {MAX_JPEG_SCANS + 1} scans, over the limit of {MAX_JPEG_SCANS}"):
+        open_upload(repeated_scan_jpeg(600, MAX_JPEG_SCANS + 1), LIMIT, 224)
+    with pytest.raises(ImageError, match="JPEG in 5000 scans"):
+        open_upload(repeated_scan_jpeg(600, 5000), LIMIT, 224)
+
+
+def test_a_decode_past_its_time_limit_stops_with_an_upload_error_naming_the_limit():
+    upload = open_upload(repeated_scan_jpeg(3000, MAX_JPEG_SCANS), 40_000_000, 224)
+    with time_limit(0.001), pytest.raises(DecodeTooSlow, match=r"longer than the limit of 0.001s \(stopped while"):
+        decode_pixels(upload, 224)
+    with time_limit(60):  # the same file within a generous limit, and outside any limit, decodes
+        assert decode_pixels(open_upload(repeated_scan_jpeg(600, 12), LIMIT, 224), 224)[0].size > 0
+    assert decode_pixels(open_upload(repeated_scan_jpeg(600, 12), LIMIT, 224), 224)[0].size > 0

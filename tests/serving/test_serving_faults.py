@@ -33,7 +33,7 @@ from serving.decoding import DECODE_NICENESS, DecodePool
 from serving.following import ModelFollower
 from serving.metrics import ServiceMetrics
 from serving.settings import Settings
-from tests.support.images import encode, real_test_images
+from tests.support.images import encode, real_test_images, repeated_scan_jpeg
 from tests.support.releases import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,6 +179,21 @@ def test_a_batch_claiming_too_many_pixels_is_refused_from_its_headers(settings):
         response = client.post("/predict/batch", files=files)
         assert response.status_code == 413 and "72000000 pixels together" in response.json()["detail"]
         assert time.monotonic() - start < 1.0  # nothing decoded
+
+
+def test_a_decode_past_its_time_limit_is_answered_422_naming_the_limit(settings):
+    """A decode on the pool that runs past `decode_seconds` is answered 422 naming the file and the limit, and
+    counted; the service goes on answering, and a JPEG of too many scans is refused before any decode."""
+    with TestClient(create_app(settings.model_copy(update={"decode_seconds": 0.001}))) as client:
+        slow = repeated_scan_jpeg(3000, 32)
+        response = client.post("/predict", files={"file": ("slow.jpg", slow, "image/jpeg")})
+        assert response.status_code == 422, response.text
+        assert "'slow.jpg'" in response.json()["detail"] and "limit of 0.001s" in response.json()["detail"]
+        assert "fashionflow_decode_timeouts_total 1.0" in client.get("/metrics").text
+        crafted = repeated_scan_jpeg(600, 400)
+        response = client.post("/predict", files={"file": ("crafted.jpg", crafted, "image/jpeg")})
+        assert response.status_code == 422 and "JPEG in 400 scans, over the limit of 32" in response.json()["detail"]
+        assert client.post("/predict", files={"file": ("small.png", photo_png(40), "image/png")}).status_code == 200
 
 
 # --- bounded metrics --------------------------------------------------------------------------------------------------
