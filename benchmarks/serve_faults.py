@@ -14,6 +14,10 @@ GET /health every 20 ms on a keep-alive connection and a sampler reads the worke
   baseline          no faults: the same run's reference for every other row
   hostile uploads   4 clients post, back to back, small files that decode to huge images: a 6000x6000 grey PNG, a
                     16-bit 6320x6320 PNG, a 200-frame GIF and TIFF, and batches of two 6000x6000 PNGs
+  hostile formats   the same with what other formats cost (benchmarks/hostile_files.py): an ICO claiming 16x16 with
+                    a 6000x6000 PNG inside, alone and 32 to a batch; a 6000x6000 progressive JPEG; a 4000x4000 JPEG
+                    repeating a scan 400 times; a 6000x6000 WebP and TIFF; 6 MB of JSON pixel values. Each kind's
+                    statuses and slowest answer are in the notes
   slow clients      500 keep-alive connections that each sent one request and then sit idle (reconnecting when the
                     server closes them) and 50 that post a body a byte every 100 ms (reconnecting when refused)
   slow, no traffic  the same without wrk: the target, /health p99 <= 50 ms
@@ -31,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -48,10 +51,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import hostile_files
 from serve_load import REPO, free_port, load_traffic_images, stop_servers, wait_ready
 from serve_wrk import BOUNDARY, MULTIPART_HEADERS, WrkResult, lua_script, multipart, run_wrk
 
@@ -61,8 +64,9 @@ IDLE_CONNECTIONS, TRICKLING_CONNECTIONS = 500, 50
 TRICKLE_EVERY_S = 0.1  # one body byte per connection this often
 HOSTILE_CLIENTS = 4
 SLOW_P99_TARGET_MS = 50.0  # /health beside the slow clients alone, one worker
-# What `--only` chooses from: hostile uploads, slow clients (with and without traffic), worker killed, datastore stalls.
-SCENARIOS = ("hostile", "slow", "killed", "stalls")
+# What `--only` chooses from: hostile uploads, hostile formats, slow clients (with and without traffic), worker
+# killed, datastore stalls.
+SCENARIOS = ("hostile", "formats", "slow", "killed", "stalls")
 
 
 @dataclass
@@ -243,8 +247,11 @@ class Hostile:
     refused: int = 0
     unanswered: int = 0
     max_ms: float = 0.0
+    kinds: dict[str, Hostile] = field(default_factory=dict)  # the same, for each kind of request
 
-    def record(self, status: int | None, seconds: float) -> None:
+    def record(self, status: int | None, seconds: float, kind: str | None = None) -> None:
+        if kind is not None:
+            self.kinds.setdefault(kind, Hostile()).record(status, seconds)
         self.statuses["none" if status is None else str(status)] += 1
         if status is None:
             self.unanswered += 1
@@ -255,48 +262,54 @@ class Hostile:
         self.max_ms = max(self.max_ms, seconds * 1000)
 
 
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def many_frames(kind: str, frames: int = 200, side: int = 1000) -> bytes:
-    """A `frames`-frame GIF or TIFF of `side` pixels square, alternating two greys (so no frame is dropped)."""
-    images = [Image.new("L", (side, side), 60 + 100 * (i % 2)) for i in range(frames)]
-    buffer = io.BytesIO()
-    options = {"compression": "tiff_deflate"} if kind == "TIFF" else {}  # small files, as an attacker sends
-    images[0].save(buffer, format=kind, save_all=True, append_images=images[1:], **options)
-    return buffer.getvalue()
-
-
 def hostile_requests() -> list[tuple[str, str, list[tuple[str, bytes, str]]]]:
     """(name, path, [(field, bytes, mime)]) of the hostile uploads, each a small file claiming a huge image."""
-    grey = png(Image.new("L", (6000, 6000), 128))
-    deep = png(Image.fromarray(np.full((6320, 6320), 3000, np.uint16)))
-    gif, tiff = many_frames("GIF"), many_frames("TIFF")
+    grey = hostile_files.grey_png()
     return [
         ("grey PNG 6000^2", "/predict", [("file", grey, "image/png")]),
-        ("16-bit PNG 6320^2", "/predict", [("file", deep, "image/png")]),
-        ("GIF 200 frames", "/predict", [("file", gif, "image/gif")]),
-        ("TIFF 200 frames", "/predict", [("file", tiff, "image/tiff")]),
+        ("16-bit PNG 6320^2", "/predict", [("file", hostile_files.deep_png(), "image/png")]),
+        ("GIF 200 frames", "/predict", [("file", hostile_files.many_frames("GIF"), "image/gif")]),
+        ("TIFF 200 frames", "/predict", [("file", hostile_files.many_frames("TIFF"), "image/tiff")]),
         ("batch of 2 x 6000^2", "/predict/batch", [("files", grey, "image/png")] * 2),
     ]
 
 
+def format_requests() -> list[tuple[str, str, list[tuple[str, bytes, str]]]]:
+    """(name, path, [(field, bytes, mime)]) of the hostile formats and bodies: what an opener decodes before any
+    check (ICO), what costs far more than its reduced size (progressive JPEG, a JPEG of repeated scans), formats
+    decoded in full (WebP, TIFF), a batch of small files each claiming little, and a large body of pixel values.
+    A part named "json" is sent as the request's JSON body."""
+    ico = hostile_files.ico_claiming_16x16()
+    return [
+        ("ICO claiming 16x16, 6000^2 inside", "/predict", [("file", ico, "image/x-icon")]),
+        ("batch of 32 such ICOs", "/predict/batch", [("files", ico, "image/x-icon")] * 32),
+        ("progressive JPEG 6000^2", "/predict", [("file", hostile_files.progressive_jpeg(), "image/jpeg")]),
+        ("JPEG of 400 scans 4000^2", "/predict", [("file", hostile_files.repeated_scan_jpeg(4000, 400), "image/jpeg")]),
+        ("WebP 6000^2", "/predict", [("file", hostile_files.flat_webp(), "image/webp")]),
+        ("TIFF 6000^2", "/predict", [("file", hostile_files.flat_tiff(), "image/tiff")]),
+        ("6 MB of pixel JSON", "/predict/pixels", [("json", hostile_files.pixel_json(), "application/json")]),
+    ]
+
+
 async def hostile_client(port: int, requests: list, offset: int, stop: asyncio.Event, out: Hostile) -> None:
-    """Post the hostile uploads back to back, starting at `offset` in the list, until `stop`."""
+    """Post the hostile uploads back to back, starting at `offset` in the list, until `stop`; each request's end is
+    recorded in `out` and under its name in `out.kinds`."""
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         i = offset
         while not stop.is_set():
-            _, path, parts = requests[i % len(requests)]
-            files = [(name, (f"h{j}", data, mime)) for j, (name, data, mime) in enumerate(parts)]
+            kind, path, parts = requests[i % len(requests)]
             start = time.perf_counter()
             try:
-                status: int | None = (await client.post(path, files=files)).status_code
+                if parts[0][0] == "json":
+                    headers = {"content-type": parts[0][2]}
+                    response = await client.post(path, content=parts[0][1], headers=headers)
+                else:
+                    files = [(name, (f"h{j}", data, mime)) for j, (name, data, mime) in enumerate(parts)]
+                    response = await client.post(path, files=files)
+                status: int | None = response.status_code
             except httpx.HTTPError:
                 status = None
-            out.record(status, time.perf_counter() - start)
+            out.record(status, time.perf_counter() - start, kind)
             i += 1
 
 
@@ -443,17 +456,22 @@ def collect(result: ScenarioResult, hostile: Hostile) -> None:
     result.hostile_answered, result.hostile_refused = hostile.answered, hostile.refused
     result.hostile_unanswered, result.hostile_max_ms = hostile.unanswered, hostile.max_ms
     result.statuses = dict(sorted(hostile.statuses.items()))
+    for kind, each in hostile.kinds.items():
+        statuses = " ".join(f"{k}:{v}" for k, v in sorted(each.statuses.items()))
+        result.notes.append(f"{kind}: {statuses}, slowest {each.max_ms:.0f} ms")
+        result.figures[f"{kind} slowest ms"] = round(each.max_ms, 1)
 
 
-async def hostile_uploads(service: Service, script: Path, args: argparse.Namespace, requests: list) -> ScenarioResult:
+async def hostile_uploads(
+    service: Service, script: Path, args: argparse.Namespace, requests: list, name: str = "hostile uploads"
+) -> ScenarioResult:
     hostile = Hostile()
 
     async def faults(stop: asyncio.Event, result: ScenarioResult) -> None:
         clients = [hostile_client(service.port, requests, i, stop, hostile) for i in range(HOSTILE_CLIENTS)]
         await asyncio.gather(*clients)
-        result.notes.append("uploads: " + ", ".join(name for name, *_ in requests))
 
-    result = await scenario("hostile uploads", service, script, args, faults)
+    result = await scenario(name, service, script, args, faults)
     collect(result, hostile)
     return result
 
@@ -608,7 +626,7 @@ def datastore_copy(work: Path, run: str) -> Path:
 
 
 async def measure(
-    root: Path, args: argparse.Namespace, work: Path, script: Path, requests: list
+    root: Path, args: argparse.Namespace, work: Path, script: Path, requests: dict[str, list]
 ) -> list[ScenarioResult]:
     """The scenarios chosen (`--only`; every one by default) and the baseline against the service of checkout
     `root`."""
@@ -644,7 +662,10 @@ async def measure(
         print(f"{label}: services ready after {time.perf_counter() - begun:.0f}s", flush=True)
         results = [await scenario("baseline", services["one"], script, args, None)]
         if "hostile" in chosen:
-            results.append(await hostile_uploads(services["one"], script, args, requests))
+            results.append(await hostile_uploads(services["one"], script, args, requests["hostile"]))
+        if "formats" in chosen:
+            formats = await hostile_uploads(services["one"], script, args, requests["formats"], "hostile formats")
+            results.append(formats)
         if "slow" in chosen:
             results.append(await slow_clients(services["one"], script, args, body_timeout))
             results.append(await slow_clients(services["one"], script, args, body_timeout, traffic=False))
@@ -722,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     (work / "single.body").write_bytes(multipart("file", images[:1]))
     script = work / "single.lua"
     script.write_text(lua_script(work / "single.body", MULTIPART_HEADERS))
-    requests = hostile_requests()
+    requests = {"hostile": hostile_requests(), "formats": format_requests()}
     load = os.getloadavg()
     print(f"model {args.run}; wrk {args.threads} thread(s), {args.connections} connections, {args.duration:g} s")
     print(f"{os.cpu_count()} CPU core(s); load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

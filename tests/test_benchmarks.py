@@ -111,8 +111,9 @@ def test_fault_benchmark_quick_reports_every_scenario_and_health_answers_during_
     command = [sys.executable, str(ROOT / "benchmarks" / "serve_faults.py"), "--quick", "--run", smoke_run.pathspec]
     proc = subprocess.run([*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    names = ["baseline", "hostile uploads", "slow clients", "slow, no traffic", "worker killed", "datastore stalls"]
-    table = proc.stdout.split("\nscenario ", 1)[1].splitlines()[1:7]
+    names = ["baseline", "hostile uploads", "hostile formats", "slow clients", "slow, no traffic", "worker killed"]
+    names.append("datastore stalls")
+    table = proc.stdout.split("\nscenario ", 1)[1].splitlines()[1:8]
     assert [line[:17].strip() for line in table] == names
     rows = {r["name"]: r for r in json.loads(out.read_text())[str(ROOT)]}
     assert list(rows) == names
@@ -123,6 +124,10 @@ def test_fault_benchmark_quick_reports_every_scenario_and_health_answers_during_
     hostile = rows["hostile uploads"]
     assert hostile["health_failures"] == 0 and hostile["hostile_answered"] + hostile["hostile_refused"] > 0
     assert set(hostile["statuses"]) <= {"200", "413", "422", "503"}
+    formats = rows["hostile formats"]
+    assert formats["health_failures"] == 0 and set(formats["statuses"]) <= {"200", "413", "422", "503"}
+    # The ICO is refused by name (the first client starts with it), never opened.
+    assert any(n.startswith("ICO claiming 16x16, 6000^2 inside: 422:") for n in formats["notes"]), formats["notes"]
     assert rows["slow clients"]["statuses"].get("408", 0) > 0 and "/health p99 <= 50 ms" in proc.stdout
     killed = rows["worker killed"]["figures"]
     assert killed["replacement_seconds"] > 0  # NaN when no new worker answered

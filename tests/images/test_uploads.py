@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.hostile_files import repeated_scan_jpeg
 from fmnist.images.normalise import prepare_upload as prepare_image
 from fmnist.images.uploads import (
     MAX_JPEG_SCANS,
@@ -19,7 +20,7 @@ from fmnist.images.uploads import (
     pixels_from_values,
     time_limit,
 )
-from tests.support.images import encode, png_bomb, real_test_images, repeated_scan_jpeg
+from tests.support.images import encode, png_bomb, real_test_images
 
 LIMIT = 4_000_000
 

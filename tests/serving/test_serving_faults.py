@@ -26,6 +26,7 @@ from PIL import Image
 
 import serving.following
 import serving.routes.predict as predict_routes
+from benchmarks.hostile_files import repeated_scan_jpeg
 from fmnist.images.normalise import WORK_SIZE, prepare_opened
 from fmnist.images.uploads import open_upload
 from serving.app import create_app
@@ -33,7 +34,7 @@ from serving.decoding import DECODE_NICENESS, DecodePool
 from serving.following import ModelFollower
 from serving.metrics import ServiceMetrics
 from serving.settings import Settings
-from tests.support.images import encode, real_test_images, repeated_scan_jpeg
+from tests.support.images import encode, real_test_images
 from tests.support.releases import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]

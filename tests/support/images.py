@@ -37,15 +37,3 @@ def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     rows = zlib.compress(b"\x00" * (width + 1) * 16)  # a few rows; the rest would come from the decoder's padding
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-
-
-def repeated_scan_jpeg(side: int, scans: int) -> bytes:
-    """A progressive colour JPEG of `side` pixels square whose last scan is repeated until the file has `scans` scans:
-    what a crafted file does to multiply a progressive decode's cost (libjpeg decodes each repeat over the whole
-    picture). Every scan is the encoder's own, so the file stays decodable."""
-    ramp = np.tile(np.linspace(0, 255, side, dtype=np.uint8), (side, 1))  # (side, side)
-    data = encode(np.stack([ramp, ramp.T, ramp[::-1]], axis=-1), "JPEG", quality=10, progressive=True)
-    last_scan = data.rindex(b"\xff\xda")
-    end = data.rindex(b"\xff\xd9")
-    have = data.count(b"\xff\xda")
-    return data[:end] + data[last_scan:end] * max(0, scans - have) + data[end:]
