@@ -80,6 +80,8 @@ def _read_s3(urls: Sequence[str], max_bytes: int) -> list[bytes | Unreadable]:
             results.append(Unreadable("cannot read the object: it does not exist"))
         elif url not in blobs:
             results.append(Unreadable(too_large(info.size or 0, max_bytes)))
+        elif len(blobs[url] or b"") > max_bytes:  # grown since its HEAD, or a HEAD that gave a wrong size
+            results.append(Unreadable(too_large(len(blobs[url]), max_bytes)))
         else:
             results.append(blobs[url] or b"")
     return results
