@@ -136,3 +136,33 @@ def test_fault_benchmark_quick_reports_every_scenario_and_health_answers_during_
     assert failed <= killed["killed_worker_connections"]
     assert rows["datastore stalls"]["figures"]["problem_shown_seconds"] > 0
     assert any("took longer than" in note for note in rows["datastore stalls"]["notes"])
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+def test_soak_benchmark_quick_prints_a_row_per_slice_and_the_verdicts(smoke_run, tmp_path):
+    """benchmarks/serve_soak.py --quick: 3 slices of mixed wrk traffic beside hostile and slow clients, one row each;
+    the bad files in wrk's rotation answered 4xx, no 5xx but 503 from anyone, and the verdicts printed (whether the
+    memory and latency targets are met in 15 s is the benchmark's business, not the test's)."""
+    out = tmp_path / "soak.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve_soak.py"), "--quick", "--run", smoke_run.pathspec]
+    proc = subprocess.run([*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = proc.stdout.split("\nmin ", 1)[1].splitlines()[1:4]
+    assert [line.split()[0] for line in table] == ["1", "2", "3"]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [r["minute"] for r in rows] == [1, 2, 3] and report["slice_seconds"] == 5
+    for r in rows:
+        assert r["requests_per_s"] > 0 and r["ok"] > 0 and 0 < r["rss_min_mb"] <= r["rss_end_mb"] <= r["rss_max_mb"]
+        assert r["health_probes"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
+        # A fifth of wrk's requests are bad files: each answered 4xx (422), give or take the requests in flight.
+        assert abs(r["client_errors"] - r["requests"] * report["bad_share"]) <= report["connections"] + 2, r
+        assert set(r["statuses"]) <= {"200", "422", "503"}
+    assert report["other_5xx"] == {"wrk": 0, "hostile clients": 0, "slow clients": 0}
+    assert report["health_failures"] == 0
+    # The hostile clients got answers, every kind refused or answered but never 5xx but 503.
+    hostile = [s for kind in report["hostile_kinds"].values() for s in kind]
+    assert hostile and set(hostile) <= {"200", "413", "422", "503"}
+    assert any("408" in r["slow"] for r in rows)  # trickled bodies refused at the (quick) deadline
+    for verdict in ("worker RSS", "wrk p99", "no 5xx but 503", "/health answered every probe"):
+        assert any(line.startswith(("[met] ", "[MISSED] ")) and verdict in line for line in proc.stdout.splitlines())

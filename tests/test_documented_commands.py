@@ -62,6 +62,8 @@ SKIPPED = {
     ".venv/bin/python benchmarks/photo_robustness.py [--run FashionFlow/<id>] [--per-class 20] [--one-view] "
     "[--json PATH]": "tests/test_benchmarks.py runs it on the smoke run with a small sample",
     ".venv/bin/python benchmarks/serve_decode.py [--rounds 2]": BY_HAND,
+    ".venv/bin/python benchmarks/fuzz_uploads.py [--minutes 2] [--quick] [--corpus DIR] [--findings DIR] "
+    "[--json PATH]": "its --quick mode runs in tests/images/test_upload_fuzzing.py",
     ".venv/bin/python benchmarks/score_throughput.py [--images 2000]": BY_HAND,
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder DIR": LONG_BENCHMARK,
     ".venv/bin/python benchmarks/serve_faults.py [--quick] [--only hostile] [--service-root DIR]": QUICK,
@@ -69,6 +71,9 @@ SKIPPED = {
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --json e2e.json": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/serve_faults.py --service-root /tmp/before --run FashionFlow/<id>": "needs a second "
     "checkout to compare against; its --quick mode runs in tests/test_benchmarks.py",
+    ".venv/bin/python benchmarks/serve_faults.py --run FashionFlow/1796347748851747 --only hostile --only formats "
+    "--service-root /tmp/before": "needs a second checkout and that run; its --quick mode runs in "
+    "tests/test_benchmarks.py",
     "python flows/score_flow.py run --input photos.txt --run FashionFlow/<run-id> --output scores/ --format csv": "a whole ScoreFlow run; tests/flows/test_score_flow.py runs one with --run and --output",  # noqa: E501 - a documented command, verbatim
     "python flows/score_flow.py --config config configs/score/batch.yaml run --input s3://<bucket>/photos/ "
     "--output s3://<bucket>/scores/": CLOUD,
