@@ -57,6 +57,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.decode_wait_seconds,
         app.state.metrics,
         decode_seconds=settings.decode_seconds,
+        small_pixels=settings.small_decode_pixels,
     )
     log.info("model of %s warm in %.2fs; serving", served.run_pathspec, seconds)
     if settings.batching:

@@ -64,7 +64,7 @@ def lower_thread_priority(niceness: int) -> None:
         log.warning("decoding threads keep the worker's priority: setpriority failed: %s", err)
 
 
-class DecodePool:
+class DecodeLane:
     """`threads` decoding threads, `niceness` nicer than the worker, at most `queue` requests waiting for one, each at
     most `wait_seconds`; each decode given at most `decode_seconds`.
 
@@ -73,6 +73,7 @@ class DecodePool:
 
     def __init__(
         self,
+        name: str,
         threads: int,
         queue: int,
         wait_seconds: float,
@@ -80,15 +81,18 @@ class DecodePool:
         niceness: int = DECODE_NICENESS,
         decode_seconds: float | None = None,
     ) -> None:
-        self.threads, self.capacity, self.wait_seconds = threads, threads + queue, wait_seconds
+        self.name, self.threads, self.capacity, self.wait_seconds = name, threads, threads + queue, wait_seconds
         self.decode_seconds = decode_seconds
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="decode", initializer=lower_thread_priority, initargs=(niceness,)
+            max_workers=threads,
+            thread_name_prefix=f"decode-{name}",
+            initializer=lower_thread_priority,
+            initargs=(niceness,),
         )
         self.free = asyncio.Semaphore(threads)
         self.admitted = 0  # requests decoding or waiting to
-        metrics.decodes_admitted.set_function(lambda: self.admitted)
+        metrics.decodes_admitted.labels(name).set_function(lambda: self.admitted)
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
         """`function(*args)` on a decoding thread, within `decode_seconds` (`DecodeTooSlow`, an upload error, past
@@ -96,7 +100,7 @@ class DecodePool:
         request is cancelled or out of time runs to its end (or its next time check) and only then frees its thread,
         so the number of threads busy never exceeds `threads`."""
         if self.admitted >= self.capacity:
-            self._refuse("full", f"all {self.capacity} decoding slots of this worker are taken")
+            self._refuse("full", f"all {self.capacity} slots of this worker's {self.name} decoding lane are taken")
         self.admitted += 1
         try:
             await self._acquire()
@@ -137,10 +141,10 @@ class DecodePool:
             async with asyncio.timeout(self.wait_seconds):
                 await self.free.acquire()
         except TimeoutError:
-            self._refuse("wait", f"no decoding thread came free within {self.wait_seconds:g}s")
+            self._refuse("wait", f"no thread of the {self.name} decoding lane came free within {self.wait_seconds:g}s")
 
     def _refuse(self, reason: str, why: str) -> None:
-        self.metrics.decode_refusals.labels(reason).inc()
+        self.metrics.decode_refusals.labels(self.name, reason).inc()
         raise HTTPException(
             503,
             f"service busy decoding other uploads ({why}); retry in {RETRY_AFTER_SECONDS}s",
@@ -149,3 +153,33 @@ class DecodePool:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class DecodePool:
+    """Two lanes: uploads that decode to at most `small_pixels` (a phone photo's JPEG at its reduced size, an image a
+    site has already resized) on a thread of their own, the rest on `threads`; so that a flood of huge images fills
+    only the large lane, and everyone else's photos keep being answered. The lanes share the queue length, the wait
+    and the time limit."""
+
+    def __init__(
+        self,
+        threads: int,
+        queue: int,
+        wait_seconds: float,
+        metrics: ServiceMetrics,
+        niceness: int = DECODE_NICENESS,
+        decode_seconds: float | None = None,
+        small_pixels: int = 0,
+    ) -> None:
+        self.small_pixels = small_pixels
+        self.large = DecodeLane("large", threads, queue, wait_seconds, metrics, niceness, decode_seconds)
+        self.small = DecodeLane("small", 1, queue, wait_seconds, metrics, niceness, decode_seconds)
+
+    async def run(self, function: Callable[..., T], *args: object, pixels: int | None = None) -> T:
+        """`function(*args)` on the lane for an upload decoding to `pixels` (the large lane when not given)."""
+        small = pixels is not None and pixels <= self.small_pixels
+        return await (self.small if small else self.large).run(function, *args)
+
+    def shutdown(self) -> None:
+        self.large.shutdown()
+        self.small.shutdown()

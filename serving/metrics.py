@@ -111,18 +111,21 @@ class ServiceMetrics:
         )
         self.decodes_admitted = Gauge(
             "fashionflow_decodes_admitted",
-            "Uploads being decoded on the decoding threads or waiting for one",
+            "Uploads being decoded on a decoding lane's threads or waiting for one",
+            ["lane"],
             registry=self.registry,
             multiprocess_mode="livesum",
         )
         self.decode_refusals = Counter(
             "fashionflow_decode_refusals",
-            "Uploads answered 503 because decoding was saturated: full (no slot) or wait (no thread within the wait)",
-            ["reason"],
+            "Uploads answered 503 because their decoding lane (small or large) was saturated: full (no slot) or wait"
+            " (no thread within the wait)",
+            ["lane", "reason"],
             registry=self.registry,
         )
-        for reason in ("full", "wait"):
-            self.decode_refusals.labels(reason)
+        for lane in ("small", "large"):
+            for reason in ("full", "wait"):
+                self.decode_refusals.labels(lane, reason)
         self.decode_timeouts = Counter(
             "fashionflow_decode_timeouts",
             "Uploads answered 422 because their decode ran past decode_seconds",

@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     decode_wait_seconds: float = Field(
         default=1.0, gt=0, le=60, description="Longest wait for a decoding thread before 503."
     )
+    # Uploads decoding to at most this many pixels (a phone's JPEG at its reduced decoding size, a picture a site has
+    # resized) get a decoding lane of their own, one thread with its own queue: without it, a flood of huge images
+    # kept the decoding threads busy and honest photos were answered 503 (`benchmarks/serve_soak.py`). A decode this
+    # size takes milliseconds, so the lane drains fast.
+    small_decode_pixels: int = Field(
+        default=1_000_000, ge=0, le=100_000_000, description="Largest decode (pixels) on the small uploads' lane."
+    )
     # How long one decode may run before its request is answered 422 and the decode stopped at its next check
     # (serving/decoding.py). Twice the slowest decode of an upload within the limits seen under a flood of hostile
     # uploads on 2 busy cores (4.7 s, serving/decoding.py's DECODE_NICENESS): what runs longer is a pathological file.

@@ -313,7 +313,7 @@ async def decode_opened(opened: Upload, serving: Serving, where: str) -> Prepare
     try:
         if opened.decode_pixels <= INLINE_DECODE_PIXELS:
             return prepare_opened(opened)
-        return await serving.decoder.run(prepare_opened, opened)
+        return await serving.decoder.run(prepare_opened, opened, pixels=opened.decode_pixels)
     except ImageError as err:  # a file whose pixels turn out truncated or corrupt
         raise _problem(where, err) from None
 

@@ -66,7 +66,7 @@ class RecordingPool:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def run(self, function, *args):
+    async def run(self, function, *args, pixels=None):
         self.calls += 1
         return function(*args)
 
@@ -128,7 +128,7 @@ def test_a_full_decode_pool_answers_503_with_retry_after_at_once(settings, block
     """One decoding thread, busy: with no waiting slot the next upload is refused at once; with one slot it waits
     `decode_wait_seconds`, then is refused. A thumbnail, decoded on the event loop, is answered all along."""
     release, started = blocked_decodes
-    limits = {"decode_threads": 1, "decode_queue": queue, "decode_wait_seconds": 0.2}
+    limits = {"decode_threads": 1, "decode_queue": queue, "decode_wait_seconds": 0.2, "small_decode_pixels": 0}
     with TestClient(create_app(settings.model_copy(update=limits))) as client, ThreadPoolExecutor(1) as pool:
         busy = pool.submit(post, client, photo_png())
         assert started.acquire(timeout=30)  # the one decoding thread is taken
@@ -147,7 +147,37 @@ def test_a_full_decode_pool_answers_503_with_retry_after_at_once(settings, block
         assert busy.result(timeout=30).status_code == 200
         assert post(client, photo_png()).status_code == 200  # the thread is free again
         metrics = client.get("/metrics").text
-        assert f'fashionflow_decode_refusals_total{{reason="{reason}"}} 1.0' in metrics
+        assert f'fashionflow_decode_refusals_total{{lane="large",reason="{reason}"}} 1.0' in metrics
+
+
+def test_small_uploads_have_a_lane_of_their_own_that_huge_images_cannot_fill(settings, monkeypatch):
+    """The large lane's one thread busy and no slot left: a huge image is refused 503 at once, while a photo that
+    decodes to at most `small_decode_pixels` is decoded on the small uploads' lane and answered."""
+    release, started = threading.Event(), threading.Semaphore(0)
+
+    def slow_when_large(opened):
+        if opened.decode_pixels > 1_000_000:
+            started.release()
+            release.wait(30)
+        return prepare_opened(opened)
+
+    monkeypatch.setattr(predict_routes, "prepare_opened", slow_when_large)
+    limits = {"decode_threads": 1, "decode_queue": 0, "small_decode_pixels": 1_000_000}
+    try:
+        with TestClient(create_app(settings.model_copy(update=limits))) as client, ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(post, client, hostile_png(2000))  # 4 megapixels: the large lane
+            assert started.acquire(timeout=30)
+            assert post(client, hostile_png(2000)).status_code == 503  # the large lane is full
+            phone = encode(Image.fromarray(np.full((3000, 4000, 3), 180, np.uint8)), "JPEG")  # 1/8 scale: 0.19 MP
+            assert post(client, phone).status_code == 200
+            assert post(client, photo_png(900)).status_code == 200  # 0.81 megapixels
+            release.set()
+            assert busy.result(timeout=30).status_code == 200
+            metrics = client.get("/metrics").text
+        assert 'fashionflow_decode_refusals_total{lane="large",reason="full"} 1.0' in metrics
+        assert 'fashionflow_decode_refusals_total{lane="small",reason="full"} 0.0' in metrics
+    finally:
+        release.set()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are a Linux feature")
@@ -159,7 +189,7 @@ def test_decoding_threads_run_nicer_than_the_event_loop_and_still_decode():
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     async def on_pool() -> tuple[int, np.ndarray]:
-        pool = DecodePool(1, 0, 1.0, ServiceMetrics())
+        pool = DecodePool(1, 0, 1.0, ServiceMetrics())  # no small lane: every decode on the large one
         try:
             decoded = await pool.run(prepare_opened, open_upload(photo_png(), LIMIT, WORK_SIZE))
             return await pool.run(niceness), decoded.pixels
