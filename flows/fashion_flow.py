@@ -75,6 +75,7 @@ class FashionFlow(FlowSpec):
         data = prepare_data(self.profile)
         self.train_images, self.train_labels = data.splits.train_images, data.splits.train_labels
         self.val_images, self.val_labels = data.splits.val_images, data.splits.val_labels
+        self.photo_images, self.photo_right = data.splits.photo_images, data.splits.photo_right
         self.data_fingerprint, self.data_summary = data.fingerprint, data.summary
         current.card.extend(dataset_card(self.data_summary, self.train_images, self.train_labels))
         self.next(self.train, foreach="grid")
@@ -90,7 +91,9 @@ class FashionFlow(FlowSpec):
         from fmnist.pipeline import train_trial
 
         self.trial_index, self.hparams = self.index, self.input
-        splits = Splits(self.train_images, self.train_labels, self.val_images, self.val_labels)
+        splits = Splits(
+            self.train_images, self.train_labels, self.val_images, self.val_labels, self.photo_images, self.photo_right
+        )
         live = LiveTrainingCard(self.trial_index, self.hparams)
         checkpoints = datastore_checkpoints(self, self.profile.compute.checkpoint_every, on_resume=live.resumed)
         outcome = train_trial(

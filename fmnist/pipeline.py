@@ -19,6 +19,7 @@ from fmnist.core.config import HParams, Profile, expand_grid
 from fmnist.core.data import CLASS_NAMES, TEST_SIZE, Splits, load_dataset, make_splits
 from fmnist.core.faults import failing, kill_point
 from fmnist.core.provenance import environment
+from fmnist.core.real_photos import fit_parts, load_real_photos
 from fmnist.core.runtime import amp_dtype, configure_threads, describe_device, pick_device
 from fmnist.evaluation.report import build_report
 from fmnist.evaluation.report_schema import EvaluationReport
@@ -26,6 +27,7 @@ from fmnist.release.model_record import ModelRecord
 from fmnist.tracking import Tracker, log_report
 from fmnist.training.checkpoint import CheckpointStore, deterministic_kernels
 from fmnist.training.loop import EpochCallback, train_model
+from fmnist.training.photo_batches import photo_training_set
 from fmnist.trust.drift import reference_from_images
 
 log = logging.getLogger(__name__)
@@ -93,12 +95,18 @@ class PreparedData:
 
 
 def prepare_data(profile: Profile) -> PreparedData:
-    """Load and verify the real dataset, then split a stratified validation set off the training set.
+    """Load and verify the real dataset, then split a stratified validation set off the training set; when a trial of
+    the grid trains on real photographs, the `fit` split's training half too, as the model will see them.
 
     The test set is verified here (it is part of the fingerprint) but not returned: only `evaluate` reads it.
     """
     data = load_dataset(profile.data.dir, profile.data.download)
     splits = make_splits(data, profile.data.val_size, profile.seed, profile.data.train_subset)
+    if any(hp.real_photo_share > 0 for hp in expand_grid(profile)):
+        photo_images, photo_right = photo_training_set(fit_parts(load_real_photos("fit"))[0])
+        splits = Splits(
+            splits.train_images, splits.train_labels, splits.val_images, splits.val_labels, photo_images, photo_right
+        )
     summary = {
         "source": data.source,
         "fingerprint": data.fingerprint,
@@ -107,6 +115,7 @@ def prepare_data(profile: Profile) -> PreparedData:
         "test_size": TEST_SIZE,  # verified by load_dataset; only `evaluate` opens the test split
         "train_class_counts": np.bincount(splits.train_labels, minlength=len(CLASS_NAMES)).tolist(),
         "val_class_counts": np.bincount(splits.val_labels, minlength=len(CLASS_NAMES)).tolist(),
+        "real_photos_trained_on": 0 if splits.photo_right is None else len(splits.photo_right),
     }
     return PreparedData(splits=splits, fingerprint=data.fingerprint, source=data.source, summary=summary)
 

@@ -80,6 +80,11 @@ class HParams(_Strict):
     # photometric ones above; the rotation rows of `benchmarks/photo_robustness.py` (validation photos) judge it.
     rotate_prob: float = Field(0.2, ge=0.0, le=1.0)
     rotate: float = Field(15.0, ge=0.0, le=45.0)
+    # Real phone photographs (the `fit` split's training half, `fmnist.core.real_photos.fit_parts`, normalised as the
+    # service normalises an upload) mixed into every batch: this share of each batch's images, drawn with replacement
+    # and augmented as the scans are, each scored by the likelihood of the classes right for it (its class, or its
+    # family: a longsleeve is right as any top). Garments without a class are not trained on. 0 trains on scans only.
+    real_photo_share: float = Field(0.0, ge=0.0, le=0.5)
     # Exponential moving average of the weights, evaluated instead of the raw weights; 0 turns it off.
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
 

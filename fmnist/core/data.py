@@ -306,6 +306,10 @@ class Splits:
     train_labels: np.ndarray  # (N_train,) uint8
     val_images: np.ndarray  # (N_val, 28, 28) uint8
     val_labels: np.ndarray  # (N_val,) uint8
+    # Real phone photographs trained on beside the scans (`HParams.real_photo_share`), as the model sees them, and the
+    # classes counted right for each (one for a T-shirt, the family for a longsleeve or a pair of shoes); None: none.
+    photo_images: np.ndarray | None = None  # (M, 28, 28) uint8
+    photo_right: np.ndarray | None = None  # (M, 10) bool
 
 
 def make_splits(data: FashionMNIST, val_size: int, seed: int, train_subset: int | None = None) -> Splits:

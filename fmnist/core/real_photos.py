@@ -108,6 +108,19 @@ def load_real_photos(split: Split, root: Path = DATA_DIR) -> list[RealPhoto]:
     return photos
 
 
+def fit_parts(photos: list[RealPhoto]) -> tuple[list[RealPhoto], list[RealPhoto]]:
+    """The `fit` split in two halves, alternating within each folder in manifest order: the photos a model may train
+    on, and the photos the abstention fit holds its photo threshold to, so that the threshold is never fitted on
+    what the network has learnt by heart."""
+    counts: dict[str, int] = {}
+    train: list[RealPhoto] = []
+    calibrate: list[RealPhoto] = []
+    for photo in photos:
+        counts[photo.folder] = counts.get(photo.folder, 0) + 1
+        (train if counts[photo.folder] % 2 else calibrate).append(photo)
+    return train, calibrate
+
+
 def sample_per_folder(photos: list[RealPhoto], per_folder: int) -> list[RealPhoto]:
     """The first `per_folder` photos of each upstream folder, in manifest order (all of them when there are fewer)."""
     counts: dict[str, int] = {}

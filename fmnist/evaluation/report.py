@@ -16,7 +16,7 @@ import torch
 from fmnist.core.config import EvaluationConfig
 from fmnist.core.data import CLASS_NAMES, NUM_CLASSES
 from fmnist.core.inference import features_and_logits
-from fmnist.core.real_photos import load_real_photos, sample_per_folder
+from fmnist.core.real_photos import fit_parts, load_real_photos, sample_per_folder
 from fmnist.core.runtime import available_cores
 from fmnist.evaluation.answers import service_answers
 from fmnist.evaluation.metrics import report_metrics
@@ -179,7 +179,10 @@ def _validation_photos(
         right[np.arange(len(right)), mix.labels[found]] = True
         parts.append((mix.pixels[found], right))
     if evaluation.real_photos_per_folder > 0:
-        photos = sample_per_folder(load_real_photos("fit"), evaluation.real_photos_per_folder)
+        photos = load_real_photos("fit")
+        if record.hparams.get("real_photo_share", 0) > 0:  # never the photos the network trained on
+            photos = fit_parts(photos)[1]
+        photos = sample_per_folder(photos, evaluation.real_photos_per_folder)
         with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
             prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_UPLOAD_PIXELS), photos))
         kept = [(q.pixels, p) for q, p in zip(prepared, photos, strict=True) if not q.empty]

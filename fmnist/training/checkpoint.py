@@ -121,7 +121,10 @@ def splits_fingerprint(splits: Splits) -> str:
     subset, any of which makes a saved state another trial's. Hashing 60,000 images takes about a tenth of a second.
     """
     digest = hashlib.sha256()
-    for array in (splits.train_images, splits.train_labels, splits.val_images, splits.val_labels):
+    arrays = [splits.train_images, splits.train_labels, splits.val_images, splits.val_labels]
+    if splits.photo_images is not None and splits.photo_right is not None:
+        arrays += [splits.photo_images, splits.photo_right]
+    for array in arrays:
         digest.update(str((array.shape, array.dtype.str)).encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()

@@ -26,6 +26,7 @@ from fmnist.core.inference import predict_logits
 from fmnist.core.model import ModelArgs, build_model, count_parameters, normalize
 from fmnist.core.runtime import autocast, seed_everything
 from fmnist.training.checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng, trial_identity
+from fmnist.training.photo_batches import set_likelihood_loss
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ def train_model(
     train_y = torch.from_numpy(splits.train_labels.astype(np.int64)).to(device)  # (N,)
     augment = BatchAugmenter(train_x, hp.crop_pad, hp.flip, generator)
     photometric = PhotometricAugmenter(hp, generator)
+    photos = _photo_batches(hp, splits, device, generator)
     n = len(train_y)
     # Drop a last batch that would be too small for batch norm statistics.
     steps_per_epoch = max(1, n // hp.batch_size if n % hp.batch_size < 2 else math.ceil(n / hp.batch_size))
@@ -249,13 +251,21 @@ def train_model(
         for step in range(steps_per_epoch):
             idx = order[step * hp.batch_size : (step + 1) * hp.batch_size]  # (B,)
             pixels = augment(idx)  # (B, 28, 28) uint8
+            if photos is not None:
+                photo_pixels, photo_right = photos.draw(len(idx))  # (P, 28, 28) uint8, (P, 10) bool
+                pixels = torch.cat([pixels, photo_pixels])  # (B + P, 28, 28)
             if photometric.active:
-                pixels = photometric(pixels)  # (B, 28, 28) float, 0-255
+                pixels = photometric(pixels)  # (B + P, 28, 28) float, 0-255
             x = normalize(pixels, PIXEL_MEAN, PIXEL_STD).contiguous(memory_format=torch.channels_last)
             y = train_y[idx]
             with autocast(device, amp):
-                logits = model(x)  # (B, 10)
+                all_logits = model(x)  # (B + P, 10)
+                logits = all_logits[: len(idx)]  # (B, 10): the scans'
                 loss = loss_fn(logits.float(), y)
+                if photos is not None:
+                    # Every image weighs the same: the photos' mean loss in proportion to their share of the batch.
+                    photo_loss = set_likelihood_loss(all_logits[len(idx) :].float(), photo_right).mean()
+                    loss = (loss * len(idx) + photo_loss * len(photo_right)) / (len(idx) + len(photo_right))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -305,6 +315,35 @@ def train_model(
     result.val_loss, result.val_accuracy = result.history[-1]["val_loss"], result.history[-1]["val_accuracy"]
     result.images_per_second = sum(h["images_per_second"] for h in result.history) / len(result.history)
     return result
+
+
+class PhotoBatches:
+    """Draws the real photographs of a batch: `share` of its images, with replacement, shifted and flipped as the
+    scans are."""
+
+    def __init__(self, images: torch.Tensor, right: torch.Tensor, hp: HParams, generator: torch.Generator) -> None:
+        # images: (M, 28, 28) uint8, right: (M, 10) bool, both on the training device.
+        self.right, self.share, self.generator = right, hp.real_photo_share, generator
+        self.augment = BatchAugmenter(images, hp.crop_pad, hp.flip, generator)
+
+    def draw(self, scans: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The photos beside `scans` scans, so that they are `share` of the whole batch: (P, 28, 28) uint8, (P, 10)."""
+        count = max(1, round(scans * self.share / (1 - self.share)))
+        idx = torch.randint(0, len(self.right), (count,), device=self.right.device, generator=self.generator)
+        return self.augment(idx), self.right[idx]
+
+
+def _photo_batches(
+    hp: HParams, splits: Splits, device: torch.device, generator: torch.Generator
+) -> PhotoBatches | None:
+    """The real photographs' sampler, when the trial trains on them (`real_photo_share` > 0 and photos given)."""
+    if hp.real_photo_share == 0:
+        return None
+    if splits.photo_images is None or splits.photo_right is None or len(splits.photo_images) == 0:
+        raise ValueError("real_photo_share > 0 but no real photographs were prepared for training (Splits.photo_*)")
+    images = torch.from_numpy(np.ascontiguousarray(splits.photo_images)).to(device)
+    right = torch.from_numpy(np.ascontiguousarray(splits.photo_right)).to(device)
+    return PhotoBatches(images, right, hp, generator)
 
 
 def training_state(

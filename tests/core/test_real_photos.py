@@ -16,6 +16,7 @@ from fmnist.core.real_photos import (
     MANIFEST,
     SPLITS,
     RealPhotoError,
+    fit_parts,
     load_real_photos,
     sample_per_folder,
 )
@@ -92,3 +93,14 @@ def test_sample_per_folder_keeps_manifest_order():
     sample = sample_per_folder(photos, 3)
     assert len(sample) == 3 * len(LABELS)
     assert [p.name for p in sample if p.folder == "dress"] == [p.name for p in photos if p.folder == "dress"][:3]
+
+
+def test_the_fit_split_halves_are_disjoint_complete_stable_and_balanced_per_folder():
+    fit = load_real_photos("fit")
+    train, calibrate = fit_parts(fit)
+    assert {p.name for p in train}.isdisjoint(p.name for p in calibrate)
+    assert sorted(p.name for p in train + calibrate) == sorted(p.name for p in fit)
+    assert [p.name for p in fit_parts(load_real_photos("fit"))[0]] == [p.name for p in train]
+    for folder in LABELS:
+        halves = sum(p.folder == folder for p in train), sum(p.folder == folder for p in calibrate)
+        assert 0 <= halves[0] - halves[1] <= 1, folder

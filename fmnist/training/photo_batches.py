@@ -1,0 +1,46 @@
+"""Real phone photographs in the training batches: the photos as the service would see them, and their loss.
+
+A photo is labelled by the classes right for it (`fmnist.core.real_photos`): one for a T-shirt, four for a longsleeve
+(any top), three for a pair of shoes. Its loss is the negative log of the probability the model gives to that set,
+-log sum_{c right} p(c | x): cross-entropy for one class, and for a family no push towards any one member of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from fmnist.core.data import NUM_CLASSES
+from fmnist.core.real_photos import RealPhoto
+from fmnist.core.runtime import available_cores
+from fmnist.images.normalise import prepare_upload
+
+log = logging.getLogger(__name__)
+
+# The pixel limit photos are decoded under: the service's default (a phone photo is far below it).
+MAX_PHOTO_PIXELS = 40_000_000
+
+
+def photo_training_set(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
+    """(images (M, 28, 28) uint8, right (M, 10) bool) of the photos that have a right class, normalised as uploads
+    are; photos whose upload normalises to nothing (no garment found) are left out, as the service marks them
+    unsure whatever the model says."""
+    labelled = [p for p in photos if p.right_classes]
+    with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
+        prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_PHOTO_PIXELS), labelled))
+    kept = [(q.pixels, p) for q, p in zip(prepared, labelled, strict=True) if not q.empty]
+    images = np.zeros((len(kept), 28, 28), dtype=np.uint8)
+    right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)
+    for i, (pixels, photo) in enumerate(kept):
+        images[i] = pixels
+        right[i, list(photo.right_classes)] = True
+    log.info("%d real photographs to train on (%d without a garment found)", len(kept), len(labelled) - len(kept))
+    return images, right
+
+
+def set_likelihood_loss(logits: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Per image, -log sum_{c right} p(c | x): logits (B, C) float, right (B, C) bool, a True in each row -> (B,)."""
+    return torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~right, float("-inf")), 1)

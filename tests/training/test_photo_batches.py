@@ -1,0 +1,74 @@
+"""Real phone photographs in the training batches: prepared as the service sees them, scored by the likelihood of
+the classes right for them, and mixed into training at their share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fmnist.core.config import HParams
+from fmnist.core.data import Splits, load_dataset, make_splits
+from fmnist.core.real_photos import fit_parts, load_real_photos, sample_per_folder
+from fmnist.images.normalise import prepare_upload
+from fmnist.training.loop import PhotoBatches, train_model
+from fmnist.training.photo_batches import MAX_PHOTO_PIXELS, photo_training_set, set_likelihood_loss
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """Three photos of each folder of the fit split's training half."""
+    return sample_per_folder(fit_parts(load_real_photos("fit"))[0], 3)
+
+
+@pytest.fixture(scope="module")
+def photo_set(photos):
+    return photo_training_set(photos)
+
+
+def test_the_photos_are_the_service_inputs_with_their_right_classes_and_no_classless_garment(photos, photo_set):
+    images, right = photo_set
+    labelled = [p for p in photos if p.right_classes]
+    assert len(labelled) < len(photos)  # hats, shorts and skirts are not trained on
+    assert images.shape == (len(right), 28, 28) and images.dtype == np.uint8 and right.shape == (len(right), 10)
+    assert 0 < len(right) <= len(labelled) and right.any(axis=1).all()
+    first = next(p for p in labelled if not prepare_upload(p.data, MAX_PHOTO_PIXELS).empty)
+    np.testing.assert_array_equal(images[0], prepare_upload(first.data, MAX_PHOTO_PIXELS).pixels)
+    assert tuple(np.flatnonzero(right[0])) == first.right_classes
+
+
+def test_the_set_loss_is_cross_entropy_for_one_class_and_minus_log_of_the_familys_probability():
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    one = torch.zeros(4, 10, dtype=torch.bool)
+    one[torch.arange(4), torch.tensor([0, 3, 5, 9])] = True
+    expected = nn.functional.cross_entropy(logits, torch.tensor([0, 3, 5, 9]), reduction="none")
+    torch.testing.assert_close(set_likelihood_loss(logits, one), expected)
+    family = torch.zeros(4, 10, dtype=torch.bool)
+    family[:, [5, 7, 9]] = True
+    probability = logits.softmax(1)[:, [5, 7, 9]].sum(1)
+    torch.testing.assert_close(set_likelihood_loss(logits, family), -probability.log())
+
+
+def test_a_batch_holds_photos_at_their_share_shifted_and_flipped_as_scans_are(photo_set):
+    images, right = photo_set
+    hp = HParams(real_photo_share=0.2, crop_pad=1, flip=True)
+    draw = PhotoBatches(torch.from_numpy(images), torch.from_numpy(right), hp, torch.Generator().manual_seed(0))
+    pixels, drawn_right = draw.draw(200)
+    assert pixels.shape == (50, 28, 28) and drawn_right.shape == (50, 10)  # 50 of 250: a fifth
+    assert drawn_right.any(1).all()
+
+
+def test_training_with_photos_uses_them_and_without_any_prepared_is_refused(photo_set):
+    splits = make_splits(load_dataset(download=False), val_size=500, seed=0, train_subset=2500)
+    with_photos = Splits(splits.train_images, splits.train_labels, splits.val_images, splits.val_labels, *photo_set)
+    hp = HParams(width=4, epochs=1, batch_size=128, real_photo_share=0.1)
+    mixed = train_model(hp, with_photos, CPU, seed=0)
+    plain = train_model(hp.model_copy(update={"real_photo_share": 0.0}), with_photos, CPU, seed=0)
+    assert any(not torch.equal(mixed.state_dict[k], plain.state_dict[k]) for k in mixed.state_dict)
+    again = train_model(hp, with_photos, CPU, seed=0)
+    assert all(torch.equal(mixed.state_dict[k], again.state_dict[k]) for k in mixed.state_dict)  # reproducible
+    with pytest.raises(ValueError, match="no real photographs were prepared"):
+        train_model(hp, splits, CPU, seed=0)
