@@ -13,8 +13,10 @@ moves absolute times, much less the ratios of trials trained together.
 
 Every row prints validation accuracy of the same weights as one view (`val acc`) and flip-averaged (`+flip`: the
 mean of the logits of an image and its mirror, what `flip_tta: true` makes the network do wherever it is evaluated
-or served); and whether the profile's two trials finish sooner side by side on one core each or one after the other
-on every core.
+or served); the real phone photos' validation split as the service normalises them (`photos`: the share whose
+answer, flip-averaged, is a right class: the class, or one of the family's for a longsleeve or shoes; garments
+without a class left out, as are uploads normalised to nothing); and whether the profile's two trials finish
+sooner side by side on one core each or one after the other on every core.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ import torch
 from fmnist.core.config import CONFIG_DIR, HParams, Profile, expand_grid, load_profile
 from fmnist.core.inference import predict_logits
 from fmnist.core.model import build_model
+from fmnist.core.real_photos import load_real_photos
 from fmnist.core.runtime import amp_dtype
 from fmnist.pipeline import prepare_data
 from fmnist.training.loop import train_model
+from fmnist.training.photo_batches import photo_training_set
 
 log = logging.getLogger("frontier")
 
@@ -56,6 +60,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "w24 bf16 12ep": {"width": 24, "epochs": 12, "amp": "bf16"},
     "w32 bf16 8ep": {"width": 32, "epochs": 8, "amp": "bf16"},
     "w16 bf16 15ep bs128": {"width": 16, "epochs": 15, "amp": "bf16", "batch_size": 128},
+    # The share of real phone photos in each batch (`real_photo_share`), against the profile's own.
+    "no real photos": {"real_photo_share": 0.0},
+    "real photos 0.05": {"real_photo_share": 0.05},
+    "real photos 0.2": {"real_photo_share": 0.2},
 }
 QUICK = ("current", "w16 bf16 15ep")
 
@@ -90,7 +98,9 @@ def train_candidate(
     """One trial in this (worker) process on `threads` cores: wall seconds, training seconds and validation scores."""
     torch.set_num_threads(threads)
     profile = load_profile(profile_path)
-    profile = profile.model_copy(update={"data": profile.data.model_copy(update=data)})
+    # The candidate as the profile's base trial, so the data it needs (real photos to train on) is prepared.
+    update = {"data": profile.data.model_copy(update=data), "hparams": HParams(**hparams), "grid": {}}
+    profile = profile.model_copy(update=update)
     splits = prepare_data(profile).splits
     device = torch.device("cpu")
     dtype = amp_dtype(device, amp)
@@ -106,7 +116,11 @@ def train_candidate(
     labels = torch.from_numpy(splits.val_labels.astype(np.int64))
     plain = predict_logits(single, splits.val_images, device)  # (N_val, 10)
     both = predict_logits(averaged, splits.val_images, device)  # (N_val, 10)
+    photo_images, photo_right = photo_training_set(load_real_photos("validation"))  # (M, 28, 28), (M, 10)
+    photo_answers = predict_logits(averaged, photo_images, device).argmax(1).numpy()  # (M,)
     return {
+        "real_photo_family_accuracy": float(photo_right[np.arange(len(photo_answers)), photo_answers].mean()),
+        "real_photos": len(photo_answers),
         "wall_seconds": wall,
         "train_seconds": result.train_seconds,
         "parameters": result.parameters,
@@ -185,6 +199,7 @@ def measure_parallelism(profile_path: Path, data: dict[str, Any], epochs: int | 
 def print_table(rows: list[dict[str, Any]], parallelism: dict[str, float] | None, yardstick: str) -> None:
     base = next((r for r in rows if r["config"] == yardstick), rows[0])
     head = f"{'params':>9}{'amp':>6}{'ep':>4}{'wall s':>9}{'val acc':>9}{'+flip':>8}{'wall x':>8}{'d val':>8}"
+    head += f"{'photos':>8}{'d photos':>9}"
     print(f"\n{'config':20}{head}")
     for r in rows:
         amp = "bf16" if "bfloat16" in r["amp"] else "fp32"
@@ -192,8 +207,11 @@ def print_table(rows: list[dict[str, Any]], parallelism: dict[str, float] | None
             f"{r['config']:20}{r['parameters']:>9}{amp:>6}{r['hparams']['epochs']:>4}{r['wall_seconds']:>9.1f}"
             f"{r['val_accuracy']:>9.4f}{r['val_accuracy_flip_tta']:>8.4f}"
             f"{r['wall_seconds'] / base['wall_seconds']:>8.2f}{r['val_accuracy'] - base['val_accuracy']:>+8.4f}"
+            f"{r['real_photo_family_accuracy']:>8.4f}"
+            f"{r['real_photo_family_accuracy'] - base['real_photo_family_accuracy']:>+9.4f}"
         )
     print(f"(validation split only; wall x and d val are against {base['config']!r}, measured in this run)")
+    print(f"(photos: {base['real_photos']} real phone photos of the validation split with a right class)")
     if parallelism:
         p = parallelism
         print(
