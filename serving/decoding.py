@@ -157,7 +157,8 @@ class DecodeLane:
 
 class DecodePool:
     """Two lanes: uploads that decode to at most `small_pixels` (a phone photo's JPEG at its reduced size, an image a
-    site has already resized) on a thread of their own, the rest on `threads`; so that a flood of huge images fills
+    site has already resized) on a thread of their own at the worker's priority, the rest on `threads`, `niceness`
+    nicer; so that a flood of huge images fills
     only the large lane, and everyone else's photos keep being answered. The lanes share the queue length, the wait
     and the time limit."""
 
@@ -173,7 +174,10 @@ class DecodePool:
     ) -> None:
         self.small_pixels = small_pixels
         self.large = DecodeLane("large", threads, queue, wait_seconds, metrics, niceness, decode_seconds)
-        self.small = DecodeLane("small", 1, queue, wait_seconds, metrics, niceness, decode_seconds)
+        # At the worker's own priority: its decodes cost what the event loop's own work costs, and a nicer thread
+        # starves whenever anything else wants the cores, refusing honest photos 503 (serve_soak.py beside a training
+        # run showed it).
+        self.small = DecodeLane("small", 1, queue, wait_seconds, metrics, 0, decode_seconds)
 
     async def run(self, function: Callable[..., T], *args: object, pixels: int | None = None) -> T:
         """`function(*args)` on the lane for an upload decoding to `pixels` (the large lane when not given)."""

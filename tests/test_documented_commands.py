@@ -67,6 +67,7 @@ SKIPPED = {
     ".venv/bin/python benchmarks/score_throughput.py [--images 2000]": BY_HAND,
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder DIR": LONG_BENCHMARK,
     ".venv/bin/python benchmarks/serve_faults.py [--quick] [--only hostile] [--service-root DIR]": QUICK,
+    ".venv/bin/python benchmarks/serve_soak.py [--quick] [--minutes 20] [--run FashionFlow/<id>]": QUICK,
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --render-only": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --json e2e.json": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/serve_faults.py --service-root /tmp/before --run FashionFlow/<id>": "needs a second "

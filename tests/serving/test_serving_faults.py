@@ -182,23 +182,24 @@ def test_small_uploads_have_a_lane_of_their_own_that_huge_images_cannot_fill(set
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are a Linux feature")
 def test_decoding_threads_run_nicer_than_the_event_loop_and_still_decode():
-    """The pool's threads are DECODE_NICENESS nicer than the worker (so hostile decodes yield the cores to the event
-    loop), the event loop's own priority is untouched, and an upload decoded there gives the same input as inline."""
+    """The large lane's threads are DECODE_NICENESS nicer than the worker (hostile decodes yield the cores to the event
+    loop), the small lane's and the event loop's are not, and an upload decoded there gives the same input as inline."""
 
     def niceness() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    async def on_pool() -> tuple[int, np.ndarray]:
-        pool = DecodePool(1, 0, 1.0, ServiceMetrics())  # no small lane: every decode on the large one
+    async def on_pool() -> tuple[int, int, np.ndarray]:
+        pool = DecodePool(1, 0, 1.0, ServiceMetrics(), small_pixels=1000)
         try:
-            decoded = await pool.run(prepare_opened, open_upload(photo_png(), LIMIT, WORK_SIZE))
-            return await pool.run(niceness), decoded.pixels
+            decoded = await pool.run(prepare_opened, open_upload(photo_png(), LIMIT, WORK_SIZE))  # the large lane
+            return await pool.run(niceness), await pool.run(niceness, pixels=1000), decoded.pixels
         finally:
             pool.shutdown()
 
     loop_niceness = niceness()
-    pool_niceness, pixels = asyncio.run(on_pool())
+    pool_niceness, small_lane_niceness, pixels = asyncio.run(on_pool())
     assert pool_niceness == min(19, loop_niceness + DECODE_NICENESS) > loop_niceness
+    assert small_lane_niceness == loop_niceness  # small decodes run at the worker's priority
     assert niceness() == loop_niceness
     np.testing.assert_array_equal(pixels, prepare_opened(open_upload(photo_png(), LIMIT, WORK_SIZE)).pixels)
 
