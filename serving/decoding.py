@@ -16,9 +16,11 @@ decoding threads take the cores the event loop needs to answer everyone else. A 
 when the cores are contended; with cores to spare, a decode runs as fast as before.
 
 Memory of one worker process for decoding, at most: `decode_threads` x the peak of one decode (about 8 bytes a
-pixel at worst, an RGBA image and its premultiplied copy; `benchmarks/serve_decode.py` prints 307 MB for an RGBA PNG at
-the 40-megapixel limit, 101 MB for a 16-bit one, 41 MB for a grey one) plus (`decode_threads` + `decode_queue`)
-request bodies of at most `max_body_bytes` each, held while they wait.
+pixel for an RGBA image and its premultiplied copy: `benchmarks/serve_decode.py` prints 307 MB for an RGBA PNG at the
+40-megapixel limit, 101 MB for a 16-bit one, 41 MB for a grey one; about 9 for a palette image with transparency,
+its indices besides: 344 MB at the limit, seen by `benchmarks/fuzz_uploads.py`), plus the small lane's
+`decode_threads` decodes of at most `small_decode_pixels` each (9 MB at 1 megapixel), plus (`decode_threads` +
+`decode_queue`) request bodies of at most `max_body_bytes` each per lane, held while they wait.
 """
 
 from __future__ import annotations
@@ -157,8 +159,8 @@ class DecodeLane:
 
 class DecodePool:
     """Two lanes: uploads that decode to at most `small_pixels` (a phone photo's JPEG at its reduced size, an image a
-    site has already resized) on a thread of their own at the worker's priority, the rest on `threads`, `niceness`
-    nicer; so that a flood of huge images fills
+    site has already resized) on `threads` threads of their own at the worker's priority, the rest on `threads` more,
+    `niceness` nicer; so that a flood of huge images fills
     only the large lane, and everyone else's photos keep being answered. The lanes share the queue length, the wait
     and the time limit."""
 
@@ -177,7 +179,9 @@ class DecodePool:
         # At the worker's own priority: its decodes cost what the event loop's own work costs, and a nicer thread
         # starves whenever anything else wants the cores, refusing honest photos 503 (serve_soak.py beside a training
         # run showed it).
-        self.small = DecodeLane("small", 1, queue, wait_seconds, metrics, 0, decode_seconds)
+        # As many threads as the large lane: one thread (about 100 photos a second here) fell behind wrk's phone photos
+        # in the soak.
+        self.small = DecodeLane("small", threads, queue, wait_seconds, metrics, 0, decode_seconds)
 
     async def run(self, function: Callable[..., T], *args: object, pixels: int | None = None) -> T:
         """`function(*args)` on the lane for an upload decoding to `pixels` (the large lane when not given)."""

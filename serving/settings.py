@@ -122,9 +122,9 @@ class Settings(BaseSettings):
         default=1.0, gt=0, le=60, description="Longest wait for a decoding thread before 503."
     )
     # Uploads decoding to at most this many pixels (a phone's JPEG at its reduced decoding size, a picture a site has
-    # resized) get a decoding lane of their own, one thread with its own queue: without it, a flood of huge images
-    # kept the decoding threads busy and honest photos were answered 503 (`benchmarks/serve_soak.py`). A decode this
-    # size takes milliseconds, so the lane drains fast.
+    # resized) get a decoding lane of their own, `decode_threads` more threads with their own queue: without it, a
+    # flood of huge images kept the decoding threads busy and honest photos were answered 503
+    # (`benchmarks/serve_soak.py`). A decode this size takes milliseconds, so the lane drains fast.
     small_decode_pixels: int = Field(
         default=1_000_000, ge=0, le=100_000_000, description="Largest decode (pixels) on the small uploads' lane."
     )
