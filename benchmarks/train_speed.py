@@ -23,6 +23,7 @@ from torch import nn
 from fmnist.core.config import CONFIG_DIR, load_profile
 from fmnist.core.data import PIXEL_MEAN, PIXEL_STD, Splits, load_dataset, make_splits
 from fmnist.core.runtime import amp_dtype, describe_device, pick_device
+from fmnist.pipeline import with_real_photos
 from fmnist.training.loop import train_model
 
 THRESHOLDS = (0.91, 0.92, 0.93, 0.94, 0.95)
@@ -52,9 +53,10 @@ class BaselineCNN(nn.Module):
 
 
 def benchmark_splits(limit: int | None) -> Splits:
-    """The default profile's training and validation splits (its size and seed), cut to `limit` for --quick."""
+    """The default profile's training and validation splits (its size and seed), cut to `limit` for --quick, with
+    the real photographs a profile may train on (`real_photo_share`; the baseline never does)."""
     profile = load_profile(CONFIG_DIR / "default.yaml")
-    splits = make_splits(load_dataset(), profile.data.val_size, profile.seed)
+    splits = with_real_photos(make_splits(load_dataset(), profile.data.val_size, profile.seed))
     if not limit:
         return splits
     return Splits(
@@ -62,6 +64,8 @@ def benchmark_splits(limit: int | None) -> Splits:
         splits.train_labels[:limit],
         splits.val_images[: limit // 3],
         splits.val_labels[: limit // 3],
+        splits.photo_images,
+        splits.photo_right,
     )
 
 

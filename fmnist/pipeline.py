@@ -103,10 +103,7 @@ def prepare_data(profile: Profile) -> PreparedData:
     data = load_dataset(profile.data.dir, profile.data.download)
     splits = make_splits(data, profile.data.val_size, profile.seed, profile.data.train_subset)
     if any(hp.real_photo_share > 0 for hp in expand_grid(profile)):
-        photo_images, photo_right = photo_training_set(fit_parts(load_real_photos("fit"))[0])
-        splits = Splits(
-            splits.train_images, splits.train_labels, splits.val_images, splits.val_labels, photo_images, photo_right
-        )
+        splits = with_real_photos(splits)
     summary = {
         "source": data.source,
         "fingerprint": data.fingerprint,
@@ -118,6 +115,15 @@ def prepare_data(profile: Profile) -> PreparedData:
         "real_photos_trained_on": 0 if splits.photo_right is None else len(splits.photo_right),
     }
     return PreparedData(splits=splits, fingerprint=data.fingerprint, source=data.source, summary=summary)
+
+
+def with_real_photos(splits: Splits) -> Splits:
+    """`splits` with the real photographs a trial may train on: the `fit` split's training half, as the model sees
+    them (`fmnist.training.photo_batches.photo_training_set`)."""
+    photo_images, photo_right = photo_training_set(fit_parts(load_real_photos("fit"))[0])
+    return Splits(
+        splits.train_images, splits.train_labels, splits.val_images, splits.val_labels, photo_images, photo_right
+    )
 
 
 @dataclass(frozen=True)
