@@ -113,6 +113,19 @@ def newest_default_run() -> str:
     raise SystemExit(f"no successful default-profile FashionFlow run in {datastore_root()}/.metaflow: `make run`")
 
 
+def benchmark_setup(run: str | None) -> str:
+    """What a wrk benchmark of the service needs before it starts: wrk on PATH, a Metaflow user name, the datastore
+    the service reads; the run's pathspec (`run`, a bare id, or the newest default-profile run)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not on PATH (Debian: apt-get install wrk)")
+    os.environ.setdefault("USERNAME", os.environ.get("USER", "benchmark"))
+    run = run or newest_default_run()
+    if "/" not in run:
+        run = f"FashionFlow/{run}"
+    os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(datastore_root()))
+    return run
+
+
 def start_service(root: Path, port: int, workers: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """The service of checkout `root` as `fmnist-serve` starts it (`serving.cli.run_uvicorn`), its code imported from
     `root` (the same interpreter and packages)."""
@@ -730,13 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.reload_timeout = 3.0, 1.0
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not on PATH (Debian: apt-get install wrk)")
-    os.environ.setdefault("USERNAME", os.environ.get("USER", "benchmark"))
-    args.run = args.run or newest_default_run()
-    if "/" not in args.run:
-        args.run = f"FashionFlow/{args.run}"
-    os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(datastore_root()))
+    args.run = benchmark_setup(args.run)
 
     work = Path(tempfile.mkdtemp(prefix="serve_faults_"))
     images, _ = load_traffic_images(1)

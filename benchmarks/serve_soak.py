@@ -43,7 +43,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,12 +59,11 @@ from serve_faults import (
     HealthProbe,
     Hostile,
     MemorySampler,
-    datastore_root,
+    benchmark_setup,
     format_requests,
     hostile_client,
     hostile_requests,
     idle_client,
-    newest_default_run,
     percentile,
     process_tree,
     rss_mb,
@@ -479,13 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.minutes < 2:
         parser.error("--minutes: at least 2 (the first is the warm-up)")
     args.minutes, args.slice_seconds = (3, 5.0) if args.quick else (args.minutes, 60.0)
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not on PATH (Debian: apt-get install wrk)")
-    os.environ.setdefault("USERNAME", os.environ.get("USER", "benchmark"))
-    args.run = args.run or newest_default_run()
-    if "/" not in args.run:
-        args.run = f"FashionFlow/{args.run}"
-    os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(datastore_root()))
+    args.run = benchmark_setup(args.run)
 
     work = Path(tempfile.mkdtemp(prefix="serve_soak_"))
     script, counts = wrk_script(work)
