@@ -175,7 +175,8 @@ def main() -> None:
     )
     print(
         f"policy: scans confident at >= {policy.confidence_threshold:.4f}, photos at >= {policy.photo_threshold:.4f}"
-        f" (OOD score <= {policy.ood_threshold:.1f}, photos <= {policy.photo_ood_threshold:.1f});"
+        f" (OOD score <= {policy.ood_threshold:.1f}, photos <= {policy.photo_ood_threshold:.1f}); photos sure of the"
+        f" family alone at a family probability >= {policy.family_threshold:.4f};"
         f" held-out clean images: {clean['coverage']:.1%} confident, {clean['accuracy'] or 0:.2%} of those right"
     )
     header = f"{'family':<7} {'condition':<20} {'severity':>8}  {'accuracy':>8} {'x clean':>7} {'confident':>9}"

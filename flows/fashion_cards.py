@@ -210,7 +210,8 @@ def report_card(report: EvaluationReport) -> Components:
 
 def real_photo_components(real: RealPhotoSuite) -> Components:
     """Real phone photographs (the report split): per folder, accuracy, confident share and accuracy of the
-    confident answers; garments without a class and how often they are marked unsure; the worst answers."""
+    confident answers, and the same for answers sure of the family; garments without a class and how often they are
+    marked unsure; the worst answers."""
     components: Components = [
         Markdown(
             "## Real photographs\n"
@@ -220,7 +221,9 @@ def real_photo_components(real: RealPhotoSuite) -> Components:
             " shorts and skirts have no class, and the honest answer is unsure. Garments with a class: family"
             f" accuracy {_pct(real.family_accuracy or 0)}, exact class {_pct(real.exact_accuracy or 0)};"
             f" {_pct(real.confident or 0)} answered confidently, {_pct(real.confident_family_accuracy or 0)} of those"
-            f" right. Without a class: {_pct(real.no_class_unsure or 0)} marked unsure."
+            f" right; sure of the family (confident, or sure of the family alone, the exact class unsure)"
+            f" {_pct(real.family_sure or 0)}, {_pct(real.family_sure_accuracy or 0)} of those the right family."
+            f" Without a class: {_pct(real.no_class_unsure or 0)} marked unsure (sure of neither class nor family)."
         ),
         Table(
             [
@@ -231,11 +234,23 @@ def real_photo_components(real: RealPhotoSuite) -> Components:
                     "-" if r.accuracy is None else _pct(r.accuracy),
                     "-" if r.confident is None else _pct(r.confident),
                     "-" if r.confident_family_accuracy is None else _pct(r.confident_family_accuracy),
+                    "-" if r.family_sure is None else _pct(r.family_sure),
+                    "-" if r.family_sure_accuracy is None else _pct(r.family_sure_accuracy),
                     "-" if r.unsure is None else _pct(r.unsure),
                 ]
                 for r in real.rows
             ],
-            headers=["folder", "photos", "judged by", "accuracy", "confident", "right when confident", "unsure"],
+            headers=[
+                "folder",
+                "photos",
+                "judged by",
+                "accuracy",
+                "confident",
+                "right when confident",
+                "sure of the family",
+                "right family when sure",
+                "unsure",
+            ],
         ),
     ]
     if real.worst:

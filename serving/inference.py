@@ -78,6 +78,7 @@ class Predictor:
             "probability": probs[best],
             "confident": scored.confident,
             "unsure_reason": scored.unsure_reason,
+            "family": scored.family,
             "top_k": [ClassProbability(class_index=i, class_name=names[i], probability=probs[i]) for i in order],
             "probabilities": probs,
             "inverted": inverted,

@@ -87,6 +87,8 @@ def line(answer: dict) -> str:
     if "error" in answer:
         return f"{answer['file']}: error: {answer['error']}"
     trust = "confident" if answer["confident"] else f"unsure: {answer['unsure_reason']}"
+    if not answer["confident"] and answer.get("family"):
+        trust += f"; sure it is {answer['family']}"
     return f"{answer['file']}: {answer['class_name']} ({answer['probability']:.3f}, {trust})"
 
 

@@ -111,6 +111,12 @@ class Prediction(BaseModel):
     unsure_reason: Literal["low_confidence", "unlike_training_images"] | None = Field(
         None, description="Why the answer is not confident; null when it is."
     )
+    family: Literal["tops", "trousers", "dress", "footwear", "bag"] | None = Field(
+        None,
+        description="The garment family the answer can be relied on for: the class's family when `confident`; for a"
+        " photo whose exact class is unsure but whose family is sure (a top, footwear), that family with `confident`"
+        " false; null when not even the family is sure.",
+    )
     inverted: bool | None = Field(
         None,
         description="Uploads (and normalised pixels): whether the garment was darker than its backdrop and was"

@@ -36,6 +36,18 @@ CLASS_NAMES = (
     "Ankle boot",
 )
 NUM_CLASSES = len(CLASS_NAMES)
+# Garment families: the classes a shopper would call by one name. A photo's class within a family (a T-shirt or a
+# shirt, a sneaker or a sandal) is often beyond a 28x28 view where the family is not, so photo answers can be sure of
+# the family alone (`fmnist.trust.abstention`); real photos of a family without a class are labelled by it.
+FAMILIES: dict[str, tuple[int, ...]] = {
+    "tops": (0, 2, 4, 6),  # T-shirt/top, Pullover, Coat, Shirt
+    "trousers": (1,),
+    "dress": (3,),
+    "footwear": (5, 7, 9),  # Sandal, Sneaker, Ankle boot
+    "bag": (8,),
+}
+# The family of each class, in class-index order.
+FAMILY_OF: tuple[str, ...] = tuple(next(f for f, cs in FAMILIES.items() if c in cs) for c in range(NUM_CLASSES))
 IMAGE_SIZE = 28
 # Mean and standard deviation of the 60000 training images' pixels scaled to [0, 1]. Training and serving both
 # normalise with these, so they travel in the model record.

@@ -22,20 +22,13 @@ from pathlib import Path
 from typing import Literal
 
 from fmnist.core.config import PROJECT_ROOT
+from fmnist.core.data import FAMILIES
 
 DATA_DIR = PROJECT_ROOT / "data" / "real_photos"
 MANIFEST = "manifest.csv"
 Split = Literal["fit", "validation", "report"]
 SPLITS: tuple[Split, ...] = ("fit", "validation", "report")
 
-# Garment families: where several Fashion-MNIST classes are a right answer for one kind of photo.
-FAMILIES: dict[str, tuple[int, ...]] = {
-    "tops": (0, 2, 4, 6),  # T-shirt/top, Pullover, Coat, Shirt
-    "trousers": (1,),
-    "dress": (3,),
-    "footwear": (5, 7, 9),  # Sandal, Sneaker, Ankle boot
-    "bag": (8,),
-}
 # Upstream folder -> (the exact class, or None; the family, or None when the garment has no class at all).
 LABELS: dict[str, tuple[int | None, str | None]] = {
     "t-shirt": (0, "tops"),

@@ -26,6 +26,9 @@ class Answers:
     inputs: np.ndarray | None = None  # (n, 28, 28) uint8: what the model saw, where the classifier tells
     empty: np.ndarray | None = None  # (n,) bool: the normalisation found nothing but background
     photo: np.ndarray | None = None  # (n,) bool: the normalisation had to transform it (`normalise.Normalized.photo`)
+    # (n,) bool: sure of the garment family (confident of the class, or of its family alone: `Decision.family`);
+    # None: the same as `confident` (a classifier without family answers)
+    family_sure: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.labels) != len(self.confident):
@@ -78,6 +81,7 @@ def service_answers(classifier: Classifier) -> Callable[[Sequence[bytes]], Answe
             inputs=pixels,
             empty=empty,
             photo=photo,
+            family_sure=np.array([s.family is not None for s in scored], dtype=bool),
         )
 
     return classify

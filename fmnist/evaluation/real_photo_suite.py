@@ -1,9 +1,10 @@
 """The real-photograph suite: labelled phone photos (`fmnist.core.real_photos`) through the service's own path.
 
 Per upstream folder: accuracy (the exact class where Fashion-MNIST has it, the garment family otherwise), the share
-answered confidently and the accuracy of those answers (by family, the question a shopper asks first); for the
-garments without a class (hats, shorts, skirts), the share marked unsure, the only honest answer. Totals over the
-garments with a class are pooled over photos.
+answered confidently and the accuracy of those answers (by family, the question a shopper asks first), and the same
+for the answers sure of the family (confident of the class, or of the family alone: `Decision.family`); for the
+garments without a class (hats, shorts, skirts), the share marked unsure (sure of neither), the only honest answer.
+Totals over the garments with a class are pooled over photos.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def real_photo_table(classify: Callable[[Sequence[bytes]], Answers], photos: Seq
     (wrong and confident first, then wrong and unsure; the grid shows them)."""
     answers = classify([p.data for p in photos])
     labels, confident = answers.labels, answers.confident.astype(bool)
+    family_sure = confident if answers.family_sure is None else (answers.family_sure.astype(bool) | confident)
     family_right = np.array([int(label) in p.right_classes for label, p in zip(labels, photos, strict=True)])
     exact_right = np.array([p.exact is not None and int(y) == p.exact for y, p in zip(labels, photos, strict=True)])
     has_class = np.array([p.family is not None for p in photos], dtype=bool)
@@ -46,13 +48,15 @@ def real_photo_table(classify: Callable[[Sequence[bytes]], Answers], photos: Seq
                 "family_accuracy": _share(family_right[m]) if family else None,
                 "confident": _share(confident[m]),
                 "confident_family_accuracy": _share(family_right[m & confident]) if family else None,
-                "unsure": _share(~confident[m]),
+                "family_sure": _share(family_sure[m]),
+                "family_sure_accuracy": _share(family_right[m & family_sure]) if family else None,
+                "unsure": _share(~family_sure[m]),
             }
         )
     garments = has_class
     with_exact = np.array([p.exact is not None for p in photos], dtype=bool)
     wrong = ~family_right & garments
-    order = np.lexsort((~confident, ~wrong))  # wrong first, and of those the confident ones first
+    order = np.lexsort((~family_sure, ~wrong))  # wrong first, and of those the sure ones first
     worst = [int(i) for i in order if wrong[i]]
     return {
         "rows": rows,
@@ -61,10 +65,13 @@ def real_photo_table(classify: Callable[[Sequence[bytes]], Answers], photos: Seq
         "family_accuracy": _share(family_right[garments]),
         "confident": _share(confident[garments]),
         "confident_family_accuracy": _share(family_right[garments & confident]),
-        "no_class_unsure": _share(~confident[~garments]),
+        "family_sure": _share(family_sure[garments]),
+        "family_sure_accuracy": _share(family_right[garments & family_sure]),
+        "no_class_unsure": _share(~family_sure[~garments]),
         "worst": worst,
         "labels": labels,
         "confident_flags": confident,
+        "family_flags": family_sure,
         "inputs": answers.inputs,
     }
 
@@ -76,15 +83,17 @@ def format_table(table: dict[str, Any]) -> list[str]:
         return "   -  " if x is None else f"{100 * x:5.1f}%"
 
     head = f"{'folder':<11} {'n':>4}  {'judged by':<16} {'acc':>6} {'family':>6} {'conf':>6} {'conf ok':>7}"
-    lines = [head + f" {'unsure':>6}"]
+    lines = [head + f" {'fam sure':>8} {'fam ok':>6} {'unsure':>6}"]
     for r in table["rows"]:
         lines.append(
             f"{r['folder']:<11} {r['count']:>4}  {r['judged_by']:<16} {pct(r['accuracy'])} {pct(r['family_accuracy'])} "
-            f"{pct(r['confident'])} {pct(r['confident_family_accuracy']):>7} {pct(r['unsure'])}"
+            f"{pct(r['confident'])} {pct(r['confident_family_accuracy']):>7} {pct(r['family_sure']):>8} "
+            f"{pct(r['family_sure_accuracy'])} {pct(r['unsure'])}"
         )
     lines.append(
         f"garments with a class: exact {pct(table['exact_accuracy'])}, family {pct(table['family_accuracy'])}, "
-        f"confident {pct(table['confident'])}, right when confident {pct(table['confident_family_accuracy'])}; "
+        f"confident {pct(table['confident'])}, right when confident {pct(table['confident_family_accuracy'])}, "
+        f"sure of the family {pct(table['family_sure'])}, right family when sure {pct(table['family_sure_accuracy'])}; "
         f"without a class: unsure {pct(table['no_class_unsure'])}"
     )
     return lines

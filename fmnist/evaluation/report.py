@@ -207,21 +207,26 @@ def real_photo_section(classifier: Classifier, evaluation: EvaluationConfig, wor
     photos = sample_per_folder(load_real_photos("report"), evaluation.real_photos_per_folder)
     table = real_photo_table(service_answers(classifier), photos)
     labels, confident, inputs = table.pop("labels"), table.pop("confident_flags"), table.pop("inputs")
+    family_sure = table.pop("family_flags")
     table["worst"] = [
         {
             "name": photos[i].name,
             "folder": photos[i].folder,
             "predicted": CLASS_NAMES[int(labels[i])],
             "confident": bool(confident[i]),
+            "family_sure": bool(family_sure[i]),
             "image": inputs[i].tolist(),
         }
         for i in table["worst"][:worst]
     ]
     log.info(
-        "real photographs: family accuracy %.3f, %.3f answered confidently, %.3f of those right",
+        "real photographs: family accuracy %.3f, %.3f answered confidently, %.3f of those right; %.3f sure of the"
+        " family, %.3f of those right",
         table["family_accuracy"] or 0,
         table["confident"] or 0,
         table["confident_family_accuracy"] or 0,
+        table["family_sure"] or 0,
+        table["family_sure_accuracy"] or 0,
     )
     return table
 
@@ -353,9 +358,10 @@ def _nongarment_set(classifier: Classifier, items: list[tuple[str, bytes]]) -> d
         return {"count": 0, "unsure": 0.0, "empty_rule": 0.0, "model_scores": 0.0, "per_kind": {}}
     answers = service_answers(classifier)([data for _, data in items])
     assert answers.inputs is not None and answers.empty is not None
-    # The model's verdict on the normalised input with the empty rule left out: what the scores alone catch.
-    by_scores = np.array([not s.confident for s in classifier.score(answers.inputs, photo=answers.photo)])
-    unsure = ~answers.confident  # (N,)
+    # The model's verdict on the normalised input with the empty rule left out: what the scores alone catch. Unsure
+    # means sure of nothing: a garment family named for a non-garment is as wrong as a class.
+    by_scores = np.array([s.family is None for s in classifier.score(answers.inputs, photo=answers.photo)])
+    unsure = ~answers.confident if answers.family_sure is None else ~(answers.confident | answers.family_sure)
     kinds = np.array([kind for kind, _ in items])  # (N,)
     return {
         "count": len(items),

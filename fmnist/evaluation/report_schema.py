@@ -216,7 +216,10 @@ class RealPhotoRow(_Record):
     family_accuracy: float | None
     confident: float | None
     confident_family_accuracy: float | None
-    unsure: float | None
+    # Sure of the family: confident of the class, or of the garment family alone (`abstention.Decision.family`).
+    family_sure: float | None = None
+    family_sure_accuracy: float | None = None
+    unsure: float | None  # sure of neither
 
 
 class RealPhotoWorst(_Record):
@@ -227,6 +230,7 @@ class RealPhotoWorst(_Record):
     predicted: str
     confident: bool
     image: list[list[int]]  # (28, 28): what the model saw
+    family_sure: bool = False
 
 
 class RealPhotoSuite(_Record):
@@ -238,6 +242,8 @@ class RealPhotoSuite(_Record):
     family_accuracy: float | None
     confident: float | None
     confident_family_accuracy: float | None
+    family_sure: float | None = None
+    family_sure_accuracy: float | None = None
     no_class_unsure: float | None
     worst: list[RealPhotoWorst]
 
@@ -312,6 +318,11 @@ class EvaluationReport(_Record):
                 f"real photographs ({real.count}): family {real.family_accuracy or 0:.1%}, exact class"
                 f" {real.exact_accuracy or 0:.1%}; {real.confident or 0:.1%} answered confidently"
                 + (f", {right:.1%} of those right" if right is not None else "")
+                + (
+                    f"; sure of the family {real.family_sure:.1%}, {real.family_sure_accuracy or 0:.1%} of those right"
+                    if real.family_sure is not None
+                    else ""
+                )
                 + f"; no class: {real.no_class_unsure or 0:.1%} unsure"
             )
         if self.wild_photos is not None:

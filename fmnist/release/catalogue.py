@@ -63,6 +63,7 @@ BASE_COLUMNS = (
     "probability",
     "confident",
     "unsure_reason",
+    "family",
     "inverted",
     "error",
     "mean_pixel",
@@ -365,6 +366,7 @@ def _score_batch(
             "probability": probabilities[best],
             "confident": answer.confident,
             "unsure_reason": answer.unsure_reason,
+            "family": answer.family,
             "inverted": ready[j].inverted,
             "error": None,
             "mean_pixel": float(mean_pixel[j]),
@@ -418,7 +420,7 @@ def rows_frame(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> An
     columns = [*BASE_COLUMNS, *(probability_column(n) for n in class_names)]
     frame = pd.DataFrame.from_records(list(rows), columns=columns)
     types = {"path": "string", "class_index": "Int64", "class_name": "string", "confident": "boolean"}
-    types.update({"unsure_reason": "string", "inverted": "boolean", "error": "string"})
+    types.update({"unsure_reason": "string", "family": "string", "inverted": "boolean", "error": "string"})
     types.update(
         {c: "Float64" for c in columns if c.startswith("p_") or c in ("probability", "mean_pixel", "foreground")}
     )

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fmnist.core.data import FAMILY_OF
 from fmnist.core.runtime import available_cores
 from fmnist.images.normalise import prepare_upload
 from fmnist.release.model_record import ModelRecord
@@ -43,6 +44,7 @@ class Scored:
     probabilities: np.ndarray  # (num_classes,) float32
     confident: bool
     unsure_reason: str | None  # "low_confidence" or "unlike_training_images"; None when confident
+    family: str | None = None  # the garment family the answer can be relied on for (`abstention.Decision.family`)
 
     @property
     def label(self) -> int:
@@ -90,13 +92,16 @@ class Classifier:
         confidence = probs64.max(1)  # (B,) float64
         if self.policy is not None:
             marks = None if photo is None else np.asarray(photo, dtype=bool)
-            verdicts = [(d.confident, d.reason) for d in self.policy.decisions(confidence, ood, marks)]
+            verdicts = [(d.confident, d.reason, d.family) for d in self.policy.decisions(probs64, ood, marks)]
         else:
-            verdicts = [(sure, None if sure else LOW_CONFIDENCE) for sure in (confidence >= LEGACY_CONFIDENCE)]
+            verdicts = [
+                (sure, None if sure else LOW_CONFIDENCE, FAMILY_OF[label] if sure else None)
+                for sure, label in zip(confidence >= LEGACY_CONFIDENCE, probs64.argmax(1).tolist(), strict=True)
+            ]
         blank = list(empty) if empty is not None else [False] * len(probs)
         return [
-            Scored(p, False, UNLIKE_TRAINING) if nothing else Scored(p, bool(sure), reason)
-            for p, (sure, reason), nothing in zip(probs, verdicts, blank, strict=True)
+            Scored(p, False, UNLIKE_TRAINING) if nothing else Scored(p, bool(sure), reason, family)
+            for p, (sure, reason, family), nothing in zip(probs, verdicts, blank, strict=True)
         ]
 
     @torch.inference_mode()

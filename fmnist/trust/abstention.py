@@ -11,6 +11,13 @@ A prediction is declined for one of two reasons, checked in this order:
                             threshold whose selective risk (error rate among the answers kept) on validation is at
                             most `target_risk`.
 
+A photo whose class is unsure can still be sure of its garment family (`fmnist.core.data.FAMILIES`: tops,
+trousers, dress, footwear, bag): a T-shirt and a shirt, a sneaker and a sandal are often told apart by detail a 28x28
+view of a phone photo no longer has, where the family is plain. Such an answer keeps `confident: false` (the class is
+not to be relied on) and names the family (`Decision.family`) when the calibrated probability summed over the top
+class's family reaches `family_threshold`, fitted like the photo threshold with a risk bound (the family wrong at most
+`target_risk` of the time among those answers). Hierarchical selective classification, after Goren et al. (2024).
+
 Two OOD scores are implemented; higher always means "less like the training images":
 
     mahalanobis  Lee et al. (2018): class-conditional Gaussians with one shared covariance fitted on the network's
@@ -43,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fmnist.core.data import FAMILY_OF
 from fmnist.trust.calibration import softmax
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,8 @@ DEFAULT_FEATURE_POWER = 0.5
 ENERGY_TEMPERATURE = 1.0
 
 TENSOR_PREFIX = "abstention."
+# (C, C) bool: SAME_FAMILY[a, b] when classes a and b belong to one garment family.
+SAME_FAMILY = np.array([[fa == fb for fb in FAMILY_OF] for fa in FAMILY_OF])
 
 
 def confidence_scores(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -79,6 +89,12 @@ def confidence_scores(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if len(logits) == 0:
         return torch.empty(0, dtype=torch.float64)
     return softmax(logits, temperature).max(1).values
+
+
+def family_mass(probabilities: np.ndarray) -> np.ndarray:
+    """(N, C) calibrated probabilities -> (N,) float64 probability summed over the top class's garment family."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return (p * SAME_FAMILY[p.argmax(1)]).sum(1)
 
 
 def energy_scores(logits: torch.Tensor, temperature: float = ENERGY_TEMPERATURE) -> torch.Tensor:
@@ -139,6 +155,9 @@ class Decision:
     reason: str | None  # None, "unlike_training_images" or "low_confidence"
     confidence: float  # maximum calibrated probability
     ood_score: float  # higher: less like the training images
+    # The garment family the answer can be relied on for: its class's when confident; for a photo whose class is unsure
+    # but whose family is sure (`AbstentionPolicy.family_threshold`), that family; None otherwise.
+    family: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -171,6 +190,12 @@ class AbstentionPolicy:
     val_photo_coverage: float = math.nan
     val_photo_risk: float = math.nan
     num_fit_photos: int = 0
+    # Photos whose class is unsure but which pass the OOD check are sure of their garment family when the calibrated
+    # probability summed over the top class's family is at least this (fitted with the photo threshold). NaN: no
+    # family answers (policies fitted before them, or without photos).
+    family_threshold: float = math.nan
+    val_photo_family_coverage: float = math.nan
+    val_photo_family_risk: float = math.nan
 
     def __post_init__(self) -> None:
         if self.ood_score not in OOD_SCORES:
@@ -196,6 +221,9 @@ class AbstentionPolicy:
             "val_photo_coverage": _json_float(self.val_photo_coverage),
             "val_photo_risk": _json_float(self.val_photo_risk),
             "num_fit_photos": int(self.num_fit_photos),
+            "family_threshold": _json_float(self.family_threshold),
+            "val_photo_family_coverage": _json_float(self.val_photo_family_coverage),
+            "val_photo_family_risk": _json_float(self.val_photo_family_risk),
             "num_classes": int(self.class_means.shape[0]),
             "feature_dim": int(self.class_means.shape[1]),
         }
@@ -237,6 +265,9 @@ class AbstentionPolicy:
             val_photo_coverage=_from_json_float(metadata.get("val_photo_coverage")),
             val_photo_risk=_from_json_float(metadata.get("val_photo_risk")),
             num_fit_photos=int(metadata.get("num_fit_photos", 0)),
+            family_threshold=_from_json_float(metadata.get("family_threshold")),
+            val_photo_family_coverage=_from_json_float(metadata.get("val_photo_family_coverage")),
+            val_photo_family_risk=_from_json_float(metadata.get("val_photo_family_risk")),
         )
 
     def ood_scores(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -293,18 +324,34 @@ class AbstentionPolicy:
 
         A few small matmuls per batch, cheap enough for every request.
         """
-        confidence, ood, _ = self.scores(logits, features, temperature)
-        return self.decisions(confidence.numpy(), ood.numpy(), photo)
+        probabilities = softmax(logits, temperature).numpy()  # (N, C) float64
+        return self.decisions(probabilities, self.ood_scores(logits, features).numpy(), photo)
 
-    def decisions(self, confidence: np.ndarray, ood: np.ndarray, photo: np.ndarray | None = None) -> list[Decision]:
-        """One Decision per (maximum calibrated probability, OOD score) pair: the rule every runtime applies."""
+    def decisions(self, probabilities: np.ndarray, ood: np.ndarray, photo: np.ndarray | None = None) -> list[Decision]:
+        """One Decision per row of (N, C) calibrated probabilities and (N,) OOD scores: the rule every runtime
+        applies."""
+        probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(ood), -1)
+        confidence = probabilities.max(1)  # (N,)
+        codes = self.reason_codes(confidence, ood, photo)
+        families = self.family_answers(probabilities, codes, photo)
         reasons = (None, UNLIKE_TRAINING, LOW_CONFIDENCE)
         return [
-            Decision(confident=c == 0, reason=reasons[c], confidence=p, ood_score=s)
-            for c, p, s in zip(
-                self.reason_codes(confidence, ood, photo).tolist(), confidence.tolist(), ood.tolist(), strict=True
-            )
+            Decision(confident=c == 0, reason=reasons[c], confidence=p, ood_score=s, family=f)
+            for c, p, s, f in zip(codes.tolist(), confidence.tolist(), ood.tolist(), families, strict=True)
         ]
+
+    def family_answers(
+        self, probabilities: np.ndarray, codes: np.ndarray, photo: np.ndarray | None = None
+    ) -> list[str | None]:
+        """The garment family each answer can be relied on for (see `Decision.family`), from (N, C) calibrated
+        probabilities and the (N,) reason codes of `reason_codes`."""
+        top = probabilities.argmax(1)  # (N,)
+        sure = codes == 0
+        if photo is not None and not math.isnan(self.family_threshold):
+            marks = np.asarray(photo, dtype=bool).reshape(-1)
+            # Negated, so that a NaN probability is never sure.
+            sure = sure | (marks & (codes == 2) & ~(family_mass(probabilities) < self.family_threshold))
+        return [FAMILY_OF[t] if s else None for t, s in zip(top.tolist(), sure.tolist(), strict=True)]
 
 
 def _json_float(x: float) -> float | None:

@@ -22,10 +22,13 @@ from fmnist.trust.abstention import (
     DEFAULT_RIDGE,
     DEFAULT_TARGET_RISK,
     REASONS,
+    SAME_FAMILY,
     AbstentionPolicy,
     confidence_scores,
+    family_mass,
     power_transform,
 )
+from fmnist.trust.calibration import softmax
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +212,7 @@ def fit_abstention(
     if photos is not None and len(photos[2]):
         policy.photo_ood_quantile = photo_ood_quantile
         policy.photo_threshold = max(threshold, _fit_photo_threshold(policy, photos, temperature, target_risk))
+        policy.family_threshold = _fit_family_threshold(policy, photos, temperature, target_risk)
 
     kept = passes & (confidence >= threshold)
     policy.val_coverage = float(kept.mean())
@@ -218,6 +222,9 @@ def fit_abstention(
         photo_kept, photo_correct = _photo_verdicts(policy, photos, temperature)
         policy.val_photo_coverage = float(photo_kept.mean())
         policy.val_photo_risk = float((~photo_correct[photo_kept]).mean()) if photo_kept.any() else 0.0
+        family_sure, family_correct = _family_verdicts(policy, photos, temperature)
+        policy.val_photo_family_coverage = float(family_sure.mean())
+        policy.val_photo_family_risk = float((~family_correct[family_sure]).mean()) if family_sure.any() else 0.0
     log.info(
         "abstention on %d validation images: confidence >= %.4f, %s score <= %.4g; coverage %.4f, risk %.4f,"
         " %.2f%% flagged as unlike the training images",
@@ -260,6 +267,50 @@ def _fit_photo_threshold(
             100 * (1 - PHOTO_RISK_DELTA),
         )
     return threshold
+
+
+def _fit_family_threshold(
+    policy: AbstentionPolicy,
+    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+    temperature: float,
+    target_risk: float,
+) -> float:
+    """The lowest threshold on the top class's family probability (`abstention.family_mass`) whose family answers,
+    together with the photos already confident of their class, are of the wrong family at most `target_risk` of the
+    time with confidence 1 - PHOTO_RISK_DELTA (`guaranteed_risk_threshold`), among the photos that pass the OOD check.
+    NaN (no family answers) when none is."""
+    logits, features, _ = photos
+    probabilities = softmax(logits, temperature).numpy()  # (M, C)
+    ood = policy.ood_scores(logits, features).numpy()  # (M,)
+    codes = policy.reason_codes(probabilities.max(1), ood, np.ones(len(ood), dtype=bool))
+    passes = codes != 1
+    if not passes.any():
+        return math.nan
+    # A photo confident of its class is sure of its family at any family threshold: it ranks above every other.
+    score = np.where(codes == 0, 2.0, family_mass(probabilities))  # (M,)
+    correct = _family_right(photos, probabilities)
+    threshold, reached = guaranteed_risk_threshold(score[passes], correct[passes], target_risk)
+    if not reached or threshold > 1.0:
+        log.warning("no family threshold bounds the photos' family risk by %.4f", target_risk)
+        return math.nan
+    return threshold
+
+
+def _family_right(photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], probabilities: np.ndarray) -> np.ndarray:
+    """(M,) bool: whether each photo's top class is of a right family (a right class shares the top class's family)."""
+    right = _right_classes(photos)  # (M, C)
+    return (right & SAME_FAMILY[probabilities.argmax(1)]).any(1)
+
+
+def _family_verdicts(
+    policy: AbstentionPolicy, photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sure of the family (M,), family right (M,)) of the fitted policy on the photo part of the fit."""
+    logits, features, _ = photos
+    probabilities = softmax(logits, temperature).numpy()
+    decisions = policy.decisions(probabilities, policy.ood_scores(logits, features).numpy(), np.ones(len(logits), bool))
+    sure = np.array([d.family is not None for d in decisions], dtype=bool)
+    return sure, _family_right(photos, probabilities)
 
 
 def _right_classes(photos: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> np.ndarray:

@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from fmnist.core.data import FAMILY_OF
 from fmnist.core.inference import features_and_logits, predict_logits
 from fmnist.core.model import ModelArgs, build_model
 from fmnist.trust.abstention import (
     LOW_CONFIDENCE,
+    SAME_FAMILY,
     UNLIKE_TRAINING,
     AbstentionPolicy,
     Decision,
@@ -381,3 +383,59 @@ def test_the_photo_ood_threshold_is_the_photos_quantile_and_never_above_the_scan
     expected = min(policy.ood_threshold, float(np.quantile(scores, 0.9)))
     assert policy.photo_ood_threshold == pytest.approx(expected) and policy.photo_ood_quantile == 0.9
     assert policy.photo_ood_threshold <= policy.ood_threshold
+
+
+def family_photos(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Photos as `synthetic_set`, but whose logits often spread over the true class's garment family: the family is
+    plain where the class is not (a T-shirt or a shirt, a sneaker or a sandal)."""
+    logits, features, labels = synthetic_set(n, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    same = torch.from_numpy(SAME_FAMILY)  # (C, C) bool
+    y = torch.from_numpy(labels.astype(np.int64))
+    logits = logits + same[y].float() * 5 * torch.rand(n, 1, generator=g)  # the whole family lifted
+    return logits, features, labels
+
+
+def test_family_answers_hold_their_risk_on_photos_they_were_not_fitted_on(val_set):
+    """Fitted on one set of photos, the family threshold keeps the family risk of the answers sure of their family
+    on another set drawn the same way, and makes more answers useful than the class threshold alone."""
+    logits, features, labels = val_set
+    target = 0.05
+    policy = fit_abstention(logits, features, labels, 1.0, target_risk=target, photos=family_photos(3000, seed=5))
+    assert 0.0 < policy.family_threshold <= 1.0
+    assert policy.val_photo_family_risk <= target + 1e-9  # on the photos it was fitted to
+
+    z, f, y = family_photos(3000, seed=6)  # other draws
+    decisions = policy.decide(z, f, 1.0, photo=np.ones(len(y), dtype=bool))
+    sure = np.array([d.family is not None for d in decisions])
+    confident = np.array([d.confident for d in decisions])
+    top = z.argmax(1).numpy()
+    family_right = SAME_FAMILY[top, y.astype(np.int64)]
+    risk = float((~family_right[sure]).mean())
+    assert risk <= target + 0.03, risk
+    # Sure of the family on clearly more photos than of the class, and where sure, the family named is the top
+    # class's: a threshold that did nothing would leave `sure` equal to `confident`.
+    assert sure.sum() > 1.5 * confident.sum() and (sure >= confident).all()
+    assert all(d.family == FAMILY_OF[t] for d, t in zip(decisions, top, strict=True) if d.family is not None)
+    # Unsure of the family: the same answers with a threshold above every probability.
+    policy.family_threshold = 1.01
+    strict = np.array([d.family is not None for d in policy.decide(z, f, 1.0, photo=np.ones(len(y), dtype=bool))])
+    assert (strict == confident).all()
+
+
+def test_family_answers_only_for_photos_that_look_like_garments(val_set):
+    logits, features, labels = val_set
+    policy = fit_abstention(logits, features, labels, 1.0, photos=family_photos(2000, seed=7))
+    z, f, _ = family_photos(400, seed=8)
+    marks = np.arange(len(z)) % 2 == 0
+    decisions = policy.decide(z, f, 1.0, photo=marks)
+    for d, photo in zip(decisions, marks, strict=True):
+        if d.family is not None and not d.confident:
+            assert photo and d.reason == LOW_CONFIDENCE  # never a scan, never an input unlike the training images
+    assert any(d.family is not None and not d.confident for d in decisions)
+    # An input far from every class is sure of nothing, whatever its logits.
+    far = policy.decide(z[:1] * 0 + torch.eye(NUM_CLASSES)[:1] * 50, f[:1] * 0 + 1e3, 1.0, photo=np.ones(1, bool))[0]
+    assert far.reason == UNLIKE_TRAINING and far.family is None
+    restored = AbstentionPolicy.from_parts(json.loads(json.dumps(policy.metadata())), policy.tensors())
+    assert restored.family_threshold == pytest.approx(policy.family_threshold)
+    assert [d.family for d in restored.decide(z, f, 1.0, photo=marks)] == [d.family for d in decisions]
