@@ -44,6 +44,11 @@ class Answers:
         return cls(y, np.ones(len(y), dtype=bool))
 
 
+# (condition name, the answers to that condition's uploads under the fitted policy) -> the same answers judged by
+# the policy fitted without that condition; None when the condition was not in the fit (`fmnist.evaluation.leave_out`).
+LeaveOut = Callable[[str, "Answers"], "Answers | None"]
+
+
 @dataclass(frozen=True)
 class Figures:
     """Accuracy of a set of answers, how many were confident, and how often the confident ones were right."""

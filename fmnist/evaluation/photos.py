@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from fmnist.core.data import IMAGE_SIZE
 from fmnist.core.runtime import available_cores
-from fmnist.evaluation.answers import Answers, Figures, figures
+from fmnist.evaluation.answers import Answers, Figures, LeaveOut, figures
 
 log = logging.getLogger(__name__)
 
@@ -416,17 +416,25 @@ class PhotoResult:
     count: int
     confident_share: float = math.nan  # share answered without "unsure"
     confident_accuracy: float = math.nan  # accuracy of the confident answers (nan if none)
+    # The same two judged by the photo thresholds fitted without this condition (`fmnist.evaluation.leave_out`);
+    # nan where not measured (the clean row, a condition the fit did not use, or no leave-out asked for).
+    unseen_confident_share: float = math.nan
+    unseen_confident_accuracy: float = math.nan
 
 
 Classify = Callable[[list[bytes]], "Answers | np.ndarray"]
 
 
-def _figures(classify: Classify, uploads: list[bytes], truth: np.ndarray) -> Figures:
-    """What `classify` said about `uploads`, scored; a bare array of labels counts as all-confident answers."""
+def _answers(classify: Classify, uploads: list[bytes]) -> Answers:
+    """What `classify` said about `uploads`; a bare array of labels counts as all-confident answers."""
     answers = classify(uploads)
-    if not isinstance(answers, Answers):
-        answers = Answers.confident_labels(np.asarray(answers))
-    return figures(answers, truth)
+    return answers if isinstance(answers, Answers) else Answers.confident_labels(np.asarray(answers))
+
+
+def unseen_figures(leave_out: LeaveOut | None, condition: str, answers: Answers, truth: np.ndarray) -> Figures | None:
+    """`answers` judged by the photo thresholds fitted without `condition`, scored; None where not measured."""
+    judged = None if leave_out is None else leave_out(condition, answers)
+    return None if judged is None else figures(judged, truth)
 
 
 def photo_robustness(
@@ -437,6 +445,7 @@ def photo_robustness(
     per_class: int = 30,
     size: int = 224,
     conditions: tuple[PhotoCondition, ...] = PHOTO_CONDITIONS,
+    leave_out: LeaveOut | None = None,
 ) -> list[PhotoResult]:
     """Accuracy of `classify` (bytes of each upload -> `Answers`, or bare predicted class indices) on the sample
     rendered clean
@@ -444,12 +453,13 @@ def photo_robustness(
 
     The sample is `sample_indices(labels, per_class, seed)` of `images` (N, 28, 28) uint8; the photo of test
     image i is rendered with `photo_rng(seed, i)`, so the table is the same on every run. `classify` gets one list of
-    uploads per row, in sample order, and must return one class index per upload.
+    uploads per row, in sample order, and must return one class index per upload. With `leave_out`, each
+    condition's answers are also judged by the photo thresholds fitted without it (`unseen_*`).
     """
     indices = sample_indices(labels, per_class, seed)  # (n,)
     truth = np.asarray(labels).reshape(-1)[indices].astype(np.int64)  # (n,)
     sample = np.asarray(images)[indices]  # (n, 28, 28)
-    found = _figures(classify, [render_clean(x) for x in sample], truth)
+    found = figures(_answers(classify, [render_clean(x) for x in sample]), truth)
     clean = found.accuracy
     log.info("photo robustness: %d images (%d per class), clean accuracy %.3f", len(indices), per_class, clean)
     results = [
@@ -471,7 +481,9 @@ def photo_robustness(
             with ThreadPoolExecutor(max_workers=WORKERS) as pool:
                 render = partial(_render_one, condition=condition, severity=severity, seed=seed, size=size)
                 uploads = list(pool.map(render, sample, indices))
-            found = _figures(classify, uploads, truth)
+            answers = _answers(classify, uploads)
+            found = figures(answers, truth)
+            unseen = unseen_figures(leave_out, condition.name, answers, truth)
             accuracy = found.accuracy
             relative = accuracy / clean if clean > 0 else math.nan
             results.append(
@@ -485,6 +497,8 @@ def photo_robustness(
                     len(indices),
                     found.confident_share,
                     found.confident_accuracy,
+                    math.nan if unseen is None else unseen.confident_share,
+                    math.nan if unseen is None else unseen.confident_accuracy,
                 )
             )
             log.info(

@@ -18,7 +18,9 @@ from fmnist.core.data import CLASS_NAMES, NUM_CLASSES
 from fmnist.core.inference import features_and_logits
 from fmnist.core.real_photos import fit_parts, load_real_photos, sample_per_folder
 from fmnist.core.runtime import available_cores
-from fmnist.evaluation.answers import service_answers
+from fmnist.evaluation.answers import LeaveOut, service_answers
+from fmnist.evaluation.leave_out import REAL as REAL_CONDITION
+from fmnist.evaluation.leave_out import PhotoFit, leave_one_condition_out
 from fmnist.evaluation.metrics import report_metrics
 from fmnist.evaluation.nongarments import DEV_STREAM as SYNTHETIC_DEV_STREAM
 from fmnist.evaluation.nongarments import REPORT_STREAM as SYNTHETIC_REPORT_STREAM
@@ -83,9 +85,12 @@ def build_report(
     # they are fitted below, so the photo suite and the non-garments see the calibrated model.
     classifier = Classifier(record, device)
     model = classifier.network
-    val_features, val_logits, policy = fit_on_validation(
+    val_features, val_logits, policy, photo_fit = fit_on_validation(
         record, model, val_images, val_labels, device, evaluation, seed
     )
+    # Each photo condition's rows also judged by the photo thresholds fitted without it (`leave_out`).
+    quantile = evaluation.photo_ood_quantile
+    leave_out = None if photo_fit is None else leave_one_condition_out(classifier, photo_fit, quantile)
     temperature = record.temperature
     # The drift reference's unsure share: clean validation images under the fitted policy (never the test set).
     validation_unsure = 1.0 - selective_summary(policy, val_logits, val_features, val_labels, temperature)["coverage"]
@@ -116,8 +121,8 @@ def build_report(
             "test": test,
             "calibration": calibration,
             "robustness": robustness,
-            "photos": photo_section(classifier, test_images, test_labels, evaluation, seed),
-            "wild_photos": wild_photo_section(classifier, test_images, test_labels, evaluation, seed),
+            "photos": photo_section(classifier, test_images, test_labels, evaluation, seed, leave_out),
+            "wild_photos": wild_photo_section(classifier, test_images, test_labels, evaluation, seed, leave_out),
             "real_photos": real_photo_section(classifier, evaluation),
             "abstention": abstention_section(classifier, test_logits, test_features, test_labels, evaluation, seed),
             "validation_unsure_share": validation_unsure,
@@ -137,12 +142,14 @@ def fit_on_validation(
     device: torch.device,
     evaluation: EvaluationConfig,
     seed: int,
-) -> tuple[torch.Tensor, torch.Tensor, AbstentionPolicy]:
+) -> tuple[torch.Tensor, torch.Tensor, AbstentionPolicy, PhotoFit | None]:
     """Fit `record`'s temperature and abstention policy on validation images (and, per the profile, validation
-    garments rendered as photos); returns the clean images' (features, logits) and the policy. The evaluate step and the
-    development benchmark (`benchmarks/photo_robustness.py`) both fit through here."""
+    garments rendered as photos); returns the clean images' (features, logits), the policy and the photo part of its
+    fit (None without one). The evaluate step and the development benchmark (`benchmarks/photo_robustness.py`) both
+    fit through here."""
     val_features, val_logits = features_and_logits(model, val_images, device, mean=record.mean, std=record.std)
     record.temperature = fit_temperature(val_logits, val_labels)
+    photo_fit = _validation_photos(record, model, val_images, val_labels, device, evaluation, seed)
     record.abstention = policy = fit_abstention(
         val_logits,
         val_features,
@@ -150,10 +157,10 @@ def fit_on_validation(
         record.temperature,
         evaluation.target_risk,
         evaluation.ood_quantile,
-        photos=_validation_photos(record, model, val_images, val_labels, device, evaluation, seed),
+        photos=None if photo_fit is None else photo_fit.as_photos(),
         photo_ood_quantile=evaluation.photo_ood_quantile,
     )
-    return val_features, val_logits, policy
+    return val_features, val_logits, policy, photo_fit
 
 
 def _validation_photos(
@@ -164,12 +171,12 @@ def _validation_photos(
     device: torch.device,
     evaluation: EvaluationConfig,
     seed: int,
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
-    """(logits, features, right classes (M, C) bool) of the photos the abstention fit holds to the photo threshold:
-    validation garments rendered as photos of both families, and the real photographs' `fit` split (a family
+) -> PhotoFit | None:
+    """The photos the abstention fit holds to the photo thresholds, with their logits, features, right classes and
+    conditions: validation garments rendered as photos of both families, and the real photographs' `fit` split (a family
     answer right for a longsleeve or a pair of shoes, no class right for a hat); uploads the normalisation finds
     empty are left out (they are unsure whatever the scores). None when the profile fits on clean images only."""
-    parts: list[tuple[np.ndarray, np.ndarray]] = []  # (pixels (m, 28, 28), right (m, C))
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (pixels (m, 28, 28), right (m, C), condition (m,))
     if evaluation.fit_photo_per_class > 0:
         mix = render_validation_photos(
             val_images, val_labels, seed, evaluation.fit_photo_per_class, size=evaluation.photo_size
@@ -177,7 +184,7 @@ def _validation_photos(
         found = ~mix.empty
         right = np.zeros((int(found.sum()), NUM_CLASSES), dtype=bool)
         right[np.arange(len(right)), mix.labels[found]] = True
-        parts.append((mix.pixels[found], right))
+        parts.append((mix.pixels[found], right, mix.condition[found]))
     if evaluation.real_photos_per_folder > 0:
         photos = load_real_photos("fit")
         if record.hparams.get("real_photo_share", 0) > 0:  # never the photos the network trained on
@@ -190,12 +197,14 @@ def _validation_photos(
             right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)
             for i, (_, photo) in enumerate(kept):
                 right[i, list(photo.right_classes)] = True
-            parts.append((np.stack([pixels for pixels, _ in kept]), right))
+            parts.append((np.stack([pixels for pixels, _ in kept]), right, np.full(len(kept), REAL_CONDITION)))
     if not parts:
         return None
-    pixels = np.concatenate([p for p, _ in parts])
+    pixels = np.concatenate([p for p, _, _ in parts])
     features, logits = features_and_logits(model, pixels, device, mean=record.mean, std=record.std)
-    return logits, features, np.concatenate([r for _, r in parts])
+    return PhotoFit(
+        logits, features, np.concatenate([r for _, r, _ in parts]), np.concatenate([c for _, _, c in parts])
+    )
 
 
 def real_photo_section(classifier: Classifier, evaluation: EvaluationConfig, worst: int = 24) -> dict[str, Any] | None:
@@ -232,7 +241,12 @@ def real_photo_section(classifier: Classifier, evaluation: EvaluationConfig, wor
 
 
 def photo_section(
-    classifier: Classifier, images: np.ndarray, labels: np.ndarray, evaluation: EvaluationConfig, seed: int
+    classifier: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    evaluation: EvaluationConfig,
+    seed: int,
+    leave_out: LeaveOut | None = None,
 ) -> dict[str, Any]:
     """Accuracy on a fixed sample of test images rendered as product photos, per condition and severity, through
     the service's normalisation; the worst condition at its realistic severity named."""
@@ -243,6 +257,7 @@ def photo_section(
         seed=seed,
         per_class=evaluation.photo_per_class,
         size=evaluation.photo_size,
+        leave_out=leave_out,
     )
     worst = worst_realistic(rows)
     log.info(
@@ -261,7 +276,12 @@ def photo_section(
 
 
 def wild_photo_section(
-    classifier: Classifier, images: np.ndarray, labels: np.ndarray, evaluation: EvaluationConfig, seed: int
+    classifier: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    evaluation: EvaluationConfig,
+    seed: int,
+    leave_out: LeaveOut | None = None,
 ) -> dict[str, Any]:
     """The in-the-wild suite (`fmnist.evaluation.wild_photos`) on a fixed sample of test images: per condition and
     severity, accuracy, the share answered confidently and the accuracy of those answers; the worst condition on
@@ -274,6 +294,7 @@ def wild_photo_section(
         stream=WILD_REPORT_STREAM,
         per_class=evaluation.wild_per_class,
         size=evaluation.photo_size,
+        leave_out=leave_out,
     )
     worst = worst_conditions(rows)
     log.info(

@@ -102,6 +102,10 @@ class PhotoRow(_Record):
     count: int
     confident_share: float | None = None  # share answered without "unsure" (reports before it: None)
     confident_accuracy: float | None = None  # accuracy of the confident answers; NaN when none was confident
+    # The two judged by the photo thresholds fitted without this condition (`fmnist.evaluation.leave_out`): what a
+    # kind of photo the fit never saw gets. NaN where not measured; None in reports before it.
+    unseen_confident_share: float | None = None
+    unseen_confident_accuracy: float | None = None
 
 
 class PhotoSuite(_Record):
@@ -128,6 +132,8 @@ class WildRow(_Record):
     confident_accuracy: float  # NaN when no answer was confident
     input_change: float  # mean |model input - the plain photo's model input|, grey levels; NaN where undefined
     count: int
+    unseen_confident_share: float | None = None  # as `PhotoRow`'s: judged by thresholds fitted without the condition
+    unseen_confident_accuracy: float | None = None
 
 
 class WildSuite(_Record):

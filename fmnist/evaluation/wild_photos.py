@@ -46,8 +46,8 @@ from PIL import Image, ImageDraw
 
 from fmnist.core.data import IMAGE_SIZE
 from fmnist.core.runtime import available_cores
-from fmnist.evaluation.answers import Answers, figures
-from fmnist.evaluation.photos import render_clean, sample_indices
+from fmnist.evaluation.answers import Answers, Figures, LeaveOut, figures
+from fmnist.evaluation.photos import render_clean, sample_indices, unseen_figures
 
 log = logging.getLogger(__name__)
 
@@ -532,6 +532,10 @@ class WildResult:
     confident_accuracy: float  # accuracy of the confident answers (nan if none)
     input_change: float  # mean |model input - the plain photo's model input|, grey levels (nan where not defined)
     count: int
+    # The confident share and accuracy judged by the photo thresholds fitted without this condition
+    # (`fmnist.evaluation.leave_out`); nan where not measured.
+    unseen_confident_share: float = math.nan
+    unseen_confident_accuracy: float = math.nan
 
 
 def _partners(truth: np.ndarray) -> np.ndarray:
@@ -555,12 +559,14 @@ def wild_robustness(
     per_class: int = 20,
     size: int = 224,
     conditions: Sequence[WildCondition] = WILD_CONDITIONS,
+    leave_out: LeaveOut | None = None,
 ) -> list[WildResult]:
     """Accuracy, confident share and confident accuracy of `classify` on a class-balanced sample of `images`
     (N, 28, 28) uint8, clean (the 28x28 PNGs) and rendered under every condition at both severities.
 
     The sample is `photos.sample_indices(labels, per_class, seed)`; image i is rendered with
-    `wild_rng(seed, stream, i)`. `classify` gets one list of uploads per row, in sample order.
+    `wild_rng(seed, stream, i)`. `classify` gets one list of uploads per row, in sample order. With `leave_out`,
+    each condition's answers are also judged by the photo thresholds fitted without it (`unseen_*`).
     """
     indices = sample_indices(labels, per_class, seed)  # (n,)
     truth = np.asarray(labels).reshape(-1)[indices].astype(np.int64)  # (n,)
@@ -591,6 +597,7 @@ def wild_robustness(
                 figures(answers, truth),
                 clean.accuracy,
                 change,
+                unseen_figures(leave_out, condition.name, answers, truth),
             )
             rows.append(row)
             log.info(
@@ -613,6 +620,7 @@ def _row(
     found: Any,
     clean: float,
     change: float,
+    unseen: Figures | None = None,
 ) -> WildResult:
     return WildResult(
         condition=name,
@@ -626,6 +634,8 @@ def _row(
         confident_accuracy=found.confident_accuracy,
         input_change=change,
         count=found.count,
+        unseen_confident_share=math.nan if unseen is None else unseen.confident_share,
+        unseen_confident_accuracy=math.nan if unseen is None else unseen.confident_accuracy,
     )
 
 

@@ -210,21 +210,12 @@ def fit_abstention(
         )
     policy.confidence_threshold = threshold
     if photos is not None and len(photos[2]):
-        policy.photo_ood_quantile = photo_ood_quantile
-        policy.photo_threshold = max(threshold, _fit_photo_threshold(policy, photos, temperature, target_risk))
-        policy.family_threshold = _fit_family_threshold(policy, photos, temperature, target_risk)
+        fit_photo_thresholds(policy, photos, temperature, photo_ood_quantile)
 
     kept = passes & (confidence >= threshold)
     policy.val_coverage = float(kept.mean())
     policy.val_risk = float((~correct[kept]).mean()) if kept.any() else 0.0
     policy.val_ood_flagged = float((~passes).mean())
-    if photos is not None and len(photos[2]):
-        photo_kept, photo_correct = _photo_verdicts(policy, photos, temperature)
-        policy.val_photo_coverage = float(photo_kept.mean())
-        policy.val_photo_risk = float((~photo_correct[photo_kept]).mean()) if photo_kept.any() else 0.0
-        family_sure, family_correct = _family_verdicts(policy, photos, temperature)
-        policy.val_photo_family_coverage = float(family_sure.mean())
-        policy.val_photo_family_risk = float((~family_correct[family_sure]).mean()) if family_sure.any() else 0.0
     log.info(
         "abstention on %d validation images: confidence >= %.4f, %s score <= %.4g; coverage %.4f, risk %.4f,"
         " %.2f%% flagged as unlike the training images",
@@ -236,6 +227,32 @@ def fit_abstention(
         policy.val_risk,
         100 * policy.val_ood_flagged,
     )
+    return policy
+
+
+def fit_photo_thresholds(
+    policy: AbstentionPolicy,
+    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+    temperature: float,
+    photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
+) -> AbstentionPolicy:
+    """Fit `policy`'s photo thresholds (OOD, confidence, family) on `photos` (logits (M, C), features (M, D), labels
+    (M,) or right-class masks (M, C)) at the policy's target risk, the scans' thresholds and the density as they are;
+    records what they reach on those photos. Returns `policy`, changed in place. Refitting on a subset of the photos
+    (`fmnist.evaluation.leave_out`) tells what a kind of photo the fit never saw gets."""
+    target_risk = policy.target_risk
+    policy.photo_ood_quantile = photo_ood_quantile
+    policy.photo_ood_threshold = math.nan
+    policy.photo_threshold = max(
+        policy.confidence_threshold, _fit_photo_threshold(policy, photos, temperature, target_risk)
+    )
+    policy.family_threshold = _fit_family_threshold(policy, photos, temperature, target_risk)
+    photo_kept, photo_correct = _photo_verdicts(policy, photos, temperature)
+    policy.val_photo_coverage = float(photo_kept.mean())
+    policy.val_photo_risk = float((~photo_correct[photo_kept]).mean()) if photo_kept.any() else 0.0
+    family_sure, family_correct = _family_verdicts(policy, photos, temperature)
+    policy.val_photo_family_coverage = float(family_sure.mean())
+    policy.val_photo_family_risk = float((~family_correct[family_sure]).mean()) if family_sure.any() else 0.0
     return policy
 
 

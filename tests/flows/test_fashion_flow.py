@@ -64,6 +64,20 @@ def test_the_report_judges_real_photographs_of_its_report_split_only(smoke_flow)
     assert policy is not None and policy.num_fit_photos > 10 * rendered  # and the 50 real fit photos
 
 
+def test_every_photo_row_is_also_judged_by_thresholds_fitted_without_its_condition(smoke_flow):
+    """Leave-one-condition-out: every rendered condition's rows carry the figures under the photo thresholds fitted
+    without that condition's photos; the clean rows (no photo condition) carry none (the card's columns:
+    tests/flows/test_cards.py)."""
+    report = smoke_flow.run.data.report
+    for section in ("photos", "wild_photos"):
+        rows = report[section]["rows"]
+        for row in rows:
+            measured = row["unseen_confident_share"] is not None
+            assert measured == (row["condition"] != "clean"), (section, row["condition"])
+            if measured:
+                assert 0.0 <= row["unseen_confident_share"] <= 1.0
+
+
 def test_each_trial_keeps_weights_history_and_metrics(smoke_run):
     tasks = list(smoke_run["train"])
     assert len(tasks) == 2

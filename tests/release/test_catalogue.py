@@ -150,9 +150,10 @@ def test_a_shard_answers_as_the_service_does(record, catalogue):
         assert row["class_index"] == want.label and row["class_name"] == record.class_names[want.label]
         probabilities = [row[probability_column(name)] for name in record.class_names]
         np.testing.assert_allclose(probabilities, want.probabilities, rtol=0, atol=1e-6)
-        assert (row["confident"], row["unsure_reason"], row["inverted"]) == (
+        assert (row["confident"], row["unsure_reason"], row["family"], row["inverted"]) == (
             want.confident,
             want.unsure_reason,
+            want.family,
             prep.inverted,
         )
         assert row["error"] is None and math.isclose(sum(probabilities), 1.0, abs_tol=1e-5)

@@ -22,7 +22,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fmnist.core.data import CLASS_NAMES
+from fmnist.core.data import CLASS_NAMES, FAMILY_OF
 from fmnist.core.model import normalize
 from fmnist.images.normalise import normalize_photo, prepare_upload
 from fmnist.release.model_record import ModelRecord
@@ -168,6 +168,8 @@ def test_every_prediction_says_whether_it_is_confident(client, record):
     for body in bodies:
         assert isinstance(body["confident"], bool)
         assert (body["unsure_reason"] is None) == body["confident"]
+        # A scan's family is sure exactly when its class is: family-only answers are for photos.
+        assert body["family"] == (FAMILY_OF[body["class_index"]] if body["confident"] else None)
         if body["confident"]:
             assert body["probability"] >= policy.confidence_threshold
     info = client.get("/model").json()["abstention"]
@@ -204,6 +206,7 @@ def test_the_service_and_the_report_see_the_same_model_input(client, record):
         body = upload(client, photo, name="photo.jpg").json()
         assert body["probabilities"] == [float(p) for p in scored.probabilities]
         assert body["confident"] == scored.confident and body["unsure_reason"] == scored.unsure_reason
+        assert body["family"] == scored.family
 
 
 def test_photos_are_held_to_the_photo_threshold_and_scans_to_their_own(client):
