@@ -33,7 +33,8 @@ import numpy as np
 from fmnist.core.config import EvaluationConfig
 from fmnist.core.inference import features_and_logits
 from fmnist.core.real_photos import load_real_photos, sample_per_folder
-from fmnist.evaluation.answers import service_answers
+from fmnist.evaluation.answers import LeaveOut, service_answers
+from fmnist.evaluation.leave_out import leave_one_condition_out
 from fmnist.evaluation.photos import photo_robustness
 from fmnist.evaluation.real_photo_suite import format_table, real_photo_table
 from fmnist.evaluation.report import fit_on_validation, nongarment_detection
@@ -65,15 +66,19 @@ def refit(
     seed: int,
     photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
     real_per_folder: int = 10_000,
-) -> None:
+) -> LeaveOut | None:
     """Fit the classifier's temperature and abstention policy on (images, labels) exactly as the evaluate step does
-    (`fmnist.evaluation.report.fit_on_validation`), with the default evaluation settings but these."""
+    (`fmnist.evaluation.report.fit_on_validation`), with the default evaluation settings but these; returns the
+    leave-one-condition-out judge of that fit (`fmnist.evaluation.leave_out`; None without photos in the fit)."""
     evaluation = EvaluationConfig(
         fit_photo_per_class=fit_per_class,
         photo_ood_quantile=photo_ood_quantile,
         real_photos_per_folder=real_per_folder,
     )
-    fit_on_validation(classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed)
+    photo_fit = fit_on_validation(
+        classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed
+    )[3]
+    return None if photo_fit is None else leave_one_condition_out(classifier, photo_fit, photo_ood_quantile)
 
 
 def _pct(x: float) -> str:
@@ -126,7 +131,7 @@ def main() -> None:
         one_view = replace(record, model_args=replace(record.model_args, flip_tta=False))
         classifier = Classifier(one_view, classifier.device, classifier.runtime)
     started = time.perf_counter()
-    refit(
+    leave_out = refit(
         classifier,
         images[fitting],
         labels[fitting],
@@ -148,6 +153,7 @@ def main() -> None:
         seed=args.seed,
         per_class=args.per_class,
         size=args.size,
+        leave_out=leave_out,
     )
     wild = wild_robustness(
         service_answers(classifier),
@@ -157,6 +163,7 @@ def main() -> None:
         stream=DEV_STREAM,
         per_class=args.per_class,
         size=args.size,
+        leave_out=leave_out,
     )
     nongarments = nongarment_detection(classifier, args.nongarments, args.seed, part="dev")
     real = None
@@ -180,11 +187,12 @@ def main() -> None:
         f" held-out clean images: {clean['coverage']:.1%} confident, {clean['accuracy'] or 0:.2%} of those right"
     )
     header = f"{'family':<7} {'condition':<20} {'severity':>8}  {'accuracy':>8} {'x clean':>7} {'confident':>9}"
-    print(header + f" {'conf. acc':>9} {'input change':>12}")
+    print(header + f" {'conf. acc':>9} {'input change':>12}  fit without it: confident, right")
     for r in studio:
         print(
             f"{'studio':<7} {r.condition:<20} {r.severity:>8g}{'*' if r.realistic else ' '} {r.accuracy:>8.1%}"
-            f" {r.relative:>7.2f} {_pct(r.confident_share):>9} {_pct(r.confident_accuracy):>9}"
+            f" {r.relative:>7.2f} {_pct(r.confident_share):>9} {_pct(r.confident_accuracy):>9} {'':>12}"
+            f"  {_pct(r.unseen_confident_share)} {_pct(r.unseen_confident_accuracy)}"
         )
     for w in wild:
         change = "" if math.isnan(w.input_change) else f"{w.input_change:.1f}"
@@ -192,6 +200,7 @@ def main() -> None:
             f"{'wild':<7} {w.condition:<20} {w.severity:>8g}{'*' if w.realistic else ' '} {w.accuracy:>8.1%}"
             f" {w.relative:>7.2f}{' ' if w.fully_visible else 'c'}{_pct(w.confident_share):>8}"
             f" {_pct(w.confident_accuracy):>9} {change:>12}"
+            f"  {_pct(w.unseen_confident_share)} {_pct(w.unseen_confident_accuracy)}"
         )
     worst = worst_conditions(wild)
     realistic = [w for w in wild if w.realistic and w.condition not in ("clean", "plain")]
@@ -212,6 +221,8 @@ def main() -> None:
         f" {(shares * right).sum() / max(shares.sum(), 1e-12):.2%} of those right"
     )
     print(f"right when confident below {CONFIDENT_TARGET:.0%}: {', '.join(short) or 'none'}")
+    unseen = [w.condition for w in realistic if w.unseen_confident_accuracy < CONFIDENT_TARGET]
+    print(f"... with the photo thresholds fitted without the condition: {', '.join(unseen) or 'none'}")
     print(f"below {RELATIVE_TARGET} x clean (fully visible): {', '.join(low) or 'none'}")
     for name, found in nongarments["sets"].items():
         print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,9 @@ def test_photo_robustness_benchmark_reports_every_condition_on_validation_only(s
     assert {"grey_backdrop", "underexposed", "uneven_light", "noise_jpeg", "rotation"} <= studio
     assert {"plain", "shadow_edge", "wood_backdrop", "hanger_and_tag", "cut_by_frame"} <= wild
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in report["studio"] + report["wild"])
+    # Every rendered condition also judged by the photo thresholds fitted without it (leave-one-condition-out).
+    assert all(not math.isnan(r["unseen_confident_share"]) for r in report["wild"] if r["condition"] != "clean")
+    assert "fitted without the condition" in proc.stdout
     assert set(report["nongarments"]["sets"]) == {"synthetic", "photographs", "faces", "digits"}
     # The real photographs' validation split, 3 per folder: every folder judged, hats and the like by "unsure".
     real = report["real_photos"]
