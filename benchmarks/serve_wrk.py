@@ -6,6 +6,7 @@ same run.
     python benchmarks/serve_wrk.py --workers 2                      # both servers with 2 uvicorn workers
     python benchmarks/serve_wrk.py --compare-batching               # also the service with FASHIONFLOW_BATCHING=true
     python benchmarks/serve_wrk.py --protocols                      # also /predict/pixels and the /v2 infer route
+    python benchmarks/serve_wrk.py --real-photos 64 --connections 1 # also real phone photos through /predict
     python benchmarks/serve_wrk.py --quick                          # 2 s per phase (the test suite's run)
 
 Needs `wrk` on PATH (Debian: `apt-get install wrk`). Starts benchmarks/bare_app.py and the service (uvicorn
@@ -14,6 +15,9 @@ with a Lua script posting a multipart upload of one real 28x28 Fashion-MNIST tes
   bare     POST /predict on the bare endpoint (reads the upload, fixed answer)
   single   POST /predict on the service
   batch    POST /predict/batch on the service, --batch-size images per request
+with --real-photos N, real phone photos (the real photographs' validation split, `data/real_photos/`), each request
+the next of N in turn:
+  photo    POST /predict on the service (and photo-before with --compare-tree)
 and with --protocols, one image's pixels (or --batch-size PNGs) through the service's own JSON route and through the
 Open Inference Protocol's infer route, in JSON and in binary tensors (tritonclient's default):
   pixels            POST /predict/pixels, JSON
@@ -44,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fmnist.core.real_photos import LABELS, load_real_photos, sample_per_folder
 from serving.open_inference import HEADER_LENGTH
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -108,19 +113,43 @@ class WrkResult:
 MULTIPART_HEADERS = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 
 
+LUA_ROTATE = """
+local bodies = {{}}
+for _, name in ipairs({{{names}}}) do
+  local f = assert(io.open(name, "rb"))
+  bodies[#bodies + 1] = f:read("*a")
+  f:close()
+end
+local i = 0
+wrk.method = "POST"
+{headers}
+
+request = function()
+  i = i % #bodies + 1
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+""" + LUA[LUA.index("done = function") :]
+
+
+def rotating_lua_script(bodies: list[Path], headers: dict[str, str]) -> str:
+    """wrk's Lua script posting the files `bodies` in turn, one per request, printing its figures as WRK_JSON."""
+    lines = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items())
+    return LUA_ROTATE.format(names=", ".join(f'"{b}"' for b in bodies), headers=lines)
+
+
 def lua_script(body: Path, headers: dict[str, str]) -> str:
     """wrk's Lua script posting the bytes of the file `body` with `headers`, printing its figures as WRK_JSON."""
     lines = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items())
     return LUA.format(body=body, headers=lines)
 
 
-def multipart(field: str, images: list[bytes]) -> bytes:
+def multipart(field: str, images: list[bytes], kind: str = "png") -> bytes:
     """A multipart/form-data body with one part per image, all under `field`."""
     parts = []
     for i, png in enumerate(images):
         head = (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{i}.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{i}.{kind}"\r\n'
+            f"Content-Type: image/{kind}\r\n\r\n"
         )
         parts.append(head.encode() + png + b"\r\n")
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
@@ -269,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="Also measure /predict/pixels and the Open Inference Protocol's infer route (JSON and binary tensors).",
     )
+    parser.add_argument(
+        "--real-photos",
+        type=int,
+        default=0,
+        help="Also post N real phone photos of the validation split through /predict, one per request in turn.",
+    )
     parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
     parser.add_argument(
         "--quick", action="store_true", help="2 s per phase, 8 images per batch: checks the machinery (the test suite)."
@@ -296,6 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         (work / f"{name}.body").write_bytes(body)
         scripts[name] = work / f"{name}.lua"
         scripts[name].write_text(lua_script(work / f"{name}.body", headers))
+    if args.real_photos:
+        photos = sample_per_folder(load_real_photos("validation"), -(-args.real_photos // len(LABELS)))
+        paths = []
+        for i, photo in enumerate(photos[: args.real_photos]):
+            paths.append(work / f"photo-{i}.body")
+            paths[-1].write_bytes(multipart("file", [photo.data], kind="jpeg"))
+        scripts["photo"] = work / "photo.lua"
+        scripts["photo"].write_text(rotating_lua_script(paths, MULTIPART_HEADERS))
 
     servers: dict[str, tuple[str, Path, dict[str, str]]] = {
         "bare": ("bare_app:app", REPO / "benchmarks", {}),
@@ -309,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         tree = args.compare_tree.resolve()
         servers["before"] = ("serving.app:app", tree, {})
         phases.append(("single-before", "before", "/predict", "single", 1))
+    if args.real_photos:
+        phases.append(("photo", "service", "/predict", "photo", 1))
+        if args.compare_tree:
+            phases.append(("photo-before", "before", "/predict", "photo", 1))
     if args.batch_size:
         phases.append(("batch", "service", "/predict/batch", "batch", args.batch_size))
         if args.compare_tree:

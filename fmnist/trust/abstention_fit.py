@@ -292,22 +292,23 @@ def _fit_family_threshold(
     temperature: float,
     target_risk: float,
 ) -> float:
-    """The lowest threshold on the top class's family probability (`abstention.family_mass`) whose family answers,
-    together with the photos already confident of their class, are of the wrong family at most `target_risk` of the
-    time with confidence 1 - PHOTO_RISK_DELTA (`guaranteed_risk_threshold`), among the photos that pass the OOD check.
-    NaN (no family answers) when none is."""
+    """The lowest threshold on the top class's family probability (`abstention.family_mass`) whose family-only
+    answers are of the wrong family at most `target_risk` of the time with confidence 1 - PHOTO_RISK_DELTA
+    (`guaranteed_risk_threshold`), among the photos that pass the OOD check but are not confident of their class.
+    Bounding those answers on their own, not pooled with the class-confident ones (right far more often), keeps the
+    family answer as trustworthy as a confident one wherever it is given. NaN (no family answers) when none is."""
     logits, features, _ = photos
     probabilities = softmax(logits, temperature).numpy()  # (M, C)
     ood = policy.ood_scores(logits, features).numpy()  # (M,)
     codes = policy.reason_codes(probabilities.max(1), ood, np.ones(len(ood), dtype=bool))
-    passes = codes != 1
-    if not passes.any():
+    family_only = codes == 2  # like the training images, the class unsure
+    if not family_only.any():
         return math.nan
-    # A photo confident of its class is sure of its family at any family threshold: it ranks above every other.
-    score = np.where(codes == 0, 2.0, family_mass(probabilities))  # (M,)
     correct = _family_right(photos, probabilities)
-    threshold, reached = guaranteed_risk_threshold(score[passes], correct[passes], target_risk)
-    if not reached or threshold > 1.0:
+    threshold, reached = guaranteed_risk_threshold(
+        family_mass(probabilities)[family_only], correct[family_only], target_risk
+    )
+    if not reached:
         log.warning("no family threshold bounds the photos' family risk by %.4f", target_risk)
         return math.nan
     return threshold

@@ -651,12 +651,13 @@ def test_load_benchmark_quick_mode_runs_without_errors(smoke_run):
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (make wrk, or apt-get install wrk)")
 def test_wrk_benchmark_quick_mode_measures_both_endpoints_with_two_workers(smoke_run, tmp_path):
-    """benchmarks/serve_wrk.py --quick --protocols: the bare endpoint and the service (its own routes and the Open
-    Inference Protocol's) measured with the same two workers, no errors, every figure of the table present (the
-    figures themselves are the benchmark's business, not the test's)."""
+    """benchmarks/serve_wrk.py --quick --protocols --real-photos 4: the bare endpoint and the service (its own
+    routes, real phone photos, and the Open Inference Protocol's) measured with the same two workers, no errors, every
+    figure of the table present (the figures themselves are the benchmark's business, not the test's)."""
     out = tmp_path / "wrk.json"
     command = [sys.executable, "benchmarks/serve_wrk.py", "--quick", "--workers", "2", "--run", smoke_run.pathspec]
     command.append("--protocols")  # also /predict/pixels and the /v2 infer route, JSON and binary
+    command += ["--real-photos", "4"]  # also real phone photos through /predict, one of four per request in turn
     result = subprocess.run(
         [*command, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ.copy()
     )
@@ -664,7 +665,16 @@ def test_wrk_benchmark_quick_mode_measures_both_endpoints_with_two_workers(smoke
     assert "servers: 2 uvicorn worker(s) each" in result.stdout and "single/bare:" in result.stdout
     assert "[met] errors: 0" in result.stdout
     phases = {r["name"]: r for r in json.loads(out.read_text())}
-    assert set(phases) == {"bare", "single", "batch", "pixels", "infer-pixels", "infer-pixels-bin", "infer-images"}
+    assert set(phases) == {
+        "bare",
+        "single",
+        "photo",
+        "batch",
+        "pixels",
+        "infer-pixels",
+        "infer-pixels-bin",
+        "infer-images",
+    }
     assert "infer-pixels/pixels:" in result.stdout and "infer-images/batch:" in result.stdout
     for r in phases.values():
         assert r["requests"] > 0 and r["socket_errors"] == r["non_2xx"] == 0
