@@ -43,6 +43,7 @@ from fmnist.core.runtime import amp_dtype
 from fmnist.pipeline import prepare_data
 from fmnist.training.loop import train_model
 from fmnist.training.photo_batches import photo_training_set
+from fmnist.trust.calibration import expected_calibration_error, fit_temperature, softmax
 
 log = logging.getLogger("frontier")
 
@@ -116,6 +117,7 @@ def train_candidate(
     labels = torch.from_numpy(splits.val_labels.astype(np.int64))
     plain = predict_logits(single, splits.val_images, device)  # (N_val, 10)
     both = predict_logits(averaged, splits.val_images, device)  # (N_val, 10)
+    before, after = held_out_ece(both, splits.val_labels)
     photo_images, photo_right = photo_training_set(load_real_photos("validation"))  # (M, 28, 28), (M, 10)
     photo_answers = predict_logits(averaged, photo_images, device).argmax(1).numpy()  # (M,)
     return {
@@ -126,10 +128,26 @@ def train_candidate(
         "parameters": result.parameters,
         "val_accuracy": (plain.argmax(1) == labels).float().mean().item(),
         "val_accuracy_flip_tta": (both.argmax(1) == labels).float().mean().item(),
+        "val_ece_before": before,
+        "val_ece_after": after,
         "amp": str(dtype),
         "threads": threads,
         "pid": os.getpid(),
     }
+
+
+def held_out_ece(logits: torch.Tensor, labels: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """ECE of flip-averaged validation logits (N, C) on one seeded half of the validation split, before and after a
+    temperature fitted on the other half, as the evaluate step calibrates: a calibration figure that never scores the
+    images its temperature was fitted on."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    fit, held = torch.from_numpy(np.sort(order[: len(order) // 2])), torch.from_numpy(np.sort(order[len(order) // 2 :]))
+    y = np.asarray(labels)
+    temperature = fit_temperature(logits[fit], y[fit.numpy()])
+    return (
+        expected_calibration_error(softmax(logits[held]), y[held.numpy()]),
+        expected_calibration_error(softmax(logits[held], temperature), y[held.numpy()]),
+    )
 
 
 def measure_frontier(
@@ -199,7 +217,7 @@ def measure_parallelism(profile_path: Path, data: dict[str, Any], epochs: int | 
 def print_table(rows: list[dict[str, Any]], parallelism: dict[str, float] | None, yardstick: str) -> None:
     base = next((r for r in rows if r["config"] == yardstick), rows[0])
     head = f"{'params':>9}{'amp':>6}{'ep':>4}{'wall s':>9}{'val acc':>9}{'+flip':>8}{'wall x':>8}{'d val':>8}"
-    head += f"{'photos':>8}{'d photos':>9}"
+    head += f"{'photos':>8}{'d photos':>9}{'ECE':>7}{'ECE T':>7}"
     print(f"\n{'config':20}{head}")
     for r in rows:
         amp = "bf16" if "bfloat16" in r["amp"] else "fp32"
@@ -209,9 +227,11 @@ def print_table(rows: list[dict[str, Any]], parallelism: dict[str, float] | None
             f"{r['wall_seconds'] / base['wall_seconds']:>8.2f}{r['val_accuracy'] - base['val_accuracy']:>+8.4f}"
             f"{r['real_photo_family_accuracy']:>8.4f}"
             f"{r['real_photo_family_accuracy'] - base['real_photo_family_accuracy']:>+9.4f}"
+            f"{r['val_ece_before']:>7.2%}{r['val_ece_after']:>7.2%}"
         )
     print(f"(validation split only; wall x and d val are against {base['config']!r}, measured in this run)")
     print(f"(photos: {base['real_photos']} real phone photos of the validation split with a right class)")
+    print("(ECE, ECE T: flip-averaged, half the validation split, before and after a temperature fitted on the rest)")
     if parallelism:
         p = parallelism
         print(

@@ -27,6 +27,7 @@ import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from fmnist.evaluation.real_photo_suite import format_table, real_photo_table
 from fmnist.evaluation.report import fit_on_validation, nongarment_detection
 from fmnist.evaluation.wild_photos import DEV_STREAM, wild_robustness, worst_conditions
 from fmnist.release.classifier import Classifier
-from fmnist.trust.abstention import DEFAULT_PHOTO_OOD_QUANTILE
+from fmnist.trust.abstention import DEFAULT_FEATURE_POWER, DEFAULT_OOD_SCORE, DEFAULT_PHOTO_OOD_QUANTILE, OOD_SCORES
 from fmnist.trust.abstention_fit import selective_summary
 from serving.model_loading import ModelLoadError, load_model
 from serving.settings import Settings
@@ -66,6 +67,7 @@ def refit(
     seed: int,
     photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
     real_per_folder: int = 10_000,
+    **policy_options: Any,
 ) -> LeaveOut | None:
     """Fit the classifier's temperature and abstention policy on (images, labels) exactly as the evaluate step does
     (`fmnist.evaluation.report.fit_on_validation`), with the default evaluation settings but these; returns the
@@ -76,7 +78,7 @@ def refit(
         real_photos_per_folder=real_per_folder,
     )
     photo_fit = fit_on_validation(
-        classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed
+        classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed, **policy_options
     )[3]
     return None if photo_fit is None else leave_one_condition_out(classifier, photo_fit, photo_ood_quantile)
 
@@ -110,6 +112,15 @@ def main() -> None:
         action="store_true",
         help="the same weights without flip averaging (flip_tta off), to compare with the model as it was trained",
     )
+    parser.add_argument(
+        "--ood-score", choices=OOD_SCORES, default=DEFAULT_OOD_SCORE, help="the OOD score the policy is fitted with"
+    )
+    parser.add_argument(
+        "--feature-power",
+        type=float,
+        default=DEFAULT_FEATURE_POWER,
+        help="power the descriptor is raised to before the Mahalanobis density (1.0: Lee et al. as published)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -139,6 +150,8 @@ def main() -> None:
         args.seed,
         args.photo_ood_quantile,
         args.real_per_folder,
+        ood_score=args.ood_score,
+        feature_power=args.feature_power,
     )
     policy, record = classifier.policy, classifier.record
     assert policy is not None
@@ -181,8 +194,9 @@ def main() -> None:
         f" ({seconds:.0f} s)"
     )
     print(
-        f"policy: scans confident at >= {policy.confidence_threshold:.4f}, photos at >= {policy.photo_threshold:.4f}"
-        f" (OOD score <= {policy.ood_threshold:.1f}, photos <= {policy.photo_ood_threshold:.1f}); photos sure of the"
+        f"policy ({policy.ood_score}, feature power {policy.feature_power:g}): scans confident at >="
+        f" {policy.confidence_threshold:.4f}, photos at >= {policy.photo_threshold:.4f}"
+        f" (OOD score <= {policy.ood_threshold:.4g}, photos <= {policy.photo_ood_threshold:.4g}); photos sure of the"
         f" family alone at a family probability >= {policy.family_threshold:.4f};"
         f" held-out clean images: {clean['coverage']:.1%} confident, {clean['accuracy'] or 0:.2%} of those right"
     )

@@ -51,6 +51,8 @@ def test_frontier_quick_scores_candidates_on_validation_against_the_current_prof
         assert 0.1 < row["val_accuracy"] <= 1.0 and 0.1 < row["val_accuracy_flip_tta"] <= 1.0
         assert row["parameters"] > 0 and row["hparams"]["epochs"] == 1
         assert 0.0 <= row["real_photo_family_accuracy"] <= 1.0 and row["real_photos"] > 500
+        # Calibration on the half of validation the temperature was not fitted on; a fitted temperature lowers it.
+        assert 0.0 <= row["val_ece_after"] <= row["val_ece_before"] + 0.02 and 0.0 < row["val_ece_before"] < 1.0
     assert bf16["parameters"] == 61050 and bf16["hparams"]["width"] == 16  # the candidate names its shape in full
     parallel = report["parallelism"]
     assert parallel["trials"] == 2 and parallel["parallel_one_core_each_seconds"] > 0
@@ -99,6 +101,8 @@ def test_photo_robustness_benchmark_reports_every_condition_on_validation_only(s
     # Every rendered condition also judged by the photo thresholds fitted without it (leave-one-condition-out).
     assert all(not math.isnan(r["unseen_confident_share"]) for r in report["wild"] if r["condition"] != "clean")
     assert "fitted without the condition" in proc.stdout
+    assert "policy (mahalanobis, feature power 0.5)" in proc.stdout  # the defaults, which --ood-score and
+    # --feature-power compare against
     assert set(report["nongarments"]["sets"]) == {"synthetic", "photographs", "faces", "digits"}
     # The real photographs' validation split, 3 per folder: every folder judged, hats and the like by "unsure".
     real = report["real_photos"]

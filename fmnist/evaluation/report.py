@@ -142,11 +142,13 @@ def fit_on_validation(
     device: torch.device,
     evaluation: EvaluationConfig,
     seed: int,
+    **policy_options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, AbstentionPolicy, PhotoFit | None]:
     """Fit `record`'s temperature and abstention policy on validation images (and, per the profile, validation
     garments rendered as photos); returns the clean images' (features, logits), the policy and the photo part of its
     fit (None without one). The evaluate step and the development benchmark (`benchmarks/photo_robustness.py`) both
-    fit through here."""
+    fit through here; `policy_options` (`ood_score`, `feature_power`, `ridge`) go to `fit_abstention`, for the
+    benchmark to compare them on validation."""
     val_features, val_logits = features_and_logits(model, val_images, device, mean=record.mean, std=record.std)
     record.temperature = fit_temperature(val_logits, val_labels)
     photo_fit = _validation_photos(record, model, val_images, val_labels, device, evaluation, seed)
@@ -159,6 +161,7 @@ def fit_on_validation(
         evaluation.ood_quantile,
         photos=None if photo_fit is None else photo_fit.as_photos(),
         photo_ood_quantile=evaluation.photo_ood_quantile,
+        **policy_options,
     )
     return val_features, val_logits, policy, photo_fit
 
