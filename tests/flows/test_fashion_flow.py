@@ -59,6 +59,9 @@ def test_the_report_judges_real_photographs_of_its_report_split_only(smoke_flow)
     assert real["count"] == 50 and len(real["rows"]) == 10
     assert all(w["name"] in {p.name for p in load_real_photos("report")} for w in real["worst"])
     assert 0.0 <= real["family_accuracy"] <= 1.0 and real["no_class_unsure"] is not None
+    # Sure of the family counts the confident answers and the family-only ones; unsure is sure of neither.
+    assert real["family_sure"] >= real["confident"]
+    assert all(abs(r["family_sure"] + r["unsure"] - 1.0) < 1e-9 for r in real["rows"])
     assert "real photographs (50)" in smoke_flow.stdout
     policy = ModelRecord.from_bytes(smoke_flow.run.data.calibrated_model).abstention
     rendered = len(PHOTO_CONDITIONS) + len(WILD_CONDITIONS)  # 10 rendered photos per condition at most
