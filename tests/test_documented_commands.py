@@ -72,6 +72,10 @@ SKIPPED = {
     '--candidate "photo_prob 0.4:photo_prob=0.4" --candidate "rotate_prob 0:rotate_prob=0" --no-parallel-check': (
         "six whole trials (about 20 minutes on these cores); its --quick mode runs in tests/test_benchmarks.py"
     ),
+    '.venv/bin/python benchmarks/frontier.py --only current --candidate "label_smoothing 0.05:label_smoothing=0.05" '
+    '--candidate "label_smoothing 0.1:label_smoothing=0.1" --no-parallel-check': (
+        "three whole trials (about 10 minutes on these cores); its --quick mode runs in tests/test_benchmarks.py"
+    ),
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --render-only": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --json e2e.json": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/serve_faults.py --service-root /tmp/before --run FashionFlow/<id>": "needs a second "
