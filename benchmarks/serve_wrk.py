@@ -6,7 +6,7 @@ same run.
     python benchmarks/serve_wrk.py --workers 2                      # both servers with 2 uvicorn workers
     python benchmarks/serve_wrk.py --compare-batching               # also the service with FASHIONFLOW_BATCHING=true
     python benchmarks/serve_wrk.py --protocols                      # also /predict/pixels and the /v2 infer route
-    python benchmarks/serve_wrk.py --real-photos 64 --connections 1 # also real phone photos through /predict
+    python benchmarks/serve_wrk.py --real-photos 64                 # also real phone photos, one request at a time
     python benchmarks/serve_wrk.py --quick                          # 2 s per phase (the test suite's run)
 
 Needs `wrk` on PATH (Debian: `apt-get install wrk`). Starts benchmarks/bare_app.py and the service (uvicorn
@@ -304,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="Also post N real phone photos of the validation split through /predict, one per request in turn.",
     )
+    parser.add_argument(
+        "--photo-connections",
+        type=int,
+        default=1,
+        help="wrk connections of the photo phases (default 1: each photo's latency; more measure the decode pool's"
+        " load shedding, whose 503 answers count as errors).",
+    )
     parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
     parser.add_argument(
         "--quick", action="store_true", help="2 s per phase, 8 images per batch: checks the machinery (the test suite)."
@@ -386,13 +393,16 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for name, server, path, kind, count in phases:
                 url = f"http://127.0.0.1:{ports[server]}{path}"
+                # Photos one request at a time by default: their latency, not the decode pool's load shedding (more
+                # concurrent photo uploads than its queue holds are answered 503 by design).
+                connections = args.photo_connections if kind == "photo" else args.connections
                 r = run_wrk(
                     name,
                     url,
                     scripts[kind],
                     processes[server].pid,
-                    args.threads,
-                    args.connections,
+                    min(args.threads, connections),
+                    connections,
                     args.duration,
                     count,
                 )
