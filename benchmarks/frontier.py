@@ -140,8 +140,9 @@ def held_out_ece(logits: torch.Tensor, labels: np.ndarray, seed: int = 0) -> tup
     """ECE of flip-averaged validation logits (N, C) on one seeded half of the validation split, before and after a
     temperature fitted on the other half, as the evaluate step calibrates: a calibration figure that never scores the
     images its temperature was fitted on."""
-    order = np.random.default_rng(seed).permutation(len(labels))
-    fit, held = torch.from_numpy(np.sort(order[: len(order) // 2])), torch.from_numpy(np.sort(order[len(order) // 2 :]))
+    from photo_robustness import split_halves  # the benchmarks' one seeded split of validation into halves
+
+    fit, held = (torch.from_numpy(part) for part in split_halves(len(labels), seed))
     y = np.asarray(labels)
     temperature = fit_temperature(logits[fit], y[fit.numpy()])
     return (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fmnist.release.classifier import Classifier
+from fmnist.release.classifier import Classifier, Scored
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,25 @@ class Answers:
         """Labels from a classifier that never abstains (an oracle, a constant, a bare network)."""
         y = np.asarray(labels).reshape(-1).astype(np.int64)
         return cls(y, np.ones(len(y), dtype=bool))
+
+    @classmethod
+    def from_scored(cls, scored: Sequence[Scored], inputs: np.ndarray, empty: np.ndarray, photo: np.ndarray) -> Answers:
+        """The classifier's `Scored` answers to the model inputs `inputs` (n, 28, 28), with their empty and photo
+        flags (n,)."""
+        return cls(
+            labels=np.array([s.label for s in scored], dtype=np.int64),
+            confident=np.array([s.confident for s in scored], dtype=bool),
+            inputs=inputs,
+            empty=empty,
+            photo=photo,
+            family_sure=np.array([s.family is not None for s in scored], dtype=bool),
+        )
+
+    @property
+    def sure(self) -> np.ndarray:
+        """(n,) bool: sure of the class or at least of the garment family; "unsure" is sure of neither."""
+        confident = np.asarray(self.confident, dtype=bool)
+        return confident if self.family_sure is None else (np.asarray(self.family_sure, dtype=bool) | confident)
 
 
 # (condition name, the answers to that condition's uploads under the fitted policy) -> the same answers judged by
@@ -79,14 +98,6 @@ def service_answers(classifier: Classifier) -> Callable[[Sequence[bytes]], Answe
     (labels, verdicts and the 28x28 inputs the model saw)."""
 
     def classify(uploads: Sequence[bytes]) -> Answers:
-        scored, pixels, empty, photo = classifier.classify_with_inputs(uploads)
-        return Answers(
-            labels=np.array([s.label for s in scored], dtype=np.int64),
-            confident=np.array([s.confident for s in scored], dtype=bool),
-            inputs=pixels,
-            empty=empty,
-            photo=photo,
-            family_sure=np.array([s.family is not None for s in scored], dtype=bool),
-        )
+        return Answers.from_scored(*classifier.classify_with_inputs(uploads))
 
     return classify

@@ -95,13 +95,6 @@ def leave_one_condition_out(classifier: Classifier, fit: PhotoFit, photo_ood_qua
                 replace(record, abstention=refitted), classifier.device, classifier.runtime, classifier.threads
             )
         scored = judges[condition].score(answers.inputs, answers.empty.tolist(), answers.photo.tolist())
-        return Answers(
-            labels=np.array([s.label for s in scored], dtype=np.int64),
-            confident=np.array([s.confident for s in scored], dtype=bool),
-            inputs=answers.inputs,
-            empty=answers.empty,
-            photo=answers.photo,
-            family_sure=np.array([s.family is not None for s in scored], dtype=bool),
-        )
+        return Answers.from_scored(scored, answers.inputs, answers.empty, answers.photo)
 
     return judge

@@ -27,7 +27,7 @@ def real_photo_table(classify: Callable[[Sequence[bytes]], Answers], photos: Seq
     (wrong and confident first, then wrong and unsure; the grid shows them)."""
     answers = classify([p.data for p in photos])
     labels, confident = answers.labels, answers.confident.astype(bool)
-    family_sure = confident if answers.family_sure is None else (answers.family_sure.astype(bool) | confident)
+    family_sure = answers.sure
     family_right = np.array([int(label) in p.right_classes for label, p in zip(labels, photos, strict=True)])
     exact_right = np.array([p.exact is not None and int(y) == p.exact for y, p in zip(labels, photos, strict=True)])
     has_class = np.array([p.family is not None for p in photos], dtype=bool)

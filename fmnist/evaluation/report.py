@@ -385,7 +385,7 @@ def _nongarment_set(classifier: Classifier, items: list[tuple[str, bytes]]) -> d
     # The model's verdict on the normalised input with the empty rule left out: what the scores alone catch. Unsure
     # means sure of nothing: a garment family named for a non-garment is as wrong as a class.
     by_scores = np.array([s.family is None for s in classifier.score(answers.inputs, photo=answers.photo)])
-    unsure = ~answers.confident if answers.family_sure is None else ~(answers.confident | answers.family_sure)
+    unsure = ~answers.sure  # (N,)
     kinds = np.array([kind for kind, _ in items])  # (N,)
     return {
         "count": len(items),
