@@ -67,6 +67,7 @@ def refit(
     seed: int,
     photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
     real_per_folder: int = 10_000,
+    real_photo_density: bool = True,
     **policy_options: Any,
 ) -> LeaveOut | None:
     """Fit the classifier's temperature and abstention policy on (images, labels) exactly as the evaluate step does
@@ -76,6 +77,7 @@ def refit(
         fit_photo_per_class=fit_per_class,
         photo_ood_quantile=photo_ood_quantile,
         real_photos_per_folder=real_per_folder,
+        real_photo_density=real_photo_density,
     )
     photo_fit = fit_on_validation(
         classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed, **policy_options
@@ -121,6 +123,12 @@ def main() -> None:
         default=DEFAULT_FEATURE_POWER,
         help="power the descriptor is raised to before the Mahalanobis density (1.0: Lee et al. as published)",
     )
+    parser.add_argument(
+        "--no-real-photo-density",
+        dest="real_photo_density",
+        action="store_false",
+        help="score photos against the clean scans' class means alone, without the real photos' family components",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -150,6 +158,7 @@ def main() -> None:
         args.seed,
         args.photo_ood_quantile,
         args.real_per_folder,
+        args.real_photo_density,
         ood_score=args.ood_score,
         feature_power=args.feature_power,
     )
@@ -196,7 +205,8 @@ def main() -> None:
     print(
         f"policy ({policy.ood_score}, feature power {policy.feature_power:g}): scans confident at >="
         f" {policy.confidence_threshold:.4f}, photos at >= {policy.photo_threshold:.4f}"
-        f" (OOD score <= {policy.ood_threshold:.4g}, photos <= {policy.photo_ood_threshold:.4g}); photos sure of the"
+        f" (OOD score <= {policy.ood_threshold:.4g}, photos <= {policy.photo_ood_threshold:.4g},"
+        f" {0 if policy.photo_means is None else len(policy.photo_means)} real-photo components); photos sure of the"
         f" family alone at a family probability >= {policy.family_threshold:.4f};"
         f" held-out clean images: {clean['coverage']:.1%} confident, {clean['accuracy'] or 0:.2%} of those right"
     )

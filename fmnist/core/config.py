@@ -251,6 +251,11 @@ class EvaluationConfig(_Strict):
     # and at most this many per folder of the `report` split make the report's real-photograph section. 10,000 is
     # every photo; 0 leaves real photos out of both.
     real_photos_per_folder: int = Field(10_000, ge=0)
+    # Photos are also measured against the mean descriptor of each garment family's real photos in that fit, not
+    # only against the clean scans' class means (`AbstentionPolicy.photo_means`): a real garment on a bed is far from
+    # every studio scan while plainly a garment. Chosen on validation (`benchmarks/photo_robustness.py --run
+    # FashionFlow/1796378588392582`, against `--no-real-photo-density`): FIGURES.
+    real_photo_density: bool = True
 
 
 class TrackingConfig(_Strict):

@@ -161,6 +161,9 @@ def fit_on_validation(
         evaluation.ood_quantile,
         photos=None if photo_fit is None else photo_fit.as_photos(),
         photo_ood_quantile=evaluation.photo_ood_quantile,
+        photo_density=photo_fit.condition == REAL_CONDITION
+        if photo_fit is not None and evaluation.real_photo_density
+        else None,
         **policy_options,
     )
     return val_features, val_logits, policy, photo_fit

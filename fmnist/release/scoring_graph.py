@@ -35,7 +35,7 @@ from fmnist.trust.calibration import softmax
 # The graph's ONNX operator set: 17 has every operator the graph uses and runs on any ONNX Runtime of the last years.
 OPSET = 17
 INPUT = "pixels"
-OUTPUTS = ("probabilities", "ood_score")
+OUTPUTS = ("probabilities", "ood_score", "photo_ood_score")
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -54,16 +54,21 @@ def runtime_available() -> str | None:
 
 
 class ScoringGraph(nn.Module):
-    """(B, 28, 28) uint8 pixels -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score).
+    """(B, 28, 28) uint8 pixels -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score as a scan, (B,)
+    float64 OOD score as a photo).
 
     Both runtimes answer with it: eager torch runs it as a module, ONNX Runtime as its export. It is built from the
     record's normalisation, temperature and policy at the time (`matches` says whether they are still the record's).
-    Without an abstention policy (records written before abstention existed) the OOD score is zero.
+    The photo score also measures the distance to the policy's photo components (`AbstentionPolicy.photo_means`;
+    the scan score where it has none); which of the two applies is the normaliser's call, made outside the graph.
+    Without an abstention policy (records written before abstention existed) both OOD scores are zero.
     """
 
     mu: torch.Tensor
     precision: torch.Tensor
     quad_mu: torch.Tensor
+    photo_mu: torch.Tensor
+    photo_quad_mu: torch.Tensor
 
     def __init__(self, record: ModelRecord, network: FashionCNN) -> None:
         super().__init__()
@@ -77,6 +82,12 @@ class ScoringGraph(nn.Module):
             self.register_buffer("mu", mu)  # (C, D) float64
             self.register_buffer("precision", p)  # (D, D) float64
             self.register_buffer("quad_mu", quad_mu)  # (C,) float64
+        self.photo_components = policy is not None and self.method == "mahalanobis" and policy.photo_means is not None
+        if self.photo_components:
+            assert policy is not None and policy.photo_means is not None
+            photo_mu, _, photo_quad_mu = mahalanobis_terms(policy.photo_means, policy.precision)
+            self.register_buffer("photo_mu", photo_mu)  # (K, D) float64
+            self.register_buffer("photo_quad_mu", photo_quad_mu)  # (K,) float64
 
     def matches(self, record: ModelRecord) -> bool:
         """Whether the record still has the policy, temperature and normalisation this graph was built with (the
@@ -84,17 +95,21 @@ class ScoringGraph(nn.Module):
         built = (self.mean, self.std, self.temperature)
         return self.policy is record.abstention and built == (record.mean, record.std, record.temperature)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         features, logits = self.network.describe(normalize(pixels, self.mean, self.std))  # (B, D), (B, C)
         probabilities = softmax(logits, self.temperature)  # (B, C) float64
         if self.method == "mahalanobis":
-            terms = (self.mu, self.precision, self.quad_mu)
-            ood = squared_distances(power_transform(features, self.power), terms).min(1).values  # (B,)
+            transformed = power_transform(features, self.power)  # (B, D)
+            ood = squared_distances(transformed, (self.mu, self.precision, self.quad_mu)).min(1).values  # (B,)
+            photo_ood = ood
+            if self.photo_components:
+                terms = (self.photo_mu, self.precision, self.photo_quad_mu)
+                photo_ood = torch.minimum(ood, squared_distances(transformed, terms).min(1).values)  # (B,)
         elif self.method == "energy":
-            ood = energy_scores(logits)
+            ood = photo_ood = energy_scores(logits)
         else:  # zeros_like keeps the batch size dynamic in the export (torch.zeros(len(...)) would fix it)
-            ood = torch.zeros_like(probabilities[:, 0])
-        return probabilities, ood
+            ood = photo_ood = torch.zeros_like(probabilities[:, 0])
+        return probabilities, ood, photo_ood
 
 
 def export_onnx(graph: ScoringGraph) -> bytes:
@@ -143,7 +158,7 @@ class OnnxScorer:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 28, 28) uint8 -> ((B, C) float64 probabilities, (B,) float64 OOD score)."""
-        probabilities, ood = self.session.run(None, {INPUT: np.ascontiguousarray(pixels, dtype=np.uint8)})
-        return probabilities, ood
+    def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, 28, 28) uint8 -> ((B, C) float64 probabilities, (B,) float64 OOD score as a scan, and as a photo)."""
+        probabilities, ood, photo_ood = self.session.run(None, {INPUT: np.ascontiguousarray(pixels, dtype=np.uint8)})
+        return probabilities, ood, photo_ood

@@ -207,6 +207,11 @@ class AbstentionPolicy:
     family_threshold: float = math.nan
     val_photo_family_coverage: float = math.nan
     val_photo_family_risk: float = math.nan
+    # (K, D) float32 on the CPU: the mean (power-transformed) descriptor of each garment family's real phone photos in
+    # the fit, one component per family (`fit_abstention`'s `photo_density`). A photo's Mahalanobis score is its
+    # distance to the nearest class mean *or* family component, with the same precision; a scan's stays its distance
+    # to the class means. None: photos are scored like scans (policies fitted before, or without real photos).
+    photo_means: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.ood_score not in OOD_SCORES:
@@ -237,13 +242,17 @@ class AbstentionPolicy:
             "val_photo_family_risk": _json_float(self.val_photo_family_risk),
             "num_classes": int(self.class_means.shape[0]),
             "feature_dim": int(self.class_means.shape[1]),
+            "num_photo_components": 0 if self.photo_means is None else int(self.photo_means.shape[0]),
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The class means and precision matrix as contiguous CPU float32 tensors, keys prefixed 'abstention.'."""
+        """The class means, precision matrix and photo components (when fitted) as contiguous CPU float32 tensors,
+        keys prefixed 'abstention.'."""
+        parts = {"class_means": self.class_means, "precision": self.precision, "photo_means": self.photo_means}
         return {
-            TENSOR_PREFIX + "class_means": self.class_means.detach().to("cpu", torch.float32).contiguous(),
-            TENSOR_PREFIX + "precision": self.precision.detach().to("cpu", torch.float32).contiguous(),
+            TENSOR_PREFIX + name: t.detach().to("cpu", torch.float32).contiguous()
+            for name, t in parts.items()
+            if t is not None
         }
 
     @classmethod
@@ -256,6 +265,9 @@ class AbstentionPolicy:
             raise ValueError(f"abstention tensor {err} missing from the model record") from None
         if means.ndim != 2 or precision.shape != (means.shape[1], means.shape[1]):
             raise ValueError(f"class means {tuple(means.shape)} and precision {tuple(precision.shape)} do not match")
+        photo_means = tensors.get(TENSOR_PREFIX + "photo_means")
+        if photo_means is not None and (photo_means.ndim != 2 or photo_means.shape[1] != means.shape[1]):
+            raise ValueError(f"photo components {tuple(photo_means.shape)} and class means {tuple(means.shape)} differ")
         return cls(
             confidence_threshold=float(metadata["confidence_threshold"]),
             target_risk=float(metadata["target_risk"]),
@@ -279,18 +291,31 @@ class AbstentionPolicy:
             family_threshold=_from_json_float(metadata.get("family_threshold")),
             val_photo_family_coverage=_from_json_float(metadata.get("val_photo_family_coverage")),
             val_photo_family_risk=_from_json_float(metadata.get("val_photo_family_risk")),
+            photo_means=None if photo_means is None else photo_means.detach().to("cpu", torch.float32),
         )
 
-    def ood_scores(self, logits: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """(N,) float64 scores of the policy's OOD method; higher is less like the training images."""
+    def ood_scores(self, logits: torch.Tensor, features: torch.Tensor, photo: np.ndarray | None = None) -> torch.Tensor:
+        """(N,) float64 scores of the policy's OOD method; higher is less like the training images. `photo` (N,) bool
+        marks the photos, scored against the photo components too (`photo_scores`); None: all are scans."""
         if self.ood_score == "energy":
             return energy_scores(logits)
-        # The density's own terms are computed once per (class_means, precision) pair, not on every request.
-        cached = self.__dict__.get("_mahalanobis_cache")
-        if cached is None or cached[0] is not self.class_means or cached[1] is not self.precision:
-            cached = (self.class_means, self.precision, mahalanobis_terms(self.class_means, self.precision))
-            self.__dict__["_mahalanobis_cache"] = cached
-        return _mahalanobis(power_transform(features, self.feature_power), cached[2])
+        transformed = power_transform(features, self.feature_power)  # (N, D)
+        scans = _mahalanobis(transformed, self._terms("class", self.class_means))  # (N,)
+        if photo is None or self.photo_means is None:
+            return scans
+        marks = torch.from_numpy(np.asarray(photo, dtype=bool).reshape(-1))
+        if len(marks) != len(scans):
+            raise ValueError(f"{len(marks)} photo flags for {len(scans)} inputs")
+        real = _mahalanobis(transformed, self._terms("photo", self.photo_means))  # (N,)
+        return torch.where(marks, torch.minimum(scans, real), scans)
+
+    def _terms(self, name: str, means: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # The density's own terms are computed once per (means, precision) pair, not on every request.
+        cached = self.__dict__.get(f"_mahalanobis_{name}")
+        if cached is None or cached[0] is not means or cached[1] is not self.precision:
+            cached = (means, self.precision, mahalanobis_terms(means, self.precision))
+            self.__dict__[f"_mahalanobis_{name}"] = cached
+        return cached[2]
 
     def scores(
         self, logits: torch.Tensor, features: torch.Tensor, temperature: float, photo: np.ndarray | None = None
@@ -301,7 +326,7 @@ class AbstentionPolicy:
         inputs that were photos (see `reason_codes`); None: all are scans in Fashion-MNIST's own form.
         """
         confidence = confidence_scores(logits, temperature)  # (N,)
-        ood = self.ood_scores(logits, features)  # (N,)
+        ood = self.ood_scores(logits, features, photo)  # (N,)
         return confidence, ood, torch.from_numpy(self.reason_codes(confidence.numpy(), ood.numpy(), photo))
 
     def thresholds(self, photo: np.ndarray | None, n: int) -> tuple[np.ndarray | float, np.ndarray | float]:
@@ -336,7 +361,7 @@ class AbstentionPolicy:
         A few small matmuls per batch, cheap enough for every request.
         """
         probabilities = softmax(logits, temperature).numpy()  # (N, C) float64
-        return self.decisions(probabilities, self.ood_scores(logits, features).numpy(), photo)
+        return self.decisions(probabilities, self.ood_scores(logits, features, photo).numpy(), photo)
 
     def decisions(self, probabilities: np.ndarray, ood: np.ndarray, photo: np.ndarray | None = None) -> list[Decision]:
         """One Decision per row of (N, C) calibrated probabilities and (N,) OOD scores: the rule every runtime

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fmnist.core.data import FAMILIES
 from fmnist.trust.abstention import (
     DEFAULT_FEATURE_POWER,
     DEFAULT_OOD_QUANTILE,
@@ -149,6 +150,7 @@ def fit_abstention(
     feature_power: float = DEFAULT_FEATURE_POWER,
     photos: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None,
     photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
+    photo_density: np.ndarray | None = None,
 ) -> AbstentionPolicy:
     """Fit both thresholds (and the feature density) on validation logits (N, C), features (N, D) and labels (N,).
 
@@ -172,6 +174,12 @@ def fit_abstention(
     3. The confidence threshold: among validation images that pass the OOD check, the lowest threshold whose
        selective risk is at most `target_risk`, so the policy as a whole reaches the target on validation. If no
        threshold does, the highest confidence seen (only the most confident tie group is kept), with a warning.
+    4. `photo_density` (M,) bool, when given, marks the photos of `photos` that are real phone photographs: the mean
+       descriptor of each garment family among them (`fit_photo_components`) becomes a photo component, and the
+       photo thresholds are fitted on the photos' scores against it. A real garment on a bed or a rug is far from
+       every clean scan (its descriptor is not that of a 28x28 studio image) while being plainly a garment; measured
+       against the real photos of its family, it passes the OOD check where a face or a landscape still does not.
+       Scans are never scored against the photo components (a handwritten digit would come closer to them).
     """
     labels = np.asarray(val_labels).astype(np.int64)
     if not (len(val_logits) == len(val_features) == len(labels)) or len(labels) == 0:
@@ -210,6 +218,8 @@ def fit_abstention(
         )
     policy.confidence_threshold = threshold
     if photos is not None and len(photos[2]):
+        if photo_density is not None:
+            policy.photo_means = fit_photo_components(photos, photo_density, feature_power)
         fit_photo_thresholds(policy, photos, temperature, photo_ood_quantile)
 
     kept = passes & (confidence >= threshold)
@@ -228,6 +238,29 @@ def fit_abstention(
         100 * policy.val_ood_flagged,
     )
     return policy
+
+
+def fit_photo_components(
+    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], real: np.ndarray, feature_power: float
+) -> torch.Tensor | None:
+    """(K, D) float32: the mean of the features raised to `feature_power` of the photos marked `real` (M,) bool, per
+    garment family of their right classes (`_right_classes`), in `FAMILIES` order; garments without a class are left
+    out. None when no marked photo has a family. Means only: the scans' shared covariance is the density's shape."""
+    _, features, _ = photos
+    right = _right_classes(photos)  # (M, C)
+    marks = np.asarray(real, dtype=bool).reshape(-1)
+    if len(marks) != len(right):
+        raise ValueError(f"{len(marks)} real-photo flags for {len(right)} photos")
+    transformed = power_transform(features, feature_power)  # (M, D)
+    means = []
+    for members in FAMILIES.values():
+        chosen = marks & right[:, list(members)].any(1)  # (M,)
+        if chosen.any():
+            means.append(transformed[torch.from_numpy(np.flatnonzero(chosen))].mean(0))
+    if not means:
+        return None
+    log.info("photo components: %d garment families of %d real photographs", len(means), int(marks.sum()))
+    return torch.stack(means).float()
 
 
 def fit_photo_thresholds(
@@ -267,7 +300,7 @@ def _fit_photo_threshold(
     none is); counts them on `policy`."""
     logits, features, _ = photos
     right = _right_classes(photos)
-    ood = policy.ood_scores(logits, features).numpy()  # (M,)
+    ood = policy.ood_scores(logits, features, np.ones(len(logits), dtype=bool)).numpy()  # (M,)
     if not math.isnan(policy.photo_ood_quantile):
         policy.photo_ood_threshold = min(policy.ood_threshold, float(np.quantile(ood, policy.photo_ood_quantile)))
     passes = ood <= (policy.ood_threshold if math.isnan(policy.photo_ood_threshold) else policy.photo_ood_threshold)
@@ -299,7 +332,7 @@ def _fit_family_threshold(
     family answer as trustworthy as a confident one wherever it is given. NaN (no family answers) when none is."""
     logits, features, _ = photos
     probabilities = softmax(logits, temperature).numpy()  # (M, C)
-    ood = policy.ood_scores(logits, features).numpy()  # (M,)
+    ood = policy.ood_scores(logits, features, np.ones(len(logits), dtype=bool)).numpy()  # (M,)
     codes = policy.reason_codes(probabilities.max(1), ood, np.ones(len(ood), dtype=bool))
     family_only = codes == 2  # like the training images, the class unsure
     if not family_only.any():
@@ -326,7 +359,8 @@ def _family_verdicts(
     """(sure of the family (M,), family right (M,)) of the fitted policy on the photo part of the fit."""
     logits, features, _ = photos
     probabilities = softmax(logits, temperature).numpy()
-    decisions = policy.decisions(probabilities, policy.ood_scores(logits, features).numpy(), np.ones(len(logits), bool))
+    marks = np.ones(len(logits), dtype=bool)
+    decisions = policy.decisions(probabilities, policy.ood_scores(logits, features, marks).numpy(), marks)
     sure = np.array([d.family is not None for d in decisions], dtype=bool)
     return sure, _family_right(photos, probabilities)
 

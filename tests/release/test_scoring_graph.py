@@ -70,7 +70,7 @@ def test_both_runtimes_give_the_same_answers(record, pixels):
 
 def test_the_graph_is_one_module_of_the_torch_functions(record, pixels):
     """ScoringGraph in eager torch (the torch runtime) equals the functions it is made of, called one by one: the
-    network's descriptor and logits, the calibrated softmax, the policy's OOD score."""
+    network's descriptor and logits, the calibrated softmax, the policy's OOD score as a scan and as a photo."""
     from fmnist.core.model import normalize
     from fmnist.trust.calibration import softmax
 
@@ -78,11 +78,16 @@ def test_the_graph_is_one_module_of_the_torch_functions(record, pixels):
     graph = ScoringGraph(record, record.build(cpu))
     network = record.build(cpu)
     with torch.inference_mode():
-        probabilities, ood = graph(torch.from_numpy(pixels[:64]))
+        probabilities, ood, photo_ood = graph(torch.from_numpy(pixels[:64]))
         features, logits = network.describe(normalize(torch.from_numpy(pixels[:64]), record.mean, record.std))
-        reference = softmax(logits, record.temperature).numpy(), record.abstention.ood_scores(logits, features).numpy()
+        policy = record.abstention
+        reference = softmax(logits, record.temperature).numpy(), policy.ood_scores(logits, features).numpy()
+        as_photos = policy.ood_scores(logits, features, np.ones(64, dtype=bool)).numpy()
     np.testing.assert_allclose(probabilities.numpy(), reference[0], rtol=0, atol=1e-12)
     np.testing.assert_allclose(ood.numpy(), reference[1], rtol=1e-9)
+    np.testing.assert_allclose(photo_ood.numpy(), as_photos, rtol=1e-9)
+    # The smoke run's policy has photo components (its fit has real photos); they can only bring an input closer.
+    assert policy.photo_means is not None and (as_photos <= reference[1]).all()
     torch_runtime = Classifier(record, cpu, "torch").score(pixels[:64])
     np.testing.assert_array_equal(
         np.stack([s.probabilities for s in torch_runtime]), probabilities.numpy().astype(np.float32)

@@ -439,3 +439,65 @@ def test_family_answers_only_for_photos_that_look_like_garments(val_set):
     restored = AbstentionPolicy.from_parts(json.loads(json.dumps(policy.metadata())), policy.tensors())
     assert restored.family_threshold == pytest.approx(policy.family_threshold)
     assert [d.family for d in restored.decide(z, f, 1.0, photo=marks)] == [d.family for d in decisions]
+
+
+def test_photo_components_let_real_garments_pass_as_photos_and_never_move_a_scan(val_set):
+    """Real photos of a garment family sit far from every clean class mean (`synthetic_set`'s scans) but close to one
+    another. Fitted with `photo_density`, each family gets one component: its real photos' mean. New real photos of
+    that family then pass the OOD check as photos while they are still unlike the training images as scans; far
+    inputs stay unlike either way, and scans are scored as before."""
+    from fmnist.core.data import FAMILIES
+    from fmnist.trust.abstention_fit import fit_photo_components
+
+    logits, features, labels = val_set
+    g = torch.Generator().manual_seed(7)
+    shift = torch.full((DIM,), 12.0)  # a backdrop's worth of extra activation on every feature
+
+    def real_photos(n: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        z, f, y = synthetic_set(n, seed=int(torch.randint(0, 10_000, (1,), generator=g)))
+        right = np.zeros((n, NUM_CLASSES), dtype=bool)
+        for i, label in enumerate(y.tolist()):
+            right[i, list(next(cs for cs in FAMILIES.values() if label in cs))] = True
+        return z, f + shift, right
+
+    rendered = (logits[:500], features[:500], labels[:500])
+    real = real_photos(600)
+    photos = (
+        torch.cat([rendered[0], real[0]]),
+        torch.cat([rendered[1], real[1]]),
+        np.concatenate([np.eye(NUM_CLASSES, dtype=bool)[rendered[2].astype(np.int64)], real[2]]),
+    )
+    marks = np.arange(1100) >= 500  # the real ones
+    with_components = fit_abstention(logits, features, labels, 1.0, photos=photos, photo_density=marks)
+    without = fit_abstention(logits, features, labels, 1.0, photos=photos)
+    assert without.photo_means is None
+    components = with_components.photo_means
+    assert components is not None and components.shape == (len(FAMILIES), DIM)
+    expected = fit_photo_components(photos, marks, with_components.feature_power)
+    assert expected is not None and torch.equal(components, expected)
+
+    new_z, new_f, _ = real_photos(300)  # other real photos of the same families
+    as_photos = np.ones(300, dtype=bool)
+    passes = with_components.reason_codes(
+        np.ones(300), with_components.ood_scores(new_z, new_f, as_photos).numpy(), as_photos
+    )
+    assert (passes != 1).mean() > 0.8  # like real photos: judged by their confidence
+    for policy in (with_components, without):  # as scans, or without components: unlike the training images
+        scans = policy.reason_codes(np.ones(300), policy.ood_scores(new_z, new_f).numpy())
+        assert (scans == 1).all()
+    far = features[:300] + 60.0
+    far_codes = with_components.reason_codes(
+        np.ones(300), with_components.ood_scores(logits[:300], far, as_photos).numpy(), as_photos
+    )
+    assert (far_codes == 1).all()
+    # Scans are scored against the class means alone, whatever the components.
+    np.testing.assert_array_equal(
+        with_components.ood_scores(logits, features).numpy(), without.ood_scores(logits, features).numpy()
+    )
+    # The components travel in the record, and a mismatched one is refused.
+    rebuilt = AbstentionPolicy.from_parts(with_components.metadata(), with_components.tensors())
+    assert rebuilt.photo_means is not None and torch.equal(rebuilt.photo_means, components)
+    assert with_components.metadata()["num_photo_components"] == len(FAMILIES)
+    bad = with_components.tensors() | {"abstention.photo_means": torch.zeros(2, DIM + 1)}
+    with pytest.raises(ValueError, match="photo components"):
+        AbstentionPolicy.from_parts(with_components.metadata(), bad)
