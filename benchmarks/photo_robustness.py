@@ -41,7 +41,13 @@ from fmnist.evaluation.real_photo_suite import format_table, real_photo_table
 from fmnist.evaluation.report import fit_on_validation, nongarment_detection
 from fmnist.evaluation.wild_photos import DEV_STREAM, wild_robustness, worst_conditions
 from fmnist.release.classifier import Classifier
-from fmnist.trust.abstention import DEFAULT_FEATURE_POWER, DEFAULT_OOD_SCORE, DEFAULT_PHOTO_OOD_QUANTILE, OOD_SCORES
+from fmnist.trust.abstention import (
+    DEFAULT_FEATURE_POWER,
+    DEFAULT_OOD_SCORE,
+    DEFAULT_PHOTO_COMPONENT_QUANTILE,
+    DEFAULT_PHOTO_OOD_QUANTILE,
+    OOD_SCORES,
+)
 from fmnist.trust.abstention_fit import selective_summary
 from serving.model_loading import ModelLoadError, load_model
 from serving.settings import Settings
@@ -68,6 +74,7 @@ def refit(
     photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
     real_per_folder: int = 10_000,
     real_photo_density: bool = True,
+    photo_component_quantile: float = DEFAULT_PHOTO_COMPONENT_QUANTILE,
     **policy_options: Any,
 ) -> LeaveOut | None:
     """Fit the classifier's temperature and abstention policy on (images, labels) exactly as the evaluate step does
@@ -78,6 +85,7 @@ def refit(
         photo_ood_quantile=photo_ood_quantile,
         real_photos_per_folder=real_per_folder,
         real_photo_density=real_photo_density,
+        photo_component_quantile=photo_component_quantile,
     )
     photo_fit = fit_on_validation(
         classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed, **policy_options
@@ -129,6 +137,12 @@ def main() -> None:
         action="store_false",
         help="score photos against the clean scans' class means alone, without the real photos' family components",
     )
+    parser.add_argument(
+        "--photo-component-quantile",
+        type=float,
+        default=DEFAULT_PHOTO_COMPONENT_QUANTILE,
+        help="quantile of real fit photos' distances to their family components for the components' threshold",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -159,6 +173,7 @@ def main() -> None:
         args.photo_ood_quantile,
         args.real_per_folder,
         args.real_photo_density,
+        args.photo_component_quantile,
         ood_score=args.ood_score,
         feature_power=args.feature_power,
     )
@@ -206,8 +221,9 @@ def main() -> None:
         f"policy ({policy.ood_score}, feature power {policy.feature_power:g}): scans confident at >="
         f" {policy.confidence_threshold:.4f}, photos at >= {policy.photo_threshold:.4f}"
         f" (OOD score <= {policy.ood_threshold:.4g}, photos <= {policy.photo_ood_threshold:.4g},"
-        f" {0 if policy.photo_means is None else len(policy.photo_means)} real-photo components); photos sure of the"
-        f" family alone at a family probability >= {policy.family_threshold:.4f};"
+        f" or <= {policy.photo_component_threshold:.4g} from the nearest of"
+        f" {0 if policy.photo_means is None else len(policy.photo_means)} real-photo family components);"
+        f" photos sure of the family alone at a family probability >= {policy.family_threshold:.4f};"
         f" held-out clean images: {clean['coverage']:.1%} confident, {clean['accuracy'] or 0:.2%} of those right"
     )
     header = f"{'family':<7} {'condition':<20} {'severity':>8}  {'accuracy':>8} {'x clean':>7} {'confident':>9}"

@@ -251,6 +251,7 @@ def real_photo_components(real: RealPhotoSuite) -> Components:
                     "-" if r.family_sure is None else _pct(r.family_sure),
                     "-" if r.family_sure_accuracy is None else _pct(r.family_sure_accuracy),
                     "-" if r.unsure is None else _pct(r.unsure),
+                    "-" if r.unlike is None else _pct(r.unlike),
                 ]
                 for r in real.rows
             ],
@@ -264,6 +265,7 @@ def real_photo_components(real: RealPhotoSuite) -> Components:
                 "sure of the family",
                 "right family when sure",
                 "unsure",
+                "unlike the training images",
             ],
         ),
     ]

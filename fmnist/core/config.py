@@ -251,11 +251,19 @@ class EvaluationConfig(_Strict):
     # and at most this many per folder of the `report` split make the report's real-photograph section. 10,000 is
     # every photo; 0 leaves real photos out of both.
     real_photos_per_folder: int = Field(10_000, ge=0)
-    # Photos are also measured against the mean descriptor of each garment family's real photos in that fit, not
-    # only against the clean scans' class means (`AbstentionPolicy.photo_means`): a real garment on a bed is far from
-    # every studio scan while plainly a garment. Chosen on validation (`benchmarks/photo_robustness.py --run
-    # FashionFlow/1796378588392582`, against `--no-real-photo-density`): FIGURES.
+    # Photos may also pass the OOD check as close to the real photos of a garment family
+    # (`AbstentionPolicy.photo_means`: the mean descriptor of each family's real photos in the first half of the fit
+    # split, the half training may see), not only as close to the clean scans: a real garment on a bed is far from
+    # every studio scan while plainly a garment. Their distance threshold is this quantile of the other half's real
+    # garment photos' distances. Chosen on validation (`benchmarks/photo_robustness.py --run
+    # FashionFlow/1796378588392582`, against `--no-real-photo-density` and `--photo-component-quantile 0.9`): real
+    # validation garments sure of their family 35.4% -> 46.4% at 0.8 (45.1% at 0.9), 98.7% -> 99.3% right (99.3%);
+    # declined as unlike the training images 22.0% (12.6%); no class unsure 92.7% -> 92.7% (90.8%); development
+    # non-garments unsure (synthetic / photographs / faces / digits) 99.4 / 100 / 97.0 / 100% -> the same (99.4 / 98.3
+    # / 96.0 / 100%). The price at 0.8: rendered photos at realistic severities answered confidently 67.1% -> 57.6%
+    # (99.03% -> 99.50% right; 66.7%, 98.50% at 0.9), as the photo threshold's bound settles at 0.978, not 0.946.
     real_photo_density: bool = True
+    photo_component_quantile: float = Field(0.8, gt=0.5, le=1.0)
 
 
 class TrackingConfig(_Strict):

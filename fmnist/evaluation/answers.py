@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fmnist.release.classifier import Classifier, Scored
+from fmnist.trust.abstention import UNLIKE_TRAINING
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class Answers:
     # (n,) bool: sure of the garment family (confident of the class, or of its family alone: `Decision.family`);
     # None: the same as `confident` (a classifier without family answers)
     family_sure: np.ndarray | None = None
+    # (n,) bool: declined as unlike the training images (an empty upload too), before any confidence is looked at;
+    # None: not told (a classifier without an OOD check)
+    unlike: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.labels) != len(self.confident):
@@ -54,6 +58,7 @@ class Answers:
             empty=empty,
             photo=photo,
             family_sure=np.array([s.family is not None for s in scored], dtype=bool),
+            unlike=np.array([s.unsure_reason == UNLIKE_TRAINING for s in scored], dtype=bool),
         )
 
     @property

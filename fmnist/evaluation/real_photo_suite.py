@@ -3,7 +3,8 @@
 Per upstream folder: accuracy (the exact class where Fashion-MNIST has it, the garment family otherwise), the share
 answered confidently and the accuracy of those answers (by family, the question a shopper asks first), and the same
 for the answers sure of the family (confident of the class, or of the family alone: `Decision.family`); for the
-garments without a class (hats, shorts, skirts), the share marked unsure (sure of neither), the only honest answer.
+garments without a class (hats, shorts, skirts), the share marked unsure (sure of neither), the only honest answer;
+and for every folder the share declined as unlike the training images (the OOD check, before any confidence).
 Totals over the garments with a class are pooled over photos.
 """
 
@@ -28,6 +29,7 @@ def real_photo_table(classify: Callable[[Sequence[bytes]], Answers], photos: Seq
     answers = classify([p.data for p in photos])
     labels, confident = answers.labels, answers.confident.astype(bool)
     family_sure = answers.sure
+    unlike = answers.unlike if answers.unlike is not None else np.zeros(len(labels), dtype=bool)
     family_right = np.array([int(label) in p.right_classes for label, p in zip(labels, photos, strict=True)])
     exact_right = np.array([p.exact is not None and int(y) == p.exact for y, p in zip(labels, photos, strict=True)])
     has_class = np.array([p.family is not None for p in photos], dtype=bool)
@@ -51,6 +53,7 @@ def real_photo_table(classify: Callable[[Sequence[bytes]], Answers], photos: Seq
                 "family_sure": _share(family_sure[m]),
                 "family_sure_accuracy": _share(family_right[m & family_sure]) if family else None,
                 "unsure": _share(~family_sure[m]),
+                "unlike": _share(unlike[m]),
             }
         )
     garments = has_class
@@ -68,6 +71,7 @@ def real_photo_table(classify: Callable[[Sequence[bytes]], Answers], photos: Seq
         "family_sure": _share(family_sure[garments]),
         "family_sure_accuracy": _share(family_right[garments & family_sure]),
         "no_class_unsure": _share(~family_sure[~garments]),
+        "unlike": _share(unlike[garments]),
         "worst": worst,
         "labels": labels,
         "confident_flags": confident,
@@ -83,17 +87,18 @@ def format_table(table: dict[str, Any]) -> list[str]:
         return "   -  " if x is None else f"{100 * x:5.1f}%"
 
     head = f"{'folder':<11} {'n':>4}  {'judged by':<16} {'acc':>6} {'family':>6} {'conf':>6} {'conf ok':>7}"
-    lines = [head + f" {'fam sure':>8} {'fam ok':>6} {'unsure':>6}"]
+    lines = [head + f" {'fam sure':>8} {'fam ok':>6} {'unsure':>6} {'unlike':>6}"]
     for r in table["rows"]:
         lines.append(
             f"{r['folder']:<11} {r['count']:>4}  {r['judged_by']:<16} {pct(r['accuracy'])} {pct(r['family_accuracy'])} "
             f"{pct(r['confident'])} {pct(r['confident_family_accuracy']):>7} {pct(r['family_sure']):>8} "
-            f"{pct(r['family_sure_accuracy'])} {pct(r['unsure'])}"
+            f"{pct(r['family_sure_accuracy'])} {pct(r['unsure'])} {pct(r.get('unlike'))}"
         )
     lines.append(
         f"garments with a class: exact {pct(table['exact_accuracy'])}, family {pct(table['family_accuracy'])}, "
         f"confident {pct(table['confident'])}, right when confident {pct(table['confident_family_accuracy'])}, "
-        f"sure of the family {pct(table['family_sure'])}, right family when sure {pct(table['family_sure_accuracy'])}; "
+        f"sure of the family {pct(table['family_sure'])}, right family when sure {pct(table['family_sure_accuracy'])}, "
+        f"unlike the training images {pct(table.get('unlike'))}; "
         f"without a class: unsure {pct(table['no_class_unsure'])}"
     )
     return lines

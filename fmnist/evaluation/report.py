@@ -16,7 +16,7 @@ import torch
 from fmnist.core.config import EvaluationConfig
 from fmnist.core.data import CLASS_NAMES, NUM_CLASSES
 from fmnist.core.inference import features_and_logits
-from fmnist.core.real_photos import fit_parts, load_real_photos, sample_per_folder
+from fmnist.core.real_photos import RealPhoto, fit_parts, load_real_photos, sample_per_folder
 from fmnist.core.runtime import available_cores
 from fmnist.evaluation.answers import LeaveOut, service_answers
 from fmnist.evaluation.leave_out import REAL as REAL_CONDITION
@@ -161,12 +161,42 @@ def fit_on_validation(
         evaluation.ood_quantile,
         photos=None if photo_fit is None else photo_fit.as_photos(),
         photo_ood_quantile=evaluation.photo_ood_quantile,
-        photo_density=photo_fit.condition == REAL_CONDITION
-        if photo_fit is not None and evaluation.real_photo_density
-        else None,
+        photo_density=_density_photos(record, model, device, evaluation) if photo_fit is not None else None,
+        real_photos=None if photo_fit is None else photo_fit.condition == REAL_CONDITION,
+        photo_component_quantile=evaluation.photo_component_quantile,
         **policy_options,
     )
     return val_features, val_logits, policy, photo_fit
+
+
+def _real_inputs(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
+    """Real photos through the service's normalisation: (model inputs (m, 28, 28) uint8, right classes (m, C) bool),
+    the uploads it finds empty left out (they are unsure whatever the scores)."""
+    with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
+        prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_UPLOAD_PIXELS), photos))
+    kept = [(q.pixels, p) for q, p in zip(prepared, photos, strict=True) if not q.empty]
+    right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)
+    for i, (_, photo) in enumerate(kept):
+        right[i, list(photo.right_classes)] = True
+    pixels = np.stack([pixels for pixels, _ in kept]) if kept else np.zeros((0, 28, 28), dtype=np.uint8)
+    return pixels, right
+
+
+def _density_photos(
+    record: ModelRecord, model: torch.nn.Module, device: torch.device, evaluation: EvaluationConfig
+) -> tuple[torch.Tensor, np.ndarray] | None:
+    """(features, right classes) of the real photos the photo components are fitted on: the first half of the `fit`
+    split (`fit_parts`, the half training may see), never the photos the components' threshold is fitted on. None when
+    the profile leaves them out."""
+    if not evaluation.real_photo_density or evaluation.real_photos_per_folder == 0:
+        return None
+    pixels, right = _real_inputs(
+        sample_per_folder(fit_parts(load_real_photos("fit"))[0], evaluation.real_photos_per_folder)
+    )
+    if not len(pixels):
+        return None
+    features, _ = features_and_logits(model, pixels, device, mean=record.mean, std=record.std)
+    return features, right
 
 
 def _validation_photos(
@@ -195,15 +225,9 @@ def _validation_photos(
         photos = load_real_photos("fit")
         if record.hparams.get("real_photo_share", 0) > 0:  # never the photos the network trained on
             photos = fit_parts(photos)[1]
-        photos = sample_per_folder(photos, evaluation.real_photos_per_folder)
-        with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
-            prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_UPLOAD_PIXELS), photos))
-        kept = [(q.pixels, p) for q, p in zip(prepared, photos, strict=True) if not q.empty]
-        if kept:
-            right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)
-            for i, (_, photo) in enumerate(kept):
-                right[i, list(photo.right_classes)] = True
-            parts.append((np.stack([pixels for pixels, _ in kept]), right, np.full(len(kept), REAL_CONDITION)))
+        pixels, right = _real_inputs(sample_per_folder(photos, evaluation.real_photos_per_folder))
+        if len(pixels):
+            parts.append((pixels, right, np.full(len(pixels), REAL_CONDITION)))
     if not parts:
         return None
     pixels = np.concatenate([p for p, _, _ in parts])

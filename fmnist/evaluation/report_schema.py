@@ -226,6 +226,7 @@ class RealPhotoRow(_Record):
     family_sure: float | None = None
     family_sure_accuracy: float | None = None
     unsure: float | None  # sure of neither
+    unlike: float | None = None  # declined as unlike the training images (the OOD check), an empty upload too
 
 
 class RealPhotoWorst(_Record):
@@ -251,6 +252,7 @@ class RealPhotoSuite(_Record):
     family_sure: float | None = None
     family_sure_accuracy: float | None = None
     no_class_unsure: float | None
+    unlike: float | None = None  # garments with a class declined as unlike the training images
     worst: list[RealPhotoWorst]
 
 

@@ -85,15 +85,15 @@ class Classifier:
             self.graph = ScoringGraph(self.record, self.network).to(self.device)
             self.onnx = OnnxScorer(self.graph, self.threads) if self.onnx is not None else None
         if self.onnx is not None:
-            probs64, scan_ood, photo_ood = self.onnx(pixels)  # (B, C), (B,), (B,) float64
+            probs64, scan_ood, distance = self.onnx(pixels)  # (B, C), (B,), (B,) float64
         else:
-            probs64, scan_ood, photo_ood = self._torch_scores(pixels)
+            probs64, scan_ood, distance = self._torch_scores(pixels)
         probs = probs64.astype(np.float32)
         confidence = probs64.max(1)  # (B,) float64
         if self.policy is not None:
             marks = None if photo is None else np.asarray(photo, dtype=bool)
-            # A photo is scored against the policy's photo components too (`AbstentionPolicy.ood_scores`).
-            ood = scan_ood if marks is None else np.where(marks, photo_ood, scan_ood)  # (B,)
+            # A photo may also pass as close to the real photos of a garment family (`AbstentionPolicy.photo_scores`).
+            ood = scan_ood if marks is None else np.where(marks, self.policy.photo_scores(scan_ood, distance), scan_ood)
             verdicts = [(d.confident, d.reason, d.family) for d in self.policy.decisions(probs64, ood, marks)]
         else:
             verdicts = [
@@ -108,12 +108,12 @@ class Classifier:
 
     @torch.inference_mode()
     def _torch_scores(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(B, 28, 28) uint8 -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score as a scan, and as a
-        photo), eager torch: the calibrated softmax the evaluation report used, so served probabilities match the
-        report's."""
+        """(B, 28, 28) uint8 -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score, (B,) float64
+        distance to the nearest photo component), eager torch: the calibrated softmax the evaluation report used, so
+        served probabilities match the report's."""
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
-        probabilities, ood, photo_ood = self.graph(x)
-        return probabilities.cpu().numpy(), ood.cpu().numpy(), photo_ood.cpu().numpy()
+        probabilities, ood, distance = self.graph(x)
+        return probabilities.cpu().numpy(), ood.cpu().numpy(), distance.cpu().numpy()
 
     def classify_uploads(self, uploads: Sequence[bytes], max_pixels: int = MAX_UPLOAD_PIXELS) -> list[Scored]:
         """Encoded images -> `Scored`, each through the service's normalisation

@@ -35,7 +35,7 @@ from fmnist.trust.calibration import softmax
 # The graph's ONNX operator set: 17 has every operator the graph uses and runs on any ONNX Runtime of the last years.
 OPSET = 17
 INPUT = "pixels"
-OUTPUTS = ("probabilities", "ood_score", "photo_ood_score")
+OUTPUTS = ("probabilities", "ood_score", "component_distance")
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -54,14 +54,15 @@ def runtime_available() -> str | None:
 
 
 class ScoringGraph(nn.Module):
-    """(B, 28, 28) uint8 pixels -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score as a scan, (B,)
-    float64 OOD score as a photo).
+    """(B, 28, 28) uint8 pixels -> ((B, C) float64 calibrated probabilities, (B,) float64 OOD score, (B,) float64
+    distance to the nearest photo component).
 
     Both runtimes answer with it: eager torch runs it as a module, ONNX Runtime as its export. It is built from the
     record's normalisation, temperature and policy at the time (`matches` says whether they are still the record's).
-    The photo score also measures the distance to the policy's photo components (`AbstentionPolicy.photo_means`;
-    the scan score where it has none); which of the two applies is the normaliser's call, made outside the graph.
-    Without an abstention policy (records written before abstention existed) both OOD scores are zero.
+    The component distance (`AbstentionPolicy.photo_means`; the OOD score again where the policy has none) counts for
+    photos only, which is the normaliser's call, and its threshold is the policy's, so both are applied outside the
+    graph (`AbstentionPolicy.photo_scores`). Without an abstention policy (records written before abstention existed)
+    the OOD score and the distance are zero.
     """
 
     mu: torch.Tensor
@@ -101,15 +102,15 @@ class ScoringGraph(nn.Module):
         if self.method == "mahalanobis":
             transformed = power_transform(features, self.power)  # (B, D)
             ood = squared_distances(transformed, (self.mu, self.precision, self.quad_mu)).min(1).values  # (B,)
-            photo_ood = ood
+            distance = ood
             if self.photo_components:
                 terms = (self.photo_mu, self.precision, self.photo_quad_mu)
-                photo_ood = torch.minimum(ood, squared_distances(transformed, terms).min(1).values)  # (B,)
+                distance = squared_distances(transformed, terms).min(1).values  # (B,)
         elif self.method == "energy":
-            ood = photo_ood = energy_scores(logits)
+            ood = distance = energy_scores(logits)
         else:  # zeros_like keeps the batch size dynamic in the export (torch.zeros(len(...)) would fix it)
-            ood = photo_ood = torch.zeros_like(probabilities[:, 0])
-        return probabilities, ood, photo_ood
+            ood = distance = torch.zeros_like(probabilities[:, 0])
+        return probabilities, ood, distance
 
 
 def export_onnx(graph: ScoringGraph) -> bytes:
@@ -159,6 +160,7 @@ class OnnxScorer:
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(B, 28, 28) uint8 -> ((B, C) float64 probabilities, (B,) float64 OOD score as a scan, and as a photo)."""
-        probabilities, ood, photo_ood = self.session.run(None, {INPUT: np.ascontiguousarray(pixels, dtype=np.uint8)})
-        return probabilities, ood, photo_ood
+        """(B, 28, 28) uint8 -> ((B, C) float64 probabilities, (B,) float64 OOD score, (B,) float64 distance to the
+        nearest photo component)."""
+        probabilities, ood, distance = self.session.run(None, {INPUT: np.ascontiguousarray(pixels, dtype=np.uint8)})
+        return probabilities, ood, distance

@@ -34,8 +34,9 @@ black). The descriptor and the score were first compared on test images and on t
 such choices are now made on the development sets that `benchmarks/photo_robustness.py` prints (validation images,
 non-garments drawn with other seeds and other photographs than the report's), with the share each set gets flagged
 by the model's scores alone. Re-compared there on the default model (`photo_robustness.py --run
-FashionFlow/1796368689035310`, then with `--feature-power 1.0`, then `--ood-score energy`; development non-garments
-unsure, synthetic / photographs / faces / digits; rendered photos at realistic severities answered confidently):
+FashionFlow/1796368689035310`, then with `--feature-power 1.0`, then `--ood-score energy`, all three before the real
+photos' family components below; development non-garments unsure, synthetic / photographs / faces / digits; rendered
+photos at realistic severities answered confidently):
 
     mahalanobis, power 0.5 (the default)  99.4 / 100 / 97.0 / 100%;  67.1% confident, 99.03% right
     mahalanobis, power 1.0                99.4 / 100 / 96.0 / 98.5%; 57.0% confident, 99.53% right
@@ -45,6 +46,14 @@ The square-rooted Mahalanobis score catches the most non-garments and answers th
 photos sure of their family: 35.4%, 40.4% and 49.5%, each about 99% right: the other two let more real garments pass
 the OOD check, and with them more non-garments.) The descriptor's layers are part of the network
 (`FashionCNN.describe`) and were not re-compared.
+
+Photos are also measured against real phone photos (`fmnist.core.real_photos`): one component per garment family,
+the mean descriptor of that family's real photos, with the same precision. A photo passes the OOD check when it is
+close enough to the clean scans (the photo OOD threshold) or to the nearest family component (the components' own
+threshold, from other real photos than the means); one score carries both (`photo_scores`). A scan is measured
+against the class means alone (a handwritten digit, a scan, would otherwise come closer to the components). A
+garment on a bed, a floor or a rug is far from every clean studio scan while plainly a garment; a face or a landscape
+stays far from both.
 
 Both thresholds are fitted on the validation split (never the test set) and travel in the model record: the
 scalars as JSON (`AbstentionPolicy.metadata`), the class means and the precision matrix as tensors
@@ -79,6 +88,9 @@ DEFAULT_TARGET_RISK = 0.02
 DEFAULT_OOD_QUANTILE = 0.995
 # Photos: 10% of validation garment photos are flagged as unlike the training images (see `fit_abstention`).
 DEFAULT_PHOTO_OOD_QUANTILE = 0.9
+# Photos close to the real photos of a garment family: 80% of other real garment photos pass by that distance
+# (`EvaluationConfig.photo_component_quantile`, chosen on validation).
+DEFAULT_PHOTO_COMPONENT_QUANTILE = 0.8
 # Ridge added to the shared covariance, relative to its mean variance: ReLU-and-max-pooled features have
 # near-degenerate directions, and a few thousand validation images estimate a covariance of a few hundred dimensions
 # only roughly.
@@ -207,11 +219,14 @@ class AbstentionPolicy:
     family_threshold: float = math.nan
     val_photo_family_coverage: float = math.nan
     val_photo_family_risk: float = math.nan
-    # (K, D) float32 on the CPU: the mean (power-transformed) descriptor of each garment family's real phone photos in
-    # the fit, one component per family (`fit_abstention`'s `photo_density`). A photo's Mahalanobis score is its
-    # distance to the nearest class mean *or* family component, with the same precision; a scan's stays its distance
-    # to the class means. None: photos are scored like scans (policies fitted before, or without real photos).
+    # (K, D) float32 on the CPU: the mean (power-transformed) descriptor of each garment family's real phone photos,
+    # one component per family (`fit_abstention`'s `photo_density`), with the shared precision. A photo also passes the
+    # OOD check when its distance to the nearest component is at most `photo_component_threshold`, the
+    # `photo_component_quantile` quantile of other real garment photos' distances (`photo_scores`). None or NaN:
+    # photos are scored like scans (policies fitted before, or without real photos).
     photo_means: torch.Tensor | None = None
+    photo_component_threshold: float = math.nan
+    photo_component_quantile: float = math.nan
 
     def __post_init__(self) -> None:
         if self.ood_score not in OOD_SCORES:
@@ -243,6 +258,8 @@ class AbstentionPolicy:
             "num_classes": int(self.class_means.shape[0]),
             "feature_dim": int(self.class_means.shape[1]),
             "num_photo_components": 0 if self.photo_means is None else int(self.photo_means.shape[0]),
+            "photo_component_threshold": _json_float(self.photo_component_threshold),
+            "photo_component_quantile": _json_float(self.photo_component_quantile),
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -292,22 +309,44 @@ class AbstentionPolicy:
             val_photo_family_coverage=_from_json_float(metadata.get("val_photo_family_coverage")),
             val_photo_family_risk=_from_json_float(metadata.get("val_photo_family_risk")),
             photo_means=None if photo_means is None else photo_means.detach().to("cpu", torch.float32),
+            photo_component_threshold=_from_json_float(metadata.get("photo_component_threshold")),
+            photo_component_quantile=_from_json_float(metadata.get("photo_component_quantile")),
         )
 
     def ood_scores(self, logits: torch.Tensor, features: torch.Tensor, photo: np.ndarray | None = None) -> torch.Tensor:
         """(N,) float64 scores of the policy's OOD method; higher is less like the training images. `photo` (N,) bool
-        marks the photos, scored against the photo components too (`photo_scores`); None: all are scans."""
+        marks the photos, whose score also counts their distance to the photo components (`photo_scores`); None: all
+        are scans."""
         if self.ood_score == "energy":
             return energy_scores(logits)
         transformed = power_transform(features, self.feature_power)  # (N, D)
         scans = _mahalanobis(transformed, self._terms("class", self.class_means))  # (N,)
         if photo is None or self.photo_means is None:
             return scans
-        marks = torch.from_numpy(np.asarray(photo, dtype=bool).reshape(-1))
+        marks = np.asarray(photo, dtype=bool).reshape(-1)
         if len(marks) != len(scans):
             raise ValueError(f"{len(marks)} photo flags for {len(scans)} inputs")
-        real = _mahalanobis(transformed, self._terms("photo", self.photo_means))  # (N,)
-        return torch.where(marks, torch.minimum(scans, real), scans)
+        nearest = _mahalanobis(transformed, self._terms("photo", self.photo_means))  # (N,)
+        return torch.from_numpy(np.where(marks, self.photo_scores(scans.numpy(), nearest.numpy()), scans.numpy()))
+
+    def component_distances(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) features -> (N,) float64 squared Mahalanobis distance to the nearest photo component (`photo_means`
+        must be set)."""
+        if self.photo_means is None:
+            raise ValueError("the policy has no photo components")
+        return _mahalanobis(power_transform(features, self.feature_power), self._terms("photo", self.photo_means))
+
+    def photo_scores(self, scans: np.ndarray, components: np.ndarray) -> np.ndarray:
+        """A photo's OOD score from its scan score (distance to the nearest class mean) and its distance to the nearest
+        photo component: it passes when either is within its own threshold, so the component distance is rescaled to
+        meet the photo threshold, min(scan, component x photo OOD threshold / component threshold). The scan score
+        alone where the policy has no components."""
+        scans = np.asarray(scans, dtype=np.float64)
+        if self.photo_means is None or not self.photo_component_threshold > 0:
+            return scans
+        photo_threshold = self.ood_threshold if math.isnan(self.photo_ood_threshold) else self.photo_ood_threshold
+        scale = photo_threshold / self.photo_component_threshold
+        return np.minimum(scans, np.asarray(components, dtype=np.float64) * scale)
 
     def _terms(self, name: str, means: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # The density's own terms are computed once per (means, precision) pair, not on every request.

@@ -19,6 +19,7 @@ from fmnist.trust.abstention import (
     DEFAULT_FEATURE_POWER,
     DEFAULT_OOD_QUANTILE,
     DEFAULT_OOD_SCORE,
+    DEFAULT_PHOTO_COMPONENT_QUANTILE,
     DEFAULT_PHOTO_OOD_QUANTILE,
     DEFAULT_RIDGE,
     DEFAULT_TARGET_RISK,
@@ -150,7 +151,9 @@ def fit_abstention(
     feature_power: float = DEFAULT_FEATURE_POWER,
     photos: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None,
     photo_ood_quantile: float = DEFAULT_PHOTO_OOD_QUANTILE,
-    photo_density: np.ndarray | None = None,
+    photo_density: tuple[torch.Tensor, np.ndarray] | None = None,
+    real_photos: np.ndarray | None = None,
+    photo_component_quantile: float = DEFAULT_PHOTO_COMPONENT_QUANTILE,
 ) -> AbstentionPolicy:
     """Fit both thresholds (and the feature density) on validation logits (N, C), features (N, D) and labels (N,).
 
@@ -174,12 +177,15 @@ def fit_abstention(
     3. The confidence threshold: among validation images that pass the OOD check, the lowest threshold whose
        selective risk is at most `target_risk`, so the policy as a whole reaches the target on validation. If no
        threshold does, the highest confidence seen (only the most confident tie group is kept), with a warning.
-    4. `photo_density` (M,) bool, when given, marks the photos of `photos` that are real phone photographs: the mean
-       descriptor of each garment family among them (`fit_photo_components`) becomes a photo component, and the
-       photo thresholds are fitted on the photos' scores against it. A real garment on a bed or a rug is far from
-       every clean scan (its descriptor is not that of a 28x28 studio image) while being plainly a garment; measured
-       against the real photos of its family, it passes the OOD check where a face or a landscape still does not.
-       Scans are never scored against the photo components (a handwritten digit would come closer to them).
+    4. `photo_density`, when given, is (features (K, D), right-class masks (K, C)) of real phone photos: the mean
+       descriptor of each garment family among them becomes a photo component (`fit_photo_components`), and
+       `real_photos` (M,) bool marks the other real photos, those in `photos`: the `photo_component_quantile` quantile
+       of their distances to the nearest component (garments with a family only) is the components' own threshold.
+       A real garment on a bed or a rug is far from every clean scan (its descriptor is not that of a 28x28 studio
+       image) while being plainly a garment; close to the real photos of its family, it passes the OOD check where a
+       face or a landscape still does not (`AbstentionPolicy.photo_scores`). The components and their threshold come
+       from different photos, so the threshold is what a new real photo meets. Scans are never scored against the
+       components (a handwritten digit would come closer to them).
     """
     labels = np.asarray(val_labels).astype(np.int64)
     if not (len(val_logits) == len(val_features) == len(labels)) or len(labels) == 0:
@@ -218,8 +224,8 @@ def fit_abstention(
         )
     policy.confidence_threshold = threshold
     if photos is not None and len(photos[2]):
-        if photo_density is not None:
-            policy.photo_means = fit_photo_components(photos, photo_density, feature_power)
+        if photo_density is not None and real_photos is not None:
+            _fit_components(policy, photo_density, photos, real_photos, photo_component_quantile)
         fit_photo_thresholds(policy, photos, temperature, photo_ood_quantile)
 
     kept = passes & (confidence >= threshold)
@@ -240,27 +246,50 @@ def fit_abstention(
     return policy
 
 
-def fit_photo_components(
-    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], real: np.ndarray, feature_power: float
-) -> torch.Tensor | None:
-    """(K, D) float32: the mean of the features raised to `feature_power` of the photos marked `real` (M,) bool, per
-    garment family of their right classes (`_right_classes`), in `FAMILIES` order; garments without a class are left
-    out. None when no marked photo has a family. Means only: the scans' shared covariance is the density's shape."""
-    _, features, _ = photos
-    right = _right_classes(photos)  # (M, C)
-    marks = np.asarray(real, dtype=bool).reshape(-1)
-    if len(marks) != len(right):
-        raise ValueError(f"{len(marks)} real-photo flags for {len(right)} photos")
-    transformed = power_transform(features, feature_power)  # (M, D)
+def fit_photo_components(features: torch.Tensor, right: np.ndarray, feature_power: float) -> torch.Tensor | None:
+    """(K, D) float32: the mean of the features (N, D) raised to `feature_power` per garment family of the right
+    classes (N, C) bool, in `FAMILIES` order; photos without a right class are left out. None when none has one.
+    Means only: the scans' shared covariance is the density's shape."""
+    masks = np.asarray(right, dtype=bool)
+    if masks.ndim != 2 or len(masks) != len(features):
+        raise ValueError(f"{len(features)} photo features but right-class masks of shape {masks.shape}")
+    transformed = power_transform(features, feature_power)  # (N, D)
     means = []
     for members in FAMILIES.values():
-        chosen = marks & right[:, list(members)].any(1)  # (M,)
+        chosen = masks[:, list(members)].any(1)  # (N,)
         if chosen.any():
             means.append(transformed[torch.from_numpy(np.flatnonzero(chosen))].mean(0))
-    if not means:
-        return None
-    log.info("photo components: %d garment families of %d real photographs", len(means), int(marks.sum()))
-    return torch.stack(means).float()
+    return torch.stack(means).float() if means else None
+
+
+def _fit_components(
+    policy: AbstentionPolicy,
+    density: tuple[torch.Tensor, np.ndarray],
+    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+    real: np.ndarray,
+    quantile: float,
+) -> None:
+    """Set `policy`'s photo components from `density` and their threshold from the real photos among `photos`."""
+    marks = np.asarray(real, dtype=bool).reshape(-1)
+    right = _right_classes(photos)  # (M, C)
+    if len(marks) != len(right):
+        raise ValueError(f"{len(marks)} real-photo flags for {len(right)} photos")
+    policy.photo_means = fit_photo_components(density[0], density[1], policy.feature_power)
+    garments = marks & right.any(1)
+    if policy.photo_means is None or not garments.any():
+        policy.photo_means = None
+        return
+    distances = policy.component_distances(photos[1][torch.from_numpy(np.flatnonzero(garments))]).numpy()
+    policy.photo_component_threshold = float(np.quantile(distances, quantile))
+    policy.photo_component_quantile = quantile
+    log.info(
+        "photo components: %d garment families of %d real photos; distance <= %.4g (the %g quantile of %d others)",
+        len(policy.photo_means),
+        len(density[1]),
+        policy.photo_component_threshold,
+        quantile,
+        int(garments.sum()),
+    )
 
 
 def fit_photo_thresholds(
@@ -300,9 +329,10 @@ def _fit_photo_threshold(
     none is); counts them on `policy`."""
     logits, features, _ = photos
     right = _right_classes(photos)
+    if not math.isnan(policy.photo_ood_quantile):  # on the scans' density: how far photos are from the clean images
+        scans = policy.ood_scores(logits, features).numpy()  # (M,)
+        policy.photo_ood_threshold = min(policy.ood_threshold, float(np.quantile(scans, policy.photo_ood_quantile)))
     ood = policy.ood_scores(logits, features, np.ones(len(logits), dtype=bool)).numpy()  # (M,)
-    if not math.isnan(policy.photo_ood_quantile):
-        policy.photo_ood_threshold = min(policy.ood_threshold, float(np.quantile(ood, policy.photo_ood_quantile)))
     passes = ood <= (policy.ood_threshold if math.isnan(policy.photo_ood_threshold) else policy.photo_ood_threshold)
     confidence = confidence_scores(logits, temperature).numpy()  # (M,)
     correct = right[np.arange(len(right)), logits.argmax(1).numpy()]  # (M,)

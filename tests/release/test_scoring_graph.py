@@ -78,16 +78,19 @@ def test_the_graph_is_one_module_of_the_torch_functions(record, pixels):
     graph = ScoringGraph(record, record.build(cpu))
     network = record.build(cpu)
     with torch.inference_mode():
-        probabilities, ood, photo_ood = graph(torch.from_numpy(pixels[:64]))
+        probabilities, ood, distance = graph(torch.from_numpy(pixels[:64]))
         features, logits = network.describe(normalize(torch.from_numpy(pixels[:64]), record.mean, record.std))
         policy = record.abstention
         reference = softmax(logits, record.temperature).numpy(), policy.ood_scores(logits, features).numpy()
         as_photos = policy.ood_scores(logits, features, np.ones(64, dtype=bool)).numpy()
     np.testing.assert_allclose(probabilities.numpy(), reference[0], rtol=0, atol=1e-12)
     np.testing.assert_allclose(ood.numpy(), reference[1], rtol=1e-9)
-    np.testing.assert_allclose(photo_ood.numpy(), as_photos, rtol=1e-9)
-    # The smoke run's policy has photo components (its fit has real photos); they can only bring an input closer.
-    assert policy.photo_means is not None and (as_photos <= reference[1]).all()
+    # The smoke run's policy has photo components (its fit has real photos): a photo's score counts its distance to
+    # them, which can only bring it closer.
+    assert policy.photo_means is not None
+    np.testing.assert_allclose(distance.numpy(), policy.component_distances(features).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(policy.photo_scores(ood.numpy(), distance.numpy()), as_photos, rtol=1e-9)
+    assert (as_photos <= reference[1]).all()
     torch_runtime = Classifier(record, cpu, "torch").score(pixels[:64])
     np.testing.assert_array_equal(
         np.stack([s.probabilities for s in torch_runtime]), probabilities.numpy().astype(np.float32)

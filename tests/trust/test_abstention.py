@@ -443,8 +443,9 @@ def test_family_answers_only_for_photos_that_look_like_garments(val_set):
 
 def test_photo_components_let_real_garments_pass_as_photos_and_never_move_a_scan(val_set):
     """Real photos of a garment family sit far from every clean class mean (`synthetic_set`'s scans) but close to one
-    another. Fitted with `photo_density`, each family gets one component: its real photos' mean. New real photos of
-    that family then pass the OOD check as photos while they are still unlike the training images as scans; far
+    another. Fitted with `photo_density` (one set of real photos) and `real_photos` (others, in the photo fit), each
+    family gets one component, its real photos' mean, and a distance threshold from the others. New real photos of
+    those families then pass the OOD check as photos while they are still unlike the training images as scans; far
     inputs stay unlike either way, and scans are scored as before."""
     from fmnist.core.data import FAMILIES
     from fmnist.trust.abstention_fit import fit_photo_components
@@ -460,28 +461,34 @@ def test_photo_components_let_real_garments_pass_as_photos_and_never_move_a_scan
             right[i, list(next(cs for cs in FAMILIES.values() if label in cs))] = True
         return z, f + shift, right
 
-    rendered = (logits[:500], features[:500], labels[:500])
-    real = real_photos(600)
+    density = real_photos(600)
+    rendered, real = (logits[:500], features[:500], labels[:500]), real_photos(600)
     photos = (
         torch.cat([rendered[0], real[0]]),
         torch.cat([rendered[1], real[1]]),
         np.concatenate([np.eye(NUM_CLASSES, dtype=bool)[rendered[2].astype(np.int64)], real[2]]),
     )
     marks = np.arange(1100) >= 500  # the real ones
-    with_components = fit_abstention(logits, features, labels, 1.0, photos=photos, photo_density=marks)
-    without = fit_abstention(logits, features, labels, 1.0, photos=photos)
-    assert without.photo_means is None
+    options = {"photos": photos, "photo_component_quantile": 0.8}
+    with_components = fit_abstention(
+        logits, features, labels, 1.0, photo_density=(density[1], density[2]), real_photos=marks, **options
+    )
+    without = fit_abstention(logits, features, labels, 1.0, **options)
+    assert without.photo_means is None and math.isnan(without.photo_component_threshold)
     components = with_components.photo_means
     assert components is not None and components.shape == (len(FAMILIES), DIM)
-    expected = fit_photo_components(photos, marks, with_components.feature_power)
+    expected = fit_photo_components(density[1], density[2], with_components.feature_power)
     assert expected is not None and torch.equal(components, expected)
+    # The threshold: the 0.8 quantile of the other real photos' distances to the nearest component.
+    distances = with_components.component_distances(real[1]).numpy()
+    assert with_components.photo_component_threshold == pytest.approx(float(np.quantile(distances, 0.8)))
 
     new_z, new_f, _ = real_photos(300)  # other real photos of the same families
     as_photos = np.ones(300, dtype=bool)
-    passes = with_components.reason_codes(
+    codes = with_components.reason_codes(
         np.ones(300), with_components.ood_scores(new_z, new_f, as_photos).numpy(), as_photos
     )
-    assert (passes != 1).mean() > 0.8  # like real photos: judged by their confidence
+    assert 0.6 < (codes != 1).mean() < 0.95  # about 80% pass by their distance to the components
     for policy in (with_components, without):  # as scans, or without components: unlike the training images
         scans = policy.reason_codes(np.ones(300), policy.ood_scores(new_z, new_f).numpy())
         assert (scans == 1).all()
@@ -497,6 +504,7 @@ def test_photo_components_let_real_garments_pass_as_photos_and_never_move_a_scan
     # The components travel in the record, and a mismatched one is refused.
     rebuilt = AbstentionPolicy.from_parts(with_components.metadata(), with_components.tensors())
     assert rebuilt.photo_means is not None and torch.equal(rebuilt.photo_means, components)
+    assert rebuilt.photo_component_threshold == pytest.approx(with_components.photo_component_threshold)
     assert with_components.metadata()["num_photo_components"] == len(FAMILIES)
     bad = with_components.tensors() | {"abstention.photo_means": torch.zeros(2, DIM + 1)}
     with pytest.raises(ValueError, match="photo components"):
