@@ -151,16 +151,36 @@ ModelInput = Annotated[
 ]
 
 
+class CropBox(BaseModel):
+    """Where in the upload the garment was found: the part the 28x28 image was cut from, as fractions of the
+    upload's width and height (after its EXIF orientation), so a client can outline it on the picture."""
+
+    left: float = Field(ge=0.0, le=1.0)
+    top: float = Field(ge=0.0, le=1.0)
+    right: float = Field(ge=0.0, le=1.0)
+    bottom: float = Field(ge=0.0, le=1.0)
+
+
+# The crop beside `model_input`: null for an upload already in Fashion-MNIST's form (passed through uncropped), one in
+# which nothing was found, and raw pixels.
+Crop = Annotated[
+    CropBox | None,
+    Field(description="The part of the upload the model's input was cut from (fractions of its width and height)."),
+]
+
+
 class SinglePredictionWithInput(SinglePrediction):
     """The answer for one uploaded image with the image the model saw (`return_input=true`)."""
 
     model_input: ModelInput
+    crop: Crop = None
 
 
 class PredictionWithInput(Prediction):
     """The model's answer for one image of a batch, with the image the model saw (`return_input`)."""
 
     model_input: ModelInput
+    crop: Crop = None
 
 
 class BatchPredictionWithInput(BaseModel):

@@ -92,6 +92,10 @@ class Normalized:
     # Anything but Fashion-MNIST's own form (a 28x28 frame on a clean black background, passed through unchanged):
     # the normaliser had to find the garment, so the model is held to the abstention policy's photo threshold.
     photo: bool = True
+    # The garment's box in the picture, (left, top, right, bottom) as fractions of its width and height: the part the
+    # 28x28 was cut from, so a user can see a bad crop on the picture itself. None when nothing was cut out (a scan
+    # passed through, an empty picture).
+    box: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class Prepared:
     photo: bool  # see `Normalized.photo`
     original_size: tuple[int, int]  # (width, height)
     original_format: str | None
+    box: tuple[float, float, float, float] | None = None  # see `Normalized.box`
 
 
 def prepare_upload(data: bytes, max_pixels: int) -> Prepared:
@@ -124,6 +129,7 @@ def prepare_opened(upload: Upload) -> Prepared:
         photo=normalized.photo,
         original_size=upload.original_size,
         original_format=upload.format,
+        box=normalized.box,
     )
 
 
@@ -151,9 +157,12 @@ def normalize_photo(gray: np.ndarray, colour: np.ndarray | None = None) -> Norma
     if contrast < MIN_PEAK:
         return Normalized(np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8), inverted, background, noise, contrast, True)
 
-    crop = _trim(foreground)
-    if crop is None:  # only isolated specks stood out: noise, not a garment
+    trimmed = _trim(foreground)
+    if trimmed is None:  # only isolated specks stood out: noise, not a garment
         return Normalized(np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8), inverted, background, noise, contrast, True)
+    crop, (top_row, bottom_row, left_col, right_col) = trimmed
+    h, w = foreground.shape
+    box = (left_col / w, top_row / h, (right_col + 1) / w, (bottom_row + 1) / h)
     square = _centred_square(crop)
     small = np.asarray(
         Image.fromarray(square, mode="F").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.float32
@@ -162,7 +171,7 @@ def normalize_photo(gray: np.ndarray, colour: np.ndarray | None = None) -> Norma
     if top <= 0:
         return Normalized(np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8), inverted, background, noise, contrast, True)
     pixels = np.clip(small * (TARGET_PEAK / top), 0, 255).round().astype(np.uint8)
-    return Normalized(pixels, inverted, background, noise, contrast, empty=False)
+    return Normalized(pixels, inverted, background, noise, contrast, empty=False, box=box)
 
 
 # RGB -> two opponent-colour channels (red-green, yellow-blue), orthonormal and orthogonal to grey: linear, so the
@@ -311,23 +320,27 @@ def _reduce(gray: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(gray, mode="F").resize(size, Image.Resampling.BOX), dtype=np.float32)
 
 
-def _trim(foreground: np.ndarray) -> np.ndarray | None:
+def _trim(foreground: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
     """Crop (h, w) to the bounding box of the foreground's solid parts: pixels with at least MIN_NEIGHBOURS foreground
     pixels in their 3x3 neighbourhood. A garment's faint edge is contiguous and stays; a speck of noise that survived
-    the threshold is isolated and does not stretch the box. None when nothing solid is left."""
+    the threshold is isolated and does not stretch the box. (the crop, its (top, bottom, left, right) rows and columns,
+    inclusive); None when nothing solid is left."""
     mask = foreground > MASK_LEVEL * foreground.max()  # (h, w)
     if max(mask.shape) < 2 * IMAGE_SIZE:
         # Near Fashion-MNIST's own size every pixel is a pixel of the result: a one-pixel collar is the garment.
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        return foreground[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] if mask.any() else None
-    neighbours = _square3(mask.astype(np.uint8), np.add)  # (h, w), self included
-    solid = mask & (neighbours >= MIN_NEIGHBOURS)
-    if not solid.any():
-        return None
-    garment = _garment_region(solid, mask, foreground)  # (h, w) bool
-    foreground = np.where(garment, foreground, 0.0)
-    rows, cols = np.flatnonzero(garment.any(axis=1)), np.flatnonzero(garment.any(axis=0))
-    return foreground[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        if not mask.any():
+            return None
+        kept = mask
+    else:
+        neighbours = _square3(mask.astype(np.uint8), np.add)  # (h, w), self included
+        solid = mask & (neighbours >= MIN_NEIGHBOURS)
+        if not solid.any():
+            return None
+        kept = _garment_region(solid, mask, foreground)  # (h, w) bool
+        foreground = np.where(kept, foreground, 0.0)
+    rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
+    box = (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
+    return foreground[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], box
 
 
 def _garment_region(solid: np.ndarray, mask: np.ndarray, foreground: np.ndarray) -> np.ndarray:

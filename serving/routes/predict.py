@@ -36,6 +36,7 @@ from ..schemas import (
     ERRORS,
     BatchPrediction,
     BatchPredictionWithInput,
+    CropBox,
     PixelBatch,
     Prediction,
     PredictionWithInput,
@@ -46,6 +47,8 @@ from ..settings import Settings
 
 # An answer's form with `model_input` (`_with_input`): for one upload, or for one image of a batch.
 WithInput = TypeVar("WithInput", SinglePredictionWithInput, PredictionWithInput)
+# (left, top, right, bottom) fractions of an upload: where the garment was found (`Normalized.box`).
+Box = tuple[float, float, float, float]
 
 
 class OffloadedJSONRequest(Request):
@@ -175,7 +178,7 @@ async def predict(
     prediction = model.describe(scored, top_k or settings.default_top_k, prepared.inverted, file.filename, model.run)
     record_predictions(serving, prepared.pixels[None], [prediction])
     if return_input:  # one small PNG (~50 us): encoded here, cheaper than a hop to the thread pool
-        return _json(_with_input(prediction, prepared.pixels, SinglePredictionWithInput))
+        return _json(_with_input(prediction, prepared.pixels, SinglePredictionWithInput, prepared.box))
     return _json(prediction)
 
 
@@ -216,7 +219,8 @@ async def predict_batch(
     ]
     record_predictions(serving, pixels, predictions)
     if return_input:
-        return _json(await run_in_threadpool(_batch_with_inputs, model.run, predictions, pixels))
+        boxes = [p.box for p in prepared]
+        return _json(await run_in_threadpool(_batch_with_inputs, model.run, predictions, pixels, boxes))
     return _json(BatchPrediction(run=model.run, predictions=predictions))
 
 
@@ -266,16 +270,21 @@ def _return_input(request: Request) -> bool:
     raise RequestValidationError([{"type": "bool_parsing", "loc": ("query", RETURN_INPUT), "msg": message}])
 
 
-def _with_input(prediction: Prediction, pixels: np.ndarray, kind: type[WithInput]) -> WithInput:
+def _with_input(prediction: Prediction, pixels: np.ndarray, kind: type[WithInput], box: Box | None = None) -> WithInput:
     """`prediction` as its `kind` with `model_input`: the same fields, and `pixels`, the (28, 28) uint8 image the
-    network received, as a PNG data URL."""
-    return kind(**dict(prediction), model_input=png_data_url(pixels))
+    network received, as a PNG data URL; `box`, where in the upload it was cut from (`Normalized.box`), as `crop`."""
+    crop = None if box is None else CropBox(left=box[0], top=box[1], right=box[2], bottom=box[3])
+    return kind(**dict(prediction), model_input=png_data_url(pixels), crop=crop)
 
 
-def _batch_with_inputs(run: str, predictions: Sequence[Prediction], pixels: np.ndarray) -> BatchPredictionWithInput:
-    """The batch answer with each image's model input; `pixels`: the (B, 28, 28) model inputs. About 50 us of PNG
-    encoding per image: the routes run it in the thread pool, so a large batch does not stall the event loop."""
-    items = [_with_input(p, x, PredictionWithInput) for p, x in zip(predictions, pixels, strict=True)]
+def _batch_with_inputs(
+    run: str, predictions: Sequence[Prediction], pixels: np.ndarray, boxes: Sequence[Box | None] | None = None
+) -> BatchPredictionWithInput:
+    """The batch answer with each image's model input (and crop, where `boxes` tell); `pixels`: the (B, 28, 28) model
+    inputs. About 50 us of PNG encoding per image: the routes run it in the thread pool, so a large batch does not
+    stall the event loop."""
+    crops = list(boxes) if boxes is not None else [None] * len(predictions)
+    items = [_with_input(p, x, PredictionWithInput, b) for p, x, b in zip(predictions, pixels, crops, strict=True)]
     return BatchPredictionWithInput(run=run, predictions=items)
 
 

@@ -120,3 +120,31 @@ def test_fashion_mnist_pictures_pass_unchanged_and_a_dirty_one_is_cleaned():
     assert not cleaned.inverted
     # As much pure background as the original has (the garment may move by a pixel when re-centred).
     assert abs((cleaned.pixels < 5).mean() - (images[1] < 5).mean()) < 0.05
+
+
+def garment_on_a_floor(index: int, left: int, top: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Test image `index`, 4x larger and dark, on a 400x300 beige floor with its top-left corner at (left, top): the
+    RGB picture and the garment's own box (left, top, right, bottom) as fractions of the picture."""
+    images, _ = real_test_images()
+    garment = np.kron(images[index].astype(np.float32) / 255, np.ones((4, 4), np.float32))  # (112, 112) 0-1
+    picture = np.empty((300, 400, 3), np.float32)
+    picture[:] = (205, 190, 160)
+    region = picture[top : top + 112, left : left + 112]
+    region[:] = region * (1 - garment[..., None]) + 40 * garment[..., None]
+    rows, cols = np.flatnonzero(garment.max(1) > 0.1), np.flatnonzero(garment.max(0) > 0.1)
+    box = ((left + cols[0]) / 400, (top + rows[0]) / 300, (left + cols[-1] + 1) / 400, (top + rows[-1] + 1) / 300)
+    return picture.round().astype(np.uint8), box
+
+
+def test_the_box_says_where_in_the_picture_the_garment_was_found():
+    """`box` is the part of the upload the 28x28 was cut from, in fractions of its width and height: within 2% of
+    the garment's own box wherever it lies; a Fashion-MNIST picture passed through as it is, or an empty one, has
+    none."""
+    for index, (left, top) in [(0, (20, 30)), (1, (260, 160)), (2, (140, 90))]:
+        picture, expected = garment_on_a_floor(index, left, top)
+        found = prepare_upload(encode(picture), LIMIT)
+        assert found.photo and found.box is not None
+        assert np.abs(np.array(found.box) - np.array(expected)).max() <= 0.02, (found.box, expected)
+    images, _ = real_test_images()
+    assert normalize_photo(images[0]).box is None
+    assert prepare_upload(encode(np.full((100, 100), 255, np.uint8)), LIMIT).box is None

@@ -179,3 +179,41 @@ def _box(browser, element_id: str) -> dict[str, float]:
         "return {left: r.left, top: r.top, right: r.right, bottom: r.bottom};",
         element_id,
     )
+
+
+def test_the_upload_shows_where_the_garment_was_found(service_url, browser, tmp_path):
+    """A garment photographed on a floor, off-centre: the answer's `crop` is drawn as an outline on the uploaded
+    picture, at the same fractions of its width and height as the service found the garment."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.images.test_normalise import garment_on_a_floor
+
+    picture, expected = garment_on_a_floor(1, 260, 160)
+    data = encode(picture)
+    path = tmp_path / "floor.png"
+    path.write_bytes(data)
+    browser.get(service_url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "crop").is_displayed())
+    crop = httpx.post(
+        service_url + "/predict",
+        params={"return_input": "true"},
+        files={"file": ("floor.png", data, "image/png")},
+        timeout=30,
+    ).json()["crop"]
+    assert np.abs(np.array([crop[k] for k in ("left", "top", "right", "bottom")]) - np.array(expected)).max() <= 0.02
+    shown, outline = _box(browser, "preview"), _box(browser, "crop")
+    width, height = shown["right"] - shown["left"], shown["bottom"] - shown["top"]
+    assert width > 100 and abs(width / height - 400 / 300) < 0.02  # the picture at its own aspect ratio
+    drawn = [
+        (outline["left"] - shown["left"]) / width,
+        (outline["top"] - shown["top"]) / height,
+        (outline["right"] - shown["left"]) / width,
+        (outline["bottom"] - shown["top"]) / height,
+    ]
+    assert np.abs(np.array(drawn) - np.array([crop[k] for k in ("left", "top", "right", "bottom")])).max() <= 0.02
+    # A drawing has no picture on show: no outline.
+    browser.find_element(By.ID, "predict-drawing").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "status").text.startswith("drawing.png"))
+    assert not browser.find_element(By.ID, "crop").is_displayed()
