@@ -275,11 +275,16 @@ def test_return_input_is_exactly_the_image_the_model_classified(client, settings
     body = upload(client, data, name, return_input="true").json()
     seen = model_input_pixels(body)
     np.testing.assert_array_equal(seen, prepare_upload(data, settings.max_image_pixels).pixels)
-    if kind == "test image":  # already in Fashion-MNIST's form: it passes the normalisation unchanged
+    box = prepare_upload(data, settings.max_image_pixels).box
+    if kind == "test image":  # already in Fashion-MNIST's form: it passes the normalisation unchanged, uncropped
         np.testing.assert_array_equal(seen, images[0])
-    else:  # a dark garment on grey paper: the model saw it negated, light on black
+        assert body["crop"] is None
+    else:  # a dark garment on grey paper: the model saw it negated, light on black, cut from part of the photo
         assert body["inverted"] is True and seen[0, 0] == 0 and seen.max() >= 200
-    assert {k: v for k, v in body.items() if k != "model_input"} == default
+        crop = body["crop"]
+        assert box is not None and [crop[k] for k in ("left", "top", "right", "bottom")] == pytest.approx(box)
+        assert 0 <= crop["left"] < crop["right"] <= 1 and 0 <= crop["top"] < crop["bottom"] <= 1
+    assert {k: v for k, v in body.items() if k not in ("model_input", "crop")} == default
     again = client.post("/predict/pixels", json={"images": [seen.tolist()]}).json()["predictions"][0]
     assert again["probabilities"] == body["probabilities"]
     conforms(client, body, "SinglePredictionWithInput")
@@ -307,7 +312,8 @@ def test_batch_and_pixels_return_each_model_input_when_asked(client, settings):
         np.testing.assert_array_equal(
             model_input_pixels(answer), prepare_upload(data, settings.max_image_pixels).pixels
         )
-        assert {k: v for k, v in answer.items() if k != "model_input"} == default
+        assert {k: v for k, v in answer.items() if k not in ("model_input", "crop")} == default
+    assert batch["predictions"][0]["crop"] is None and batch["predictions"][1]["crop"] is not None
     conforms(client, batch, "BatchPredictionWithInput")
 
     veiled = np.clip(images[0].astype(int) + 60, 0, 255)  # raw values with a grey veil
@@ -315,6 +321,7 @@ def test_batch_and_pixels_return_each_model_input_when_asked(client, settings):
         body = {"images": [veiled.tolist()], "normalize": normalized, "return_input": True}
         answer = client.post("/predict/pixels", json=body).json()["predictions"][0]
         np.testing.assert_array_equal(model_input_pixels(answer), expected)
+        assert answer["crop"] is None  # raw pixels: no picture to outline
 
 
 def test_openapi_documents_return_input_and_model_input(client):
