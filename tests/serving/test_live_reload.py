@@ -147,8 +147,12 @@ def _unwarmable(record: ModelRecord) -> bytes:
     policy = record.abstention
     assert policy is not None
     dim = policy.class_means.shape[1] - 1
+    photo_means = None if policy.photo_means is None else policy.photo_means[:, :dim].clone()
     broken = dataclasses.replace(
-        policy, class_means=policy.class_means[:, :dim].clone(), precision=policy.precision[:dim, :dim].clone()
+        policy,
+        class_means=policy.class_means[:, :dim].clone(),
+        precision=policy.precision[:dim, :dim].clone(),
+        photo_means=photo_means,
     )
     return dataclasses.replace(record, abstention=broken).to_bytes()
 
