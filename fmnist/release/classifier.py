@@ -93,7 +93,7 @@ class Classifier:
         if self.policy is not None:
             marks = None if photo is None else np.asarray(photo, dtype=bool)
             # A photo may also pass as close to the real photos of a garment family (`AbstentionPolicy.photo_scores`).
-            ood = scan_ood if marks is None else np.where(marks, self.policy.photo_scores(scan_ood, distance), scan_ood)
+            ood = self.policy.marked_scores(scan_ood, distance, marks)  # (B,)
             verdicts = [(d.confident, d.reason, d.family) for d in self.policy.decisions(probs64, ood, marks)]
         else:
             verdicts = [

@@ -327,7 +327,14 @@ class AbstentionPolicy:
         if len(marks) != len(scans):
             raise ValueError(f"{len(marks)} photo flags for {len(scans)} inputs")
         nearest = _mahalanobis(transformed, self._terms("photo", self.photo_means))  # (N,)
-        return torch.from_numpy(np.where(marks, self.photo_scores(scans.numpy(), nearest.numpy()), scans.numpy()))
+        return torch.from_numpy(self.marked_scores(scans.numpy(), nearest.numpy(), marks))
+
+    def marked_scores(self, scans: np.ndarray, components: np.ndarray, photo: np.ndarray | None) -> np.ndarray:
+        """(N,) OOD scores from (N,) scan scores and (N,) distances to the nearest photo component: `photo_scores` where
+        `photo` (N,) bool is set, the scan score elsewhere (everywhere when `photo` is None)."""
+        if photo is None:
+            return np.asarray(scans, dtype=np.float64)
+        return np.where(photo, self.photo_scores(scans, components), scans)
 
     def component_distances(self, features: torch.Tensor) -> torch.Tensor:
         """(N, D) features -> (N,) float64 squared Mahalanobis distance to the nearest photo component (`photo_means`
