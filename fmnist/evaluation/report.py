@@ -151,7 +151,9 @@ def fit_on_validation(
     benchmark to compare them on validation."""
     val_features, val_logits = features_and_logits(model, val_images, device, mean=record.mean, std=record.std)
     record.temperature = fit_temperature(val_logits, val_labels)
-    photo_fit = _validation_photos(record, model, val_images, val_labels, device, evaluation, seed)
+    # The real photos' fit split, read and checked once: its halves go to the photo thresholds and the components.
+    fit_photos = load_real_photos("fit") if evaluation.real_photos_per_folder > 0 else []
+    photo_fit = _validation_photos(record, model, val_images, val_labels, device, evaluation, seed, fit_photos)
     record.abstention = policy = fit_abstention(
         val_logits,
         val_features,
@@ -161,7 +163,7 @@ def fit_on_validation(
         evaluation.ood_quantile,
         photos=None if photo_fit is None else photo_fit.as_photos(),
         photo_ood_quantile=evaluation.photo_ood_quantile,
-        photo_density=_density_photos(record, model, device, evaluation) if photo_fit is not None else None,
+        photo_density=_density_photos(record, model, device, evaluation, fit_photos) if photo_fit is not None else None,
         real_photos=None if photo_fit is None else photo_fit.condition == REAL_CONDITION,
         photo_component_quantile=evaluation.photo_component_quantile,
         **policy_options,
@@ -183,16 +185,18 @@ def _real_inputs(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _density_photos(
-    record: ModelRecord, model: torch.nn.Module, device: torch.device, evaluation: EvaluationConfig
+    record: ModelRecord,
+    model: torch.nn.Module,
+    device: torch.device,
+    evaluation: EvaluationConfig,
+    fit_photos: list[RealPhoto],
 ) -> tuple[torch.Tensor, np.ndarray] | None:
     """(features, right classes) of the real photos the photo components are fitted on: the first half of the `fit`
-    split (`fit_parts`, the half training may see), never the photos the components' threshold is fitted on. None when
-    the profile leaves them out."""
-    if not evaluation.real_photo_density or evaluation.real_photos_per_folder == 0:
+    split `fit_photos` (`fit_parts`, the half training may see), never the photos the components' threshold is fitted
+    on. None when the profile leaves them out."""
+    if not evaluation.real_photo_density or not fit_photos:
         return None
-    pixels, right = _real_inputs(
-        sample_per_folder(fit_parts(load_real_photos("fit"))[0], evaluation.real_photos_per_folder)
-    )
+    pixels, right = _real_inputs(sample_per_folder(fit_parts(fit_photos)[0], evaluation.real_photos_per_folder))
     if not len(pixels):
         return None
     features, _ = features_and_logits(model, pixels, device, mean=record.mean, std=record.std)
@@ -207,9 +211,11 @@ def _validation_photos(
     device: torch.device,
     evaluation: EvaluationConfig,
     seed: int,
+    fit_photos: list[RealPhoto],
 ) -> PhotoFit | None:
     """The photos the abstention fit holds to the photo thresholds, with their logits, features, right classes and
-    conditions: validation garments rendered as photos of both families, and the real photographs' `fit` split (a family
+    conditions: validation garments rendered as photos of both families, and the real photographs' `fit` split,
+    `fit_photos` (a family
     answer right for a longsleeve or a pair of shoes, no class right for a hat); uploads the normalisation finds
     empty are left out (they are unsure whatever the scores). None when the profile fits on clean images only."""
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (pixels (m, 28, 28), right (m, C), condition (m,))
@@ -221,8 +227,8 @@ def _validation_photos(
         right = np.zeros((int(found.sum()), NUM_CLASSES), dtype=bool)
         right[np.arange(len(right)), mix.labels[found]] = True
         parts.append((mix.pixels[found], right, mix.condition[found]))
-    if evaluation.real_photos_per_folder > 0:
-        photos = load_real_photos("fit")
+    if fit_photos:
+        photos = fit_photos
         if record.hparams.get("real_photo_share", 0) > 0:  # never the photos the network trained on
             photos = fit_parts(photos)[1]
         pixels, right = _real_inputs(sample_per_folder(photos, evaluation.real_photos_per_folder))
