@@ -86,7 +86,20 @@ def _unsure(summary: dict[str, Any]) -> Components:
     if not reasons:
         return [Markdown("## Unsure answers\nNone.")]
     rows = [[reason, count, _pct(count / summary["scored"])] for reason, count in sorted(reasons.items())]
-    return [Markdown("## Unsure answers, by reason"), Table(rows, headers=["reason", "images", "share"])]
+    components: Components = [
+        Markdown("## Unsure answers, by reason"),
+        Table(rows, headers=["reason", "images", "share"]),
+    ]
+    families = summary["family_only"]
+    if families:  # unsure of the class, sure of the family: the table's `family` column holds it
+        components += [
+            Markdown("Of the unsure answers, these are still sure of the garment family (the `family` column):"),
+            Table(
+                [[family, count, _pct(count / summary["scored"])] for family, count in sorted(families.items())],
+                headers=["family", "images", "share"],
+            ),
+        ]
+    return components
 
 
 def _drift(drift: dict[str, Any]) -> Components:

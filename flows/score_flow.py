@@ -190,7 +190,11 @@ class ScoreFlow(FlowSpec):
         run = f"{current.flow_name}/{current.run_id}"
         mark_used(self.model_pathspec, run)
         s = self.summary
-        print(f"{s['images']} images: {s['scored']} scored ({s['unsure']} unsure), {s['unreadable']} unreadable")
+        family = sum(s["family_only"].values())
+        print(
+            f"{s['images']} images: {s['scored']} scored ({s['unsure']} unsure, {family} of them sure of the family),"
+            f" {s['unreadable']} unreadable"
+        )
         print(f"model {self.model_pathspec}; {self.throughput['images_per_second']:.0f} images/s")
         if self.output_url:
             print(f"table written to {self.output_url}")

@@ -446,8 +446,9 @@ def read_table(data: bytes) -> Any:
 # ------------------------------------------------------------------------------------------------------ summary
 def summarize(frame: Any, record: ModelRecord) -> dict[str, Any]:
     """What a reader of the card wants to know about a scored table, as plain data: counts, classes against the
-    training prior, unsure answers by reason, unreadable files, and the service's drift signals over the whole
-    catalogue against the model's reference."""
+    training prior, unsure answers by reason and those still sure of the garment family (a photo whose exact class
+    is unsure but whose family is not: `family` set, `confident` false), unreadable files, and the service's drift
+    signals over the whole catalogue against the model's reference."""
     names = list(record.class_names)
     reference = _reference(record)
     scored = frame[frame["error"].isna()]
@@ -467,6 +468,7 @@ def summarize(frame: Any, record: ModelRecord) -> dict[str, Any]:
         "unsure": len(unsure),
         "unsure_share": len(unsure) / n if n else None,
         "unsure_reasons": {str(k): int(v) for k, v in unsure["unsure_reason"].value_counts().items()},
+        "family_only": {str(k): int(v) for k, v in unsure["family"].dropna().value_counts().items()},
         "errors": [
             {"path": p, "error": e}
             for p, e in frame.loc[frame["error"].notna(), ["path", "error"]].itertuples(index=False)

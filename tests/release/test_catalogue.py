@@ -4,6 +4,7 @@ rows, and a shard that resumes from the rows an earlier attempt kept."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,18 @@ def test_bad_files_are_rows_with_the_reason(record, catalogue):
     assert (summary["images"], summary["scored"], summary["unreadable"]) == (len(files), len(scored), len(BAD_FILES))
     assert sum(c["count"] for c in summary["classes"]) == len(scored)
     assert summary["unsure"] == sum(not row["confident"] for row in scored)
+    assert summary["family_only"] == dict(Counter(r["family"] for r in scored if not r["confident"] and r["family"]))
     assert {e["path"] for e in summary["errors"]} == {str(folder / n) for n in BAD_FILES}
+
+    # A photo unsure of its class but sure of its family counts as unsure, and among the family-only answers.
+    unsure = [i for i, row in enumerate(outcome.rows) if row["error"] is None and not row["confident"]]
+    confident = [i for i, row in enumerate(outcome.rows) if row["error"] is None and row["confident"]]
+    photos = [{**row, "family": row["family"] if row["confident"] else None} for row in outcome.rows]
+    for i, family in zip(unsure[:2] + confident[:1], ["tops", "tops", "footwear"], strict=True):
+        photos[i].update(confident=False, family=family, unsure_reason=photos[i]["unsure_reason"] or "low_confidence")
+    unsure_photos = summarize(rows_frame(photos, record.class_names), record)
+    assert unsure_photos["unsure"] == summary["unsure"] + 1
+    assert unsure_photos["family_only"] == {"tops": 2, "footwear": 1}
 
 
 def test_a_resumed_shard_keeps_its_rows_and_scores_only_the_rest(record, catalogue):
