@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -303,43 +304,86 @@ def fit_photo_thresholds(
     records what they reach on those photos. Returns `policy`, changed in place. Refitting on a subset of the photos
     (`fmnist.evaluation.leave_out`) tells what a kind of photo the fit never saw gets."""
     target_risk = policy.target_risk
+    scored = _PhotoFit.score(policy, photos, temperature)
     policy.photo_ood_quantile = photo_ood_quantile
     policy.photo_ood_threshold = math.nan
-    policy.photo_threshold = max(
-        policy.confidence_threshold, _fit_photo_threshold(policy, photos, temperature, target_risk)
-    )
-    policy.family_threshold = _fit_family_threshold(policy, photos, temperature, target_risk)
-    photo_kept, photo_correct = _photo_verdicts(policy, photos, temperature)
+    if not math.isnan(photo_ood_quantile):  # on the scans' density: how far photos are from the clean images
+        quantile = float(np.quantile(scored.scans, photo_ood_quantile))
+        policy.photo_ood_threshold = min(policy.ood_threshold, quantile)
+    policy.num_fit_photos = len(scored.right)
+    ood = scored.ood(policy)  # (M,): the photo route, now that the photos' OOD threshold is set
+    policy.photo_threshold = max(policy.confidence_threshold, _fit_photo_threshold(policy, scored, ood, target_risk))
+    policy.family_threshold = _fit_family_threshold(policy, scored, ood, target_risk)
+
+    decisions = policy.decisions(scored.probabilities, ood, scored.marks)
+    photo_kept = np.array([d.confident for d in decisions], dtype=bool)  # (M,)
+    photo_correct = scored.correct
     policy.val_photo_coverage = float(photo_kept.mean())
     policy.val_photo_risk = float((~photo_correct[photo_kept]).mean()) if photo_kept.any() else 0.0
-    family_sure, family_correct = _family_verdicts(policy, photos, temperature)
+    family_sure = np.array([d.family is not None for d in decisions], dtype=bool)  # (M,)
+    family_correct = scored.family_right
     policy.val_photo_family_coverage = float(family_sure.mean())
     policy.val_photo_family_risk = float((~family_correct[family_sure]).mean()) if family_sure.any() else 0.0
     return policy
 
 
-def _fit_photo_threshold(
-    policy: AbstentionPolicy,
-    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray],
-    temperature: float,
-    target_risk: float,
-) -> float:
-    """The lowest confidence threshold whose selective risk on the photos that pass the OOD check is at most
-    `target_risk` with confidence 1 - PHOTO_RISK_DELTA (`guaranteed_risk_threshold`; 1.0, no confident photo, when
-    none is); counts them on `policy`."""
-    logits, features, _ = photos
-    right = _right_classes(photos)
-    if not math.isnan(policy.photo_ood_quantile):  # on the scans' density: how far photos are from the clean images
-        scans = policy.ood_scores(logits, features).numpy()  # (M,)
-        policy.photo_ood_threshold = min(policy.ood_threshold, float(np.quantile(scans, policy.photo_ood_quantile)))
-    ood = policy.ood_scores(logits, features, np.ones(len(logits), dtype=bool)).numpy()  # (M,)
+@dataclass(frozen=True)
+class _PhotoFit:
+    """The photos of one photo-threshold fit, scored once: every threshold and figure of the fit reads these."""
+
+    probabilities: np.ndarray  # (M, C) float64, calibrated
+    right: np.ndarray  # (M, C) bool: the classes counted right for each photo
+    scans: np.ndarray  # (M,) float64 OOD scores on the clean scans' density (`AbstentionPolicy.ood_scores`)
+    components: np.ndarray | None  # (M,) distances to the nearest photo component; None when the policy has none
+
+    @classmethod
+    def score(
+        cls, policy: AbstentionPolicy, photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], temperature: float
+    ) -> _PhotoFit:
+        logits, features, _ = photos
+        right = _right_classes(photos)
+        with_components = policy.photo_means is not None and policy.ood_score != "energy"
+        return cls(
+            probabilities=softmax(logits, temperature).numpy(),
+            right=right,
+            scans=policy.ood_scores(logits, features).numpy(),
+            components=policy.component_distances(features).numpy() if with_components else None,
+        )
+
+    @property
+    def marks(self) -> np.ndarray:
+        """(M,) bool: every one of them is a photo."""
+        return np.ones(len(self.scans), dtype=bool)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(1)  # (M,)
+
+    @property
+    def correct(self) -> np.ndarray:
+        """(M,) bool: whether the top class is a right one."""
+        return self.right[np.arange(len(self.right)), self.probabilities.argmax(1)]
+
+    @property
+    def family_right(self) -> np.ndarray:
+        """(M,) bool: whether the top class is of a right family (a right class shares the top class's family)."""
+        return (self.right & SAME_FAMILY[self.probabilities.argmax(1)]).any(1)
+
+    def ood(self, policy: AbstentionPolicy) -> np.ndarray:
+        """(M,) OOD scores by the photo route (`AbstentionPolicy.marked_scores`) at the policy's current thresholds."""
+        if self.components is None:
+            return self.scans
+        return policy.marked_scores(self.scans, self.components, self.marks)
+
+
+def _fit_photo_threshold(policy: AbstentionPolicy, scored: _PhotoFit, ood: np.ndarray, target_risk: float) -> float:
+    """The lowest confidence threshold whose selective risk on the photos that pass the OOD check (`ood` (M,)) is at
+    most `target_risk` with confidence 1 - PHOTO_RISK_DELTA (`guaranteed_risk_threshold`; above every confidence, no
+    confident photo, when none is)."""
     passes = ood <= (policy.ood_threshold if math.isnan(policy.photo_ood_threshold) else policy.photo_ood_threshold)
-    confidence = confidence_scores(logits, temperature).numpy()  # (M,)
-    correct = right[np.arange(len(right)), logits.argmax(1).numpy()]  # (M,)
-    policy.num_fit_photos = len(right)
     if not passes.any():
         return 0.0
-    threshold, reached = guaranteed_risk_threshold(confidence[passes], correct[passes], target_risk)
+    threshold, reached = guaranteed_risk_threshold(scored.confidence[passes], scored.correct[passes], target_risk)
     if not reached:
         log.warning(
             "no confidence threshold bounds the photos' selective risk by %.4f (%.0f%% confidence)",
@@ -349,50 +393,24 @@ def _fit_photo_threshold(
     return threshold
 
 
-def _fit_family_threshold(
-    policy: AbstentionPolicy,
-    photos: tuple[torch.Tensor, torch.Tensor, np.ndarray],
-    temperature: float,
-    target_risk: float,
-) -> float:
+def _fit_family_threshold(policy: AbstentionPolicy, scored: _PhotoFit, ood: np.ndarray, target_risk: float) -> float:
     """The lowest threshold on the top class's family probability (`abstention.family_mass`) whose family-only
     answers are of the wrong family at most `target_risk` of the time with confidence 1 - PHOTO_RISK_DELTA
-    (`guaranteed_risk_threshold`), among the photos that pass the OOD check but are not confident of their class.
-    Bounding those answers on their own, not pooled with the class-confident ones (right far more often), keeps the
-    family answer as trustworthy as a confident one wherever it is given. NaN (no family answers) when none is."""
-    logits, features, _ = photos
-    probabilities = softmax(logits, temperature).numpy()  # (M, C)
-    ood = policy.ood_scores(logits, features, np.ones(len(logits), dtype=bool)).numpy()  # (M,)
-    codes = policy.reason_codes(probabilities.max(1), ood, np.ones(len(ood), dtype=bool))
+    (`guaranteed_risk_threshold`), among the photos that pass the OOD check (`ood` (M,)) but are not confident of
+    their class. Bounding those answers on their own, not pooled with the class-confident ones (right far more often),
+    keeps the family answer as trustworthy as a confident one wherever it is given. NaN (no family answers) when none
+    is."""
+    codes = policy.reason_codes(scored.confidence, ood, scored.marks)
     family_only = codes == 2  # like the training images, the class unsure
     if not family_only.any():
         return math.nan
-    correct = _family_right(photos, probabilities)
     threshold, reached = guaranteed_risk_threshold(
-        family_mass(probabilities)[family_only], correct[family_only], target_risk
+        family_mass(scored.probabilities)[family_only], scored.family_right[family_only], target_risk
     )
     if not reached:
         log.warning("no family threshold bounds the photos' family risk by %.4f", target_risk)
         return math.nan
     return threshold
-
-
-def _family_right(photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], probabilities: np.ndarray) -> np.ndarray:
-    """(M,) bool: whether each photo's top class is of a right family (a right class shares the top class's family)."""
-    right = _right_classes(photos)  # (M, C)
-    return (right & SAME_FAMILY[probabilities.argmax(1)]).any(1)
-
-
-def _family_verdicts(
-    policy: AbstentionPolicy, photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], temperature: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(sure of the family (M,), family right (M,)) of the fitted policy on the photo part of the fit."""
-    logits, features, _ = photos
-    probabilities = softmax(logits, temperature).numpy()
-    marks = np.ones(len(logits), dtype=bool)
-    decisions = policy.decisions(probabilities, policy.ood_scores(logits, features, marks).numpy(), marks)
-    sure = np.array([d.family is not None for d in decisions], dtype=bool)
-    return sure, _family_right(photos, probabilities)
 
 
 def _right_classes(photos: tuple[torch.Tensor, torch.Tensor, np.ndarray]) -> np.ndarray:
@@ -440,16 +458,6 @@ def guaranteed_risk_threshold(
     if len(bounded) == 0:
         return float(np.nextafter(thresholds[0], np.inf)), False
     return float(thresholds[bounded.max()]), True
-
-
-def _photo_verdicts(
-    policy: AbstentionPolicy, photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], temperature: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """(confident (M,), correct (M,)) of the fitted policy on the photo part of the fit."""
-    logits, features, _ = photos
-    right = _right_classes(photos)
-    _, _, code = policy.scores(logits, features, temperature, photo=np.ones(len(logits), dtype=bool))
-    return code.numpy() == 0, right[np.arange(len(right)), logits.argmax(1).numpy()]
 
 
 def selective_summary(
