@@ -215,9 +215,9 @@ def _validation_photos(
 ) -> PhotoFit | None:
     """The photos the abstention fit holds to the photo thresholds, with their logits, features, right classes and
     conditions: validation garments rendered as photos of both families, and the real photographs' `fit` split,
-    `fit_photos` (a family
-    answer right for a longsleeve or a pair of shoes, no class right for a hat); uploads the normalisation finds
-    empty are left out (they are unsure whatever the scores). None when the profile fits on clean images only."""
+    `fit_photos` (a family answer right for a longsleeve or a pair of shoes, no class right for a hat); uploads the
+    normalisation finds empty are left out (they are unsure whatever the scores). None when the profile fits on clean
+    images only."""
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (pixels (m, 28, 28), right (m, C), condition (m,))
     if evaluation.fit_photo_per_class > 0:
         mix = render_validation_photos(
