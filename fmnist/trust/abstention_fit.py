@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -304,7 +305,7 @@ def fit_photo_thresholds(
     records what they reach on those photos. Returns `policy`, changed in place. Refitting on a subset of the photos
     (`fmnist.evaluation.leave_out`) tells what a kind of photo the fit never saw gets."""
     target_risk = policy.target_risk
-    scored = _PhotoFit.score(policy, photos, temperature)
+    scored = _ScoredPhotos.score(policy, photos, temperature)
     policy.photo_ood_quantile = photo_ood_quantile
     policy.photo_ood_threshold = math.nan
     if not math.isnan(photo_ood_quantile):  # on the scans' density: how far photos are from the clean images
@@ -328,8 +329,9 @@ def fit_photo_thresholds(
 
 
 @dataclass(frozen=True)
-class _PhotoFit:
-    """The photos of one photo-threshold fit, scored once: every threshold and figure of the fit reads these."""
+class _ScoredPhotos:
+    """The photos of one photo-threshold fit, scored once: every threshold and figure of the fit reads these (the
+    derived ones are computed on first use and kept)."""
 
     probabilities: np.ndarray  # (M, C) float64, calibrated
     right: np.ndarray  # (M, C) bool: the classes counted right for each photo
@@ -339,7 +341,7 @@ class _PhotoFit:
     @classmethod
     def score(
         cls, policy: AbstentionPolicy, photos: tuple[torch.Tensor, torch.Tensor, np.ndarray], temperature: float
-    ) -> _PhotoFit:
+    ) -> _ScoredPhotos:
         logits, features, _ = photos
         right = _right_classes(photos)
         with_components = policy.photo_means is not None and policy.ood_score != "energy"
@@ -350,21 +352,21 @@ class _PhotoFit:
             components=policy.component_distances(features).numpy() if with_components else None,
         )
 
-    @property
+    @cached_property
     def marks(self) -> np.ndarray:
         """(M,) bool: every one of them is a photo."""
         return np.ones(len(self.scans), dtype=bool)
 
-    @property
+    @cached_property
     def confidence(self) -> np.ndarray:
         return self.probabilities.max(1)  # (M,)
 
-    @property
+    @cached_property
     def correct(self) -> np.ndarray:
         """(M,) bool: whether the top class is a right one."""
         return self.right[np.arange(len(self.right)), self.probabilities.argmax(1)]
 
-    @property
+    @cached_property
     def family_right(self) -> np.ndarray:
         """(M,) bool: whether the top class is of a right family (a right class shares the top class's family)."""
         return (self.right & SAME_FAMILY[self.probabilities.argmax(1)]).any(1)
@@ -376,7 +378,7 @@ class _PhotoFit:
         return policy.marked_scores(self.scans, self.components, self.marks)
 
 
-def _fit_photo_threshold(policy: AbstentionPolicy, scored: _PhotoFit, ood: np.ndarray, target_risk: float) -> float:
+def _fit_photo_threshold(policy: AbstentionPolicy, scored: _ScoredPhotos, ood: np.ndarray, target_risk: float) -> float:
     """The lowest confidence threshold whose selective risk on the photos that pass the OOD check (`ood` (M,)) is at
     most `target_risk` with confidence 1 - PHOTO_RISK_DELTA (`guaranteed_risk_threshold`; above every confidence, no
     confident photo, when none is)."""
@@ -393,7 +395,9 @@ def _fit_photo_threshold(policy: AbstentionPolicy, scored: _PhotoFit, ood: np.nd
     return threshold
 
 
-def _fit_family_threshold(policy: AbstentionPolicy, scored: _PhotoFit, ood: np.ndarray, target_risk: float) -> float:
+def _fit_family_threshold(
+    policy: AbstentionPolicy, scored: _ScoredPhotos, ood: np.ndarray, target_risk: float
+) -> float:
     """The lowest threshold on the top class's family probability (`abstention.family_mass`) whose family-only
     answers are of the wrong family at most `target_risk` of the time with confidence 1 - PHOTO_RISK_DELTA
     (`guaranteed_risk_threshold`), among the photos that pass the OOD check (`ood` (M,)) but are not confident of
