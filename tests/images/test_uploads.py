@@ -131,11 +131,15 @@ def test_pixel_arrays_in_both_shapes():
 
 
 def full_size_input(data: bytes) -> np.ndarray:
-    """The model input as full-size decoding gives it: decoded and converted at the claimed size, then normalised."""
-    from fmnist.images.normalise import normalize_photo
-    from fmnist.images.uploads import decode_image, grayscale_array
+    """The model input as full-size decoding gives it: decoded and converted at the claimed size (grey, and the colour
+    the garment's outline is found in), then normalised."""
+    from PIL import ImageOps
 
-    return normalize_photo(grayscale_array(decode_image(data, 10**8))).pixels
+    from fmnist.images.normalise import normalize_photo
+    from fmnist.images.uploads import _colour, decode_image, grayscale_array
+
+    image = decode_image(data, 10**8)
+    return normalize_photo(grayscale_array(image), _colour(ImageOps.exif_transpose(image))).pixels
 
 
 def test_ordinary_uploads_decode_exactly_as_at_full_size():
