@@ -182,7 +182,9 @@ def normalize_photo(gray: np.ndarray, colour: np.ndarray | None = None) -> Norma
     trimmed = _trim(foreground)
     if trimmed is None:  # only isolated specks stood out: noise, not a garment
         return Normalized(np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8), inverted, background, noise, contrast, True)
-    garment = _garment_outline(work, colour if colour is not None and colour.shape[:2] == gray.shape else None)
+    garment = _garment_outline(
+        work, colour if colour is not None and colour.shape[:2] == gray.shape else None, _illumination_gain(surface)
+    )
     if garment is not None:
         # Where the outline and the contrast's box disagree, the outline frames the garment, and within it the garment
         # keeps its whole contrast, faint parts included (a light garment's body on a light floor, below the threshold
@@ -373,7 +375,7 @@ def _trim(foreground: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]
     return foreground[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], box
 
 
-def _garment_outline(work: np.ndarray, colour: np.ndarray | None) -> np.ndarray | None:
+def _garment_outline(work: np.ndarray, colour: np.ndarray | None, gain: np.ndarray) -> np.ndarray | None:
     """(h, w) bool: the garment's outline in the picture whose working-size grey is `work` (h, w) and whose colour is
     `colour` ((H, W, 3) RGB at decoded size, reduced as `work` was; None: grey only), found by GrabCut at GRABCUT_SIZE
     with the frame's outer ring as backdrop; its largest connected part (props and the backdrop's stray patches drop
@@ -392,7 +394,7 @@ def _garment_outline(work: np.ndarray, colour: np.ndarray | None) -> np.ndarray 
     )
     if any(c.shape != work.shape for c in channels):
         channels = [work]
-    source = np.stack(channels * (3 // len(channels)), axis=2)  # (h, w, 3)
+    source = np.stack(channels * (3 // len(channels)), axis=2) * gain[..., None]  # (h, w, 3), the light evened out
     small = cv2.resize(np.clip(source, 0, 255).astype(np.uint8), size, interpolation=cv2.INTER_AREA)  # (s_h, s_w, 3)
     ring = max(1, GRABCUT_SIZE // IMAGE_SIZE)
     seeds = np.full(small.shape[:2], cv2.GC_PR_FGD, np.uint8)  # (s_h, s_w)
