@@ -63,17 +63,19 @@ CHROMA_GAIN = 2.0
 # (`benchmarks/normalise_cost.py`: p50 per photo +5.8 ms against +2.9 ms for 40 px in one round).
 GRABCUT_SIZE = 56
 GRABCUT_ITERATIONS = 2
-# The outline changes the framing of few photos (its box replaces the contrast's on 2.8% of rendered studio photos,
-# 7.0% in the wild, 12% of real validation photos), so a one-round GrabCut at SCREEN_SIZE screens first: where its
-# box overlaps the contrast's by SCREEN_AGREEMENT or more, the two agree and the full outline is not drawn. Measured on
-# 300 studio and 480 in-the-wild renders of training garments and the 767 real validation photos, one thread: 4.25 ms
-# per photo without the outline, 9.54 ms with it always drawn, 6.12 ms screened; screening changes the model's input
-# of 0.3%, 0.2% and 0.8% of them.
+# The outline changes the model's input of few photos, so a one-round GrabCut at SCREEN_SIZE screens first: where
+# its box overlaps the contrast's by SCREEN_AGREEMENT or more, the two agree and the full outline is not drawn.
+# `benchmarks/outline_screen.py` (renders of 30 training garments under every studio and in-the-wild condition, the
+# 767 real validation photos; one thread): the outline changes 0.3%, 5.6% and 10.4% of their inputs; per photo 2.85,
+# 4.55 and 5.33 ms without it, 9.76, 11.64 and 10.14 ms with it always drawn, 4.44, 5.93 and 7.30 ms screened; the
+# screen changes 0.3%, 0.2% and 0.3% of the inputs against the full outline.
 SCREEN_SIZE = 20
 SCREEN_AGREEMENT = 0.6
-# GrabCut's outline is used when it covers at least this share of the frame (less: it found no garment, and the
-# contrast-based trim decides).
-GRABCUT_MIN_SHARE = 0.01
+# GrabCut's outline is used when its largest part covers at least this share of the frame (less: it found no garment,
+# and the contrast-based trim decides). A light grey coat on white has no colour of its own, and GrabCut kept a sleeve's
+# edge alone (2.7% of the frame; tests/serving/test_serving.py's product photos). 0.05 changes the model's input of 8
+# of the 767 real validation photos against 0.01, and of none of the rendered ones.
+GRABCUT_MIN_SHARE = 0.05
 # The outline replaces the contrast's box only where the two boxes overlap (intersection over union) by less than this:
 # where they agree, the contrast's box, drawn at the working size, is the sharper of the two (a product photo on a
 # plain backdrop keeps its exact framing).
@@ -445,6 +447,8 @@ def _garment_outline(
         return None
     _count, labels, stats, _ = cv2.connectedComponentsWithStats(found, connectivity=8)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[largest, cv2.CC_STAT_AREA] < GRABCUT_MIN_SHARE * found.size:  # splinters: no garment found in colour
+        return None
     outline = (labels == largest).astype(np.float32)
     return cv2.resize(outline, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5  # (h, w)
 
