@@ -16,8 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -26,19 +25,6 @@ from fmnist.core.data import load_dataset
 from fmnist.core.real_photos import DATA_DIR, load_real_photos
 from fmnist.evaluation.photos import PHOTO_CONDITIONS, photo_rng, render_photo
 from fmnist.evaluation.wild_photos import DEV_STREAM, WILD_CONDITIONS, render_wild, wild_rng
-
-
-@contextmanager
-def patched(**values: Any):
-    """Module attributes of `fmnist.images.normalise` set for the block, restored after it."""
-    saved = {name: getattr(normalise, name) for name in values}
-    for name, value in values.items():
-        setattr(normalise, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(normalise, name, value)
 
 
 def inputs(uploads: list[bytes]) -> tuple[np.ndarray, float]:
@@ -73,9 +59,10 @@ def main() -> None:
     }
     no_outline: Callable[..., None] = lambda *_args, **_kwargs: None  # noqa: E731
     for name, uploads in sets.items():
-        with patched(_garment_outline=no_outline):
+        with mock.patch.object(normalise, "_garment_outline", no_outline):
             without, t_without = inputs(uploads)
-        with patched(SCREEN_AGREEMENT=2.0):  # no overlap reaches 2: the full outline is drawn for every photo
+        # No overlap reaches 2: the full outline is drawn for every photo.
+        with mock.patch.object(normalise, "SCREEN_AGREEMENT", 2.0):
             full, t_full = inputs(uploads)
         screened, t_screened = inputs(uploads)
         print(
