@@ -397,9 +397,7 @@ def _trim(foreground: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]
             return None
         kept = _garment_region(solid, mask, foreground)  # (h, w) bool
         foreground = np.where(kept, foreground, 0.0)
-    rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
-    box = (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
-    return foreground[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], box
+    return _crop_to(foreground, kept)
 
 
 def _box_of(kept: np.ndarray) -> tuple[int, int, int, int]:
@@ -463,12 +461,12 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> floa
 
 
 def _crop_to(foreground: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    """`foreground` (h, w) cropped to the bounding box of `kept` (h, w) bool, and that box as `_trim` gives it."""
-    rows, cols = np.flatnonzero(kept.any(axis=1)), np.flatnonzero(kept.any(axis=0))
-    if not len(rows):
+    """`foreground` (h, w) cropped to the bounding box of `kept` (h, w) bool, and that box (`_box_of`); None when
+    nothing is kept."""
+    if not kept.any():
         return None
-    box = (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
-    return foreground[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], box
+    top, bottom, left, right = box = _box_of(kept)
+    return foreground[top : bottom + 1, left : right + 1], box
 
 
 def _garment_region(solid: np.ndarray, mask: np.ndarray, foreground: np.ndarray) -> np.ndarray:
