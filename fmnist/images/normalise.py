@@ -201,9 +201,12 @@ def normalize_photo(gray: np.ndarray, colour: np.ndarray | None = None) -> Norma
     if trimmed is None:  # only isolated specks stood out: noise, not a garment
         return Normalized(np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8), inverted, background, noise, contrast, True)
     garment = None
-    screen = _garment_outline(work, colour_work, gain, SCREEN_SIZE, 1)  # (h, w) bool, a coarse outline, or None
+    # The picture GrabCut reads, at the working size with its light evened out: one for the screen and the outline.
+    source = (np.stack([work] * 3, axis=2) if colour_work is None else colour_work) * gain[..., None]  # (h, w, 3)
+    evened = np.clip(source, 0, 255).astype(np.uint8)  # (h, w, 3)
+    screen = _garment_outline(evened, SCREEN_SIZE, 1)  # (h, w) bool, a coarse outline, or None
     if screen is None or _overlap(trimmed[1], _box_of(screen)) < SCREEN_AGREEMENT:
-        garment = _garment_outline(work, colour_work, gain)
+        garment = _garment_outline(evened)
     if garment is not None:
         # Where the outline and the contrast's box disagree, the outline frames the garment, and within it the garment
         # keeps its whole contrast, faint parts included (a light garment's body on a light floor, below the threshold
@@ -407,28 +410,21 @@ def _box_of(kept: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _garment_outline(
-    work: np.ndarray,
-    colour: np.ndarray | None,
-    gain: np.ndarray,
-    size: int = GRABCUT_SIZE,
-    iterations: int = GRABCUT_ITERATIONS,
+    picture: np.ndarray, size: int = GRABCUT_SIZE, iterations: int = GRABCUT_ITERATIONS
 ) -> np.ndarray | None:
-    """(h, w) bool: the garment's outline in the picture whose working-size grey is `work` (h, w) and whose colour is
-    `colour` ((h, w, 3) RGB at the working size; None: grey only), with `gain` (h, w) evening out its light, found by
-    GrabCut at `size` pixels' long side in `iterations` rounds with the frame's outer ring as backdrop; its largest
-    connected part (props and the backdrop's stray patches drop out). None where the frame is too small to seed
-    (Fashion-MNIST's own scale: every pixel counts there) or GrabCut finds less than GRABCUT_MIN_SHARE of it."""
+    """(h, w) bool: the garment's outline in `picture` ((h, w, 3) uint8 RGB at the working size, its light evened out;
+    a grey picture in all three channels), found by GrabCut at `size` pixels' long side in `iterations` rounds with the
+    frame's outer ring as backdrop; its largest connected part (props and the backdrop's stray patches drop out). None
+    where the frame is too small to seed (Fashion-MNIST's own scale: every pixel counts there) or that part covers
+    less than GRABCUT_MIN_SHARE of it."""
     import cv2  # only photos need it: the scan path and the library's import stay free of OpenCV
 
-    h, w = work.shape
+    h, w = picture.shape[:2]
     if max(h, w) < 2 * IMAGE_SIZE or min(h, w) < 8:
         return None
     scale = size / max(h, w)
     small_size = (max(8, round(w * scale)), max(8, round(h * scale)))  # (width, height), OpenCV's order
-    # At the working size, as the rest of the normalisation sees it: the same outline whatever size was decoded.
-    source = (np.stack([work] * 3, axis=2) if colour is None else colour) * gain[..., None]  # (h, w, 3), light evened
-    small = cv2.resize(np.clip(source, 0, 255).astype(np.uint8), small_size, interpolation=cv2.INTER_AREA)
-    # small: (s_h, s_w, 3)
+    small = cv2.resize(picture, small_size, interpolation=cv2.INTER_AREA)  # (s_h, s_w, 3)
     ring = max(1, size // IMAGE_SIZE)
     seeds = np.full(small.shape[:2], cv2.GC_PR_FGD, np.uint8)  # (s_h, s_w)
     seeds[:ring], seeds[-ring:], seeds[:, :ring], seeds[:, -ring:] = cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD
@@ -441,7 +437,7 @@ def _garment_outline(
     except cv2.error:  # a frame of one colour: no model to fit, no outline
         return None
     found = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.uint8)  # (s_h, s_w)
-    if found.sum() < GRABCUT_MIN_SHARE * found.size:
+    if not found.any():
         return None
     _count, labels, stats, _ = cv2.connectedComponentsWithStats(found, connectivity=8)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
