@@ -62,6 +62,8 @@ SKIPPED = {
     ".venv/bin/python benchmarks/photo_robustness.py [--run FashionFlow/<id>] [--per-class 20] [--one-view] "
     "[--json PATH]": "tests/test_benchmarks.py runs it on the smoke run with a small sample",
     ".venv/bin/python benchmarks/serve_decode.py [--rounds 2]": BY_HAND,
+    ".venv/bin/python benchmarks/normalise_cost.py [--rounds 3] [--compare-tree DIR]": BY_HAND,
+    ".venv/bin/python benchmarks/outline_screen.py [--garments 30]": BY_HAND,
     ".venv/bin/python benchmarks/fuzz_uploads.py [--minutes 2] [--quick] [--corpus DIR] [--findings DIR] "
     "[--json PATH]": "its --quick mode runs in tests/images/test_upload_fuzzing.py",
     ".venv/bin/python benchmarks/score_throughput.py [--images 2000]": BY_HAND,
