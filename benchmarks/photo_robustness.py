@@ -45,6 +45,7 @@ from fmnist.trust.abstention import (
     DEFAULT_FEATURE_POWER,
     DEFAULT_OOD_SCORE,
     DEFAULT_PHOTO_COMPONENT_QUANTILE,
+    DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
     DEFAULT_PHOTO_OOD_QUANTILE,
     OOD_SCORES,
 )
@@ -75,6 +76,7 @@ def refit(
     real_per_folder: int = 10_000,
     real_photo_density: bool = True,
     photo_component_quantile: float = DEFAULT_PHOTO_COMPONENT_QUANTILE,
+    photo_components_per_family: int = DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
     **policy_options: Any,
 ) -> LeaveOut | None:
     """Fit the classifier's temperature and abstention policy on (images, labels) exactly as the evaluate step does
@@ -86,6 +88,7 @@ def refit(
         real_photos_per_folder=real_per_folder,
         real_photo_density=real_photo_density,
         photo_component_quantile=photo_component_quantile,
+        photo_components_per_family=photo_components_per_family,
     )
     photo_fit = fit_on_validation(
         classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed, **policy_options
@@ -143,6 +146,12 @@ def main() -> None:
         default=DEFAULT_PHOTO_COMPONENT_QUANTILE,
         help="quantile of real fit photos' distances to their family components for the components' threshold",
     )
+    parser.add_argument(
+        "--photo-components-per-family",
+        type=int,
+        default=DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
+        help="real-photo components per garment family: 1 its mean, k k-means centres, 0 every photo",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -174,6 +183,7 @@ def main() -> None:
         args.real_per_folder,
         args.real_photo_density,
         args.photo_component_quantile,
+        args.photo_components_per_family,
         ood_score=args.ood_score,
         feature_power=args.feature_power,
     )

@@ -166,6 +166,7 @@ def fit_on_validation(
         photo_density=_density_photos(record, model, device, evaluation, fit_photos) if photo_fit is not None else None,
         real_photos=None if photo_fit is None else photo_fit.condition == REAL_CONDITION,
         photo_component_quantile=evaluation.photo_component_quantile,
+        photo_components_per_family=evaluation.photo_components_per_family,
         **policy_options,
     )
     return val_features, val_logits, policy, photo_fit

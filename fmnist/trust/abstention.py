@@ -47,10 +47,11 @@ photos sure of their family: 35.4%, 40.4% and 49.5%, each about 99% right: the o
 the OOD check, and with them more non-garments.) The descriptor's layers are part of the network
 (`FashionCNN.describe`) and were not re-compared.
 
-Photos are also measured against real phone photos (`fmnist.core.real_photos`): one component per garment family,
-the mean descriptor of that family's real photos, with the same precision. A photo passes the OOD check when it is
-close enough to the clean scans (the photo OOD threshold) or to the nearest family component (the components' own
-threshold, from other real photos than the means); one score carries both (`photo_scores`). A scan is measured
+Photos are also measured against real phone photos (`fmnist.core.real_photos`): by default every real garment photo
+is a component of its own (its descriptor; a family's mean or k-means centres are the other choices,
+`fit_photo_components`), with the same precision. A photo passes the OOD check when it is close enough to the clean
+scans (the photo OOD threshold) or to the nearest component (the components' own threshold, from other real photos
+than the components); one score carries both (`photo_scores`). A scan is measured
 against the class means alone (a handwritten digit, a scan, would otherwise come closer to the components). A
 garment on a bed, a floor or a rug is far from every clean studio scan while plainly a garment; a face or a landscape
 stays far from both.
@@ -91,6 +92,9 @@ DEFAULT_PHOTO_OOD_QUANTILE = 0.9
 # Photos close to the real photos of a garment family: 80% of other real garment photos pass by that distance
 # (`EvaluationConfig.photo_component_quantile`, chosen on validation).
 DEFAULT_PHOTO_COMPONENT_QUANTILE = 0.8
+# Photo components per garment family (`fmnist.trust.abstention_fit.fit_photo_components`): 1, the family's mean;
+# k, k-means centres; 0, every real photo (`EvaluationConfig.photo_components_per_family`, chosen on validation).
+DEFAULT_PHOTO_COMPONENTS_PER_FAMILY = 0
 # Ridge added to the shared covariance, relative to its mean variance: ReLU-and-max-pooled features have
 # near-degenerate directions, and a few thousand validation images estimate a covariance of a few hundred dimensions
 # only roughly.
@@ -219,8 +223,8 @@ class AbstentionPolicy:
     family_threshold: float = math.nan
     val_photo_family_coverage: float = math.nan
     val_photo_family_risk: float = math.nan
-    # (K, D) float32 on the CPU: the mean (power-transformed) descriptor of each garment family's real phone photos,
-    # one component per family (`fit_abstention`'s `photo_density`), with the shared precision. A photo also passes the
+    # (K, D) float32 on the CPU: (power-transformed) descriptors of real phone photos, every photo's own or each
+    # family's mean (`fit_abstention`'s `photo_density`), with the shared precision. A photo also passes the
     # OOD check when its distance to the nearest component is at most `photo_component_threshold`, the
     # `photo_component_quantile` quantile of other real garment photos' distances (`photo_scores`). None or NaN:
     # photos are scored like scans (policies fitted before, or without real photos).

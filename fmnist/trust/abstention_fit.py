@@ -22,6 +22,7 @@ from fmnist.trust.abstention import (
     DEFAULT_OOD_QUANTILE,
     DEFAULT_OOD_SCORE,
     DEFAULT_PHOTO_COMPONENT_QUANTILE,
+    DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
     DEFAULT_PHOTO_OOD_QUANTILE,
     DEFAULT_RIDGE,
     DEFAULT_TARGET_RISK,
@@ -156,6 +157,7 @@ def fit_abstention(
     photo_density: tuple[torch.Tensor, np.ndarray] | None = None,
     real_photos: np.ndarray | None = None,
     photo_component_quantile: float = DEFAULT_PHOTO_COMPONENT_QUANTILE,
+    photo_components_per_family: int = DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
 ) -> AbstentionPolicy:
     """Fit both thresholds (and the feature density) on validation logits (N, C), features (N, D) and labels (N,).
 
@@ -179,8 +181,8 @@ def fit_abstention(
     3. The confidence threshold: among validation images that pass the OOD check, the lowest threshold whose
        selective risk is at most `target_risk`, so the policy as a whole reaches the target on validation. If no
        threshold does, the highest confidence seen (only the most confident tie group is kept), with a warning.
-    4. `photo_density`, when given, is (features (K, D), right-class masks (K, C)) of real phone photos: the mean
-       descriptor of each garment family among them becomes a photo component (`fit_photo_components`), and
+    4. `photo_density`, when given, is (features (K, D), right-class masks (K, C)) of real phone photos: they become
+       the photo components, `photo_components_per_family` per family (`fit_photo_components`), and
        `real_photos` (M,) bool marks the other real photos, those in `photos`: the `photo_component_quantile` quantile
        of their distances to the nearest component (garments with a family only) is the components' own threshold.
        A real garment on a bed or a rug is far from every clean scan (its descriptor is not that of a 28x28 studio
@@ -227,7 +229,9 @@ def fit_abstention(
     policy.confidence_threshold = threshold
     if photos is not None and len(photos[2]):
         if photo_density is not None and real_photos is not None:
-            _fit_components(policy, photo_density, photos, real_photos, photo_component_quantile)
+            _fit_components(
+                policy, photo_density, photos, real_photos, photo_component_quantile, photo_components_per_family
+            )
         fit_photo_thresholds(policy, photos, temperature, photo_ood_quantile)
 
     kept = passes & (confidence >= threshold)
@@ -248,20 +252,56 @@ def fit_abstention(
     return policy
 
 
-def fit_photo_components(features: torch.Tensor, right: np.ndarray, feature_power: float) -> torch.Tensor | None:
-    """(K, D) float32: the mean of the features (N, D) raised to `feature_power` per garment family of the right
-    classes (N, C) bool, in `FAMILIES` order; photos without a right class are left out. None when none has one.
-    Means only: the scans' shared covariance is the density's shape."""
+def fit_photo_components(
+    features: torch.Tensor,
+    right: np.ndarray,
+    feature_power: float,
+    per_family: int = DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
+    precision: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """(K, D) float32 photo components from the features (N, D) raised to `feature_power` of real photos whose right
+    classes are (N, C) bool, family by family in `FAMILIES` order; photos without a right class are left out. None
+    when none has one.
+
+    `per_family` 1: each family's mean. k > 1: k-means centres of the family's photos (at most one per photo), found
+    in the space the shared `precision` (D, D) whitens, where the Mahalanobis distance is the Euclidean one. 0: every
+    photo is its own component, so the distance is to the nearest real photo (a nearest-neighbour density, Sun et al.
+    2022). One mean sits in the middle of a family's many looks; a face or a coin that the normaliser turns into a
+    blob can come closer to that middle than a real garment does, and farther from every one of the photos."""
     masks = np.asarray(right, dtype=bool)
     if masks.ndim != 2 or len(masks) != len(features):
         raise ValueError(f"{len(features)} photo features but right-class masks of shape {masks.shape}")
-    transformed = power_transform(features, feature_power)  # (N, D)
-    means = []
+    if per_family < 0:
+        raise ValueError(f"components per family must be 0 (every photo) or more, not {per_family}")
+    if per_family > 1 and precision is None:
+        raise ValueError("k-means components need the shared precision")
+    transformed = power_transform(features, feature_power)  # (N, D) float64
+    components = []
     for members in FAMILIES.values():
-        chosen = masks[:, list(members)].any(1)  # (N,)
-        if chosen.any():
-            means.append(transformed[torch.from_numpy(np.flatnonzero(chosen))].mean(0))
-    return torch.stack(means).float() if means else None
+        chosen = transformed[torch.from_numpy(np.flatnonzero(masks[:, list(members)].any(1)))]  # (n, D)
+        if not len(chosen):
+            continue
+        if per_family == 1:
+            components.append(chosen.mean(0, keepdim=True))
+        elif per_family == 0 or per_family >= len(chosen):
+            components.append(chosen)
+        else:
+            assert precision is not None
+            components.append(_kmeans_centres(chosen, precision.double(), per_family))
+    return torch.cat(components).float() if components else None
+
+
+def _kmeans_centres(points: torch.Tensor, precision: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, D) k-means centres of points (n, D) under the Mahalanobis distance of `precision` (D, D): clustered in
+    the whitened space (rows times L, where precision = L L^T), mapped back. Seeded: the same photos give the same
+    centres."""
+    from sklearn.cluster import KMeans  # only this choice of components needs it
+
+    lower = torch.linalg.cholesky(precision)  # (D, D)
+    whitened = (points @ lower).numpy()  # (n, D)
+    centres = KMeans(n_clusters=k, n_init=4, random_state=0).fit(whitened).cluster_centers_  # (k, D)
+    # c_w = c L  =>  c = c_w L^-1, solved as L^T c^T = c_w^T.
+    return torch.linalg.solve_triangular(lower.T, torch.from_numpy(centres).T, upper=True).T
 
 
 def _fit_components(
@@ -270,13 +310,16 @@ def _fit_components(
     photos: tuple[torch.Tensor, torch.Tensor, np.ndarray],
     real: np.ndarray,
     quantile: float,
+    per_family: int = DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
 ) -> None:
     """Set `policy`'s photo components from `density` and their threshold from the real photos among `photos`."""
     marks = np.asarray(real, dtype=bool).reshape(-1)
     right = _right_classes(photos)  # (M, C)
     if len(marks) != len(right):
         raise ValueError(f"{len(marks)} real-photo flags for {len(right)} photos")
-    policy.photo_means = fit_photo_components(density[0], density[1], policy.feature_power)
+    policy.photo_means = fit_photo_components(
+        density[0], density[1], policy.feature_power, per_family, policy.precision
+    )
     garments = marks & right.any(1)
     if policy.photo_means is None or not garments.any():
         policy.photo_means = None
@@ -285,7 +328,7 @@ def _fit_components(
     policy.photo_component_threshold = float(np.quantile(distances, quantile))
     policy.photo_component_quantile = quantile
     log.info(
-        "photo components: %d garment families of %d real photos; distance <= %.4g (the %g quantile of %d others)",
+        "photo components: %d from %d real photos; distance <= %.4g (the %g quantile of %d others)",
         len(policy.photo_means),
         len(density[1]),
         policy.photo_component_threshold,

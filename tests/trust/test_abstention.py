@@ -469,7 +469,7 @@ def test_photo_components_let_real_garments_pass_as_photos_and_never_move_a_scan
         np.concatenate([np.eye(NUM_CLASSES, dtype=bool)[rendered[2].astype(np.int64)], real[2]]),
     )
     marks = np.arange(1100) >= 500  # the real ones
-    options = {"photos": photos, "photo_component_quantile": 0.8}
+    options = {"photos": photos, "photo_component_quantile": 0.8, "photo_components_per_family": 1}
     with_components = fit_abstention(
         logits, features, labels, 1.0, photo_density=(density[1], density[2]), real_photos=marks, **options
     )
@@ -477,7 +477,7 @@ def test_photo_components_let_real_garments_pass_as_photos_and_never_move_a_scan
     assert without.photo_means is None and math.isnan(without.photo_component_threshold)
     components = with_components.photo_means
     assert components is not None and components.shape == (len(FAMILIES), DIM)
-    expected = fit_photo_components(density[1], density[2], with_components.feature_power)
+    expected = fit_photo_components(density[1], density[2], with_components.feature_power, per_family=1)
     assert expected is not None and torch.equal(components, expected)
     # The threshold: the 0.8 quantile of the other real photos' distances to the nearest component.
     distances = with_components.component_distances(real[1]).numpy()
@@ -509,3 +509,56 @@ def test_photo_components_let_real_garments_pass_as_photos_and_never_move_a_scan
     bad = with_components.tensors() | {"abstention.photo_means": torch.zeros(2, DIM + 1)}
     with pytest.raises(ValueError, match="photo components"):
         AbstentionPolicy.from_parts(with_components.metadata(), bad)
+
+
+def test_photo_components_of_a_family_with_two_looks_leave_the_middle_out():
+    """A family whose real photos come in two looks (a T-shirt laid flat, a shirt on a hanger): its mean lies between
+    them, where neither look is, and an input landing there (a face the normaliser turned into a blob) is as close to
+    the mean as a real photo. Two k-means centres, or every photo as its own component (the default), keep the middle
+    out: the distance from it to the nearest component is far larger than a real photo's."""
+    from fmnist.core.data import FAMILIES
+    from fmnist.trust.abstention_fit import fit_photo_components
+
+    g = torch.Generator().manual_seed(3)
+    dim, n = 8, 100
+    looks = torch.cat([torch.full((n, dim), 1.0), torch.full((n, dim), 3.0)])  # (2n, D), after the square root
+    transformed = looks + 0.1 * torch.randn(2 * n, dim, generator=g)
+    features = transformed.clamp_min(0.0) ** 2  # the density's power transform (0.5) gives `transformed` back
+    tops = list(FAMILIES["tops"])
+    right = np.zeros((2 * n, NUM_CLASSES), dtype=bool)
+    right[:, tops] = True
+    precision = torch.eye(dim)
+    policy = AbstentionPolicy(
+        confidence_threshold=0.5,
+        ood_threshold=1.0,
+        class_means=torch.zeros(NUM_CLASSES, dim),
+        precision=precision,
+        feature_power=0.5,
+    )
+    middle = torch.full((1, dim), 2.0) ** 2  # halfway between the looks
+    new_photos = (torch.cat([torch.full((5, dim), 1.0), torch.full((5, dim), 3.0)]) + 0.1) ** 2
+
+    def distances(per_family: int) -> tuple[float, float]:
+        policy.photo_means = fit_photo_components(features, right, 0.5, per_family, precision)
+        assert policy.photo_means is not None
+        return (
+            float(policy.component_distances(middle)[0]),
+            float(policy.component_distances(new_photos).max()),
+        )
+
+    mean_middle, mean_photo = distances(1)
+    assert policy.photo_means is not None and policy.photo_means.shape == (1, dim)
+    assert mean_middle < 0.1 * mean_photo  # the mean: the middle is closer than any real photo
+    for per_family, count in ((2, 2), (0, 2 * n)):
+        middle_distance, photo_distance = distances(per_family)
+        assert policy.photo_means.shape == (count, dim)
+        assert middle_distance > 20 * photo_distance  # the middle is far from every look
+    # k-means centres are the two looks' centres; a family with fewer photos than k keeps every photo.
+    policy.photo_means = fit_photo_components(features, right, 0.5, 2, precision)
+    centres = sorted(policy.photo_means.mean(1).tolist())
+    assert centres == pytest.approx([1.0, 3.0], abs=0.05)
+    assert fit_photo_components(features[:3], right[:3], 0.5, 5, precision).shape == (3, dim)
+    with pytest.raises(ValueError, match="precision"):
+        fit_photo_components(features, right, 0.5, 2)
+    with pytest.raises(ValueError, match="components per family"):
+        fit_photo_components(features, right, 0.5, -1)
