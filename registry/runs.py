@@ -63,7 +63,11 @@ def find_run(run: str | None = None, tag: str | None = None, flow: str = MODEL_F
 def newest_tagged(tag: str, flow: str = MODEL_FLOW) -> Any | None:
     """The newest successful run of `flow` carrying `tag` (what `fmnist-serve --tag` serves), or None."""
     namespace(None)
-    return next((run for run in Flow(flow).runs(tag) if run.successful), None)  # runs() is newest first
+    # Newest by when the run finished, not in `runs()` order: that order is the runs' creation time, which the local
+    # metadata provider rewrites whenever a run's tags change (so two runs tagged within a millisecond tie, and fall
+    # in directory order).
+    tagged = [run for run in Flow(flow).runs(tag) if run.successful]
+    return max(tagged, key=lambda run: run.finished_at or run.created_at, default=None)
 
 
 def artifact(data: Any, name: str, default: Any = None) -> Any:
