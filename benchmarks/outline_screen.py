@@ -22,15 +22,16 @@ import numpy as np
 
 import fmnist.images.normalise as normalise
 from fmnist.core.data import load_dataset
-from fmnist.core.real_photos import DATA_DIR, load_real_photos
+from fmnist.core.real_photos import load_real_photos
 from fmnist.evaluation.photos import PHOTO_CONDITIONS, photo_rng, render_photo
 from fmnist.evaluation.wild_photos import DEV_STREAM, WILD_CONDITIONS, render_wild, wild_rng
+from fmnist.release.classifier import MAX_UPLOAD_PIXELS
 
 
 def inputs(uploads: list[bytes]) -> tuple[np.ndarray, float]:
     """(n, 28, 28) model inputs of `uploads` and the mean seconds per upload."""
     start = time.perf_counter()
-    pixels = np.stack([normalise.prepare_upload(data, 40_000_000).pixels for data in uploads])
+    pixels = np.stack([normalise.prepare_upload(data, MAX_UPLOAD_PIXELS).pixels for data in uploads])
     return pixels, (time.perf_counter() - start) / len(uploads)
 
 
@@ -55,7 +56,7 @@ def main() -> None:
             for c in WILD_CONDITIONS
             for i, x in enumerate(images)
         ],
-        "real (validation)": [(DATA_DIR / p.name).read_bytes() for p in load_real_photos("validation")],
+        "real (validation)": [photo.data for photo in load_real_photos("validation")],
     }
     no_outline: Callable[..., None] = lambda *_args, **_kwargs: None  # noqa: E731
     for name, uploads in sets.items():

@@ -310,7 +310,7 @@ def _fit_components(
     photos: tuple[torch.Tensor, torch.Tensor, np.ndarray],
     real: np.ndarray,
     quantile: float,
-    per_family: int = DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
+    per_family: int,
 ) -> None:
     """Set `policy`'s photo components from `density` and their threshold from the real photos among `photos`."""
     marks = np.asarray(real, dtype=bool).reshape(-1)
