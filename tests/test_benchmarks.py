@@ -50,7 +50,9 @@ def test_frontier_quick_scores_candidates_on_validation_against_the_current_prof
         assert row["wall_seconds"] > row["train_seconds"] > 0 and row["threads"] == 1
         assert 0.1 < row["val_accuracy"] <= 1.0 and 0.1 < row["val_accuracy_flip_tta"] <= 1.0
         assert row["parameters"] > 0 and row["hparams"]["epochs"] == 1
-        assert 0.0 <= row["real_photo_family_accuracy"] <= 1.0 and row["real_photos"] > 500
+        assert (
+            0.0 <= row["real_photo_accuracy"] <= row["real_photo_family_accuracy"] <= 1.0 and row["real_photos"] > 500
+        )
         # Calibration on the half of validation the temperature was not fitted on; a fitted temperature lowers it.
         assert 0.0 <= row["val_ece_after"] <= row["val_ece_before"] + 0.02 and 0.0 < row["val_ece_before"] < 1.0
     assert bf16["parameters"] == 61050 and bf16["hparams"]["width"] == 16  # the candidate names its shape in full

@@ -72,6 +72,13 @@ class RealPhoto:
         """Every class counted right for a family answer (empty: no class is right, only "unsure")."""
         return FAMILIES[self.family] if self.family else ()
 
+    @property
+    def taught_classes(self) -> tuple[int, ...]:
+        """The classes training teaches for this photo: its one exact class where Fashion-MNIST has it (a T-shirt is
+        taught as T-shirt/top, not as any top), the family's classes otherwise (a longsleeve may be any top); empty
+        for a garment without a class."""
+        return (self.exact,) if self.exact is not None else self.right_classes
+
 
 def load_real_photos(split: Split, root: Path = DATA_DIR) -> list[RealPhoto]:
     """The photos of one split, in manifest order, each checked against its recorded SHA-256."""

@@ -1,8 +1,9 @@
 """Real phone photographs in the training batches: the photos as the service would see them, and their loss.
 
-A photo is labelled by the classes right for it (`fmnist.core.real_photos`): one for a T-shirt, four for a longsleeve
-(any top), three for a pair of shoes. Its loss is the negative log of the probability the model gives to that set,
--log sum_{c right} p(c | x): cross-entropy for one class, and for a family no push towards any one member of it.
+A photo is labelled by the classes training teaches for it (`fmnist.core.real_photos.RealPhoto.taught_classes`): one
+for a T-shirt, four for a longsleeve (any top), three for a pair of shoes. Its loss is the negative log of the
+probability the model gives to that set, -log sum_{c right} p(c | x): cross-entropy for one class, and for a family no
+push towards any one member of it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ MAX_PHOTO_PIXELS = 40_000_000
 
 
 def photo_training_set(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
-    """(images (M, 28, 28) uint8, right (M, 10) bool) of the photos that have a right class, normalised as uploads
-    are; photos whose upload normalises to nothing (no garment found) are left out, as the service marks them
-    unsure whatever the model says."""
-    labelled = [p for p in photos if p.right_classes]
+    """(images (M, 28, 28) uint8, right (M, 10) bool: the taught classes, the exact one where it exists) of the photos
+    that have a right class, normalised as uploads are; photos whose upload normalises to nothing (no garment found)
+    are left out, as the service marks them unsure whatever the model says."""
+    labelled = [p for p in photos if p.taught_classes]
     with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
         prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_PHOTO_PIXELS), labelled))
     kept = [(q.pixels, p) for q, p in zip(prepared, labelled, strict=True) if not q.empty]
@@ -36,7 +37,7 @@ def photo_training_set(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]
     right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)
     for i, (pixels, photo) in enumerate(kept):
         images[i] = pixels
-        right[i, list(photo.right_classes)] = True
+        right[i, list(photo.taught_classes)] = True
     log.info("%d real photographs to train on (%d without a garment found)", len(kept), len(labelled) - len(kept))
     return images, right
 

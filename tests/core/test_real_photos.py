@@ -88,6 +88,14 @@ def test_labels_give_one_class_a_family_or_none():
     assert all(by_folder[f].family is None and by_folder[f].right_classes == () for f in ("hat", "shorts", "skirt"))
 
 
+def test_training_is_taught_the_exact_class_where_it_exists_and_the_family_elsewhere():
+    by_folder = {p.folder: p for p in load_real_photos("validation")}
+    assert by_folder["t-shirt"].taught_classes == (0,) and by_folder["shirt"].taught_classes == (6,)
+    assert by_folder["outwear"].taught_classes == (4,) and by_folder["dress"].taught_classes == (3,)
+    assert by_folder["longsleeve"].taught_classes == (0, 2, 4, 6) and by_folder["shoes"].taught_classes == (5, 7, 9)
+    assert all(by_folder[f].taught_classes == () for f in ("hat", "shorts", "skirt"))
+
+
 def test_sample_per_folder_keeps_manifest_order():
     photos = load_real_photos("fit")
     sample = sample_per_folder(photos, 3)

@@ -29,15 +29,21 @@ def photo_set(photos):
     return photo_training_set(photos)
 
 
-def test_the_photos_are_the_service_inputs_with_their_right_classes_and_no_classless_garment(photos, photo_set):
+def test_the_photos_are_the_service_inputs_with_their_taught_classes_and_no_classless_garment(photos, photo_set):
     images, right = photo_set
-    labelled = [p for p in photos if p.right_classes]
+    labelled = [p for p in photos if p.taught_classes]
     assert len(labelled) < len(photos)  # hats, shorts and skirts are not trained on
     assert images.shape == (len(right), 28, 28) and images.dtype == np.uint8 and right.shape == (len(right), 10)
     assert 0 < len(right) <= len(labelled) and right.any(axis=1).all()
     first = next(p for p in labelled if not prepare_upload(p.data, MAX_PHOTO_PIXELS).empty)
     np.testing.assert_array_equal(images[0], prepare_upload(first.data, MAX_PHOTO_PIXELS).pixels)
-    assert tuple(np.flatnonzero(right[0])) == first.right_classes
+    assert tuple(np.flatnonzero(right[0])) == first.taught_classes
+    # A T-shirt is taught as T-shirt/top alone (not as any top: that lets the network call it a shirt for free), a
+    # longsleeve as any top.
+    kept = [p for p in labelled if not prepare_upload(p.data, MAX_PHOTO_PIXELS).empty]
+    by_folder = {p.folder: row for p, row in zip(kept, right, strict=True)}
+    assert tuple(np.flatnonzero(by_folder["t-shirt"])) == (0,) and tuple(np.flatnonzero(by_folder["shirt"])) == (6,)
+    assert tuple(np.flatnonzero(by_folder["longsleeve"])) == (0, 2, 4, 6)
 
 
 def test_the_set_loss_is_cross_entropy_for_one_class_and_minus_log_of_the_familys_probability():
