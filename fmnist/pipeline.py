@@ -104,6 +104,7 @@ def prepare_data(profile: Profile) -> PreparedData:
     splits = make_splits(data, profile.data.val_size, profile.seed, profile.data.train_subset)
     if any(hp.real_photo_share > 0 for hp in expand_grid(profile)):
         splits = with_real_photos(splits)
+    has_class = np.zeros(0, dtype=bool) if splits.photo_right is None else splits.photo_right.any(axis=1)  # (M,)
     summary = {
         "source": data.source,
         "fingerprint": data.fingerprint,
@@ -112,7 +113,9 @@ def prepare_data(profile: Profile) -> PreparedData:
         "test_size": TEST_SIZE,  # verified by load_dataset; only `evaluate` opens the test split
         "train_class_counts": np.bincount(splits.train_labels, minlength=len(CLASS_NAMES)).tolist(),
         "val_class_counts": np.bincount(splits.val_labels, minlength=len(CLASS_NAMES)).tolist(),
-        "real_photos_trained_on": 0 if splits.photo_right is None else len(splits.photo_right),
+        "real_photos_trained_on": int(has_class.sum()),
+        # Garments without a class, trained on towards the uniform answer by trials with `real_photo_no_class`.
+        "real_photos_without_a_class": int((~has_class).sum()),
     }
     return PreparedData(splits=splits, fingerprint=data.fingerprint, source=data.source, summary=summary)
 

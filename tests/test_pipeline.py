@@ -28,7 +28,9 @@ def test_the_load_step_prepares_real_photos_only_when_a_trial_trains_on_them():
     assert plain.splits.photo_images is None and plain.summary["real_photos_trained_on"] == 0
     mixed = prepare_data(smoke.model_copy(update={"grid": {"real_photo_share": [0.0, 0.1]}}))
     images, right = mixed.splits.photo_images, mixed.splits.photo_right
-    train_half = [p for p in fit_parts(load_real_photos("fit"))[0] if p.right_classes]
+    train_half = fit_parts(load_real_photos("fit"))[0]
     assert images is not None and right is not None and 0.9 * len(train_half) < len(right) <= len(train_half)
-    assert mixed.summary["real_photos_trained_on"] == len(right) and right.any(axis=1).all()
+    with_class = sum(1 for p in train_half if p.taught_classes)
+    assert 0.9 * with_class < mixed.summary["real_photos_trained_on"] == right.any(axis=1).sum() <= with_class
+    assert mixed.summary["real_photos_without_a_class"] == len(right) - mixed.summary["real_photos_trained_on"] > 0
     assert mixed.splits.train_images.shape == plain.splits.train_images.shape

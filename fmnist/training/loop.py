@@ -323,6 +323,9 @@ class PhotoBatches:
 
     def __init__(self, images: torch.Tensor, right: torch.Tensor, hp: HParams, generator: torch.Generator) -> None:
         # images: (M, 28, 28) uint8, right: (M, 10) bool, both on the training device.
+        if not hp.real_photo_no_class:  # garments without a class (no right class) are not trained on
+            taught = right.any(1)  # (M,)
+            images, right = images[taught], right[taught]
         self.right, self.share, self.generator = right, hp.real_photo_share, generator
         self.augment = BatchAugmenter(images, hp.crop_pad, hp.flip, generator)
 

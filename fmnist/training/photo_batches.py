@@ -3,12 +3,15 @@
 A photo is labelled by the classes training teaches for it (`fmnist.core.real_photos.RealPhoto.taught_classes`): one
 for a T-shirt, four for a longsleeve (any top), three for a pair of shoes. Its loss is the negative log of the
 probability the model gives to that set, -log sum_{c right} p(c | x): cross-entropy for one class, and for a family no
-push towards any one member of it.
+push towards any one member of it. A garment without a class (a hat, shorts, a skirt) has an empty set: its loss is
+the divergence of the model's answer from the uniform one, KL(uniform || p) (outlier exposure), and a trial trains on
+such photos only with `real_photo_no_class`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,10 +29,10 @@ MAX_PHOTO_PIXELS = 40_000_000
 
 
 def photo_training_set(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
-    """(images (M, 28, 28) uint8, right (M, 10) bool: the taught classes, the exact one where it exists) of the photos
-    that have a right class, normalised as uploads are; photos whose upload normalises to nothing (no garment found)
-    are left out, as the service marks them unsure whatever the model says."""
-    labelled = [p for p in photos if p.taught_classes]
+    """(images (M, 28, 28) uint8, right (M, 10) bool: the taught classes, the exact one where it exists, none for a
+    garment without a class) of the photos, normalised as uploads are; photos whose upload normalises to nothing (no
+    garment found) are left out, as the service marks them unsure whatever the model says."""
+    labelled = list(photos)
     with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
         prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_PHOTO_PIXELS), labelled))
     kept = [(q.pixels, p) for q, p in zip(prepared, labelled, strict=True) if not q.empty]
@@ -43,5 +46,12 @@ def photo_training_set(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]
 
 
 def set_likelihood_loss(logits: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """Per image, -log sum_{c right} p(c | x): logits (B, C) float, right (B, C) bool, a True in each row -> (B,)."""
-    return torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~right, float("-inf")), 1)
+    """Per image, -log sum_{c right} p(c | x), or KL(uniform || p) where no class is right: logits (B, C) float,
+    right (B, C) bool -> (B,)."""
+    taught = right.any(1, keepdim=True)  # (B, 1)
+    total = torch.logsumexp(logits, 1)  # (B,)
+    # A row without a right class sums over every class here (a finite 0 below, never selected), so no gradient is
+    # taken through an empty set's -inf.
+    in_set = torch.logsumexp(logits.masked_fill(~(right | ~taught), float("-inf")), 1)  # (B,)
+    from_uniform = total - logits.mean(1) - math.log(logits.shape[1])  # (B,): -mean_c log p(c) - log C
+    return torch.where(taught.squeeze(1), total - in_set, from_uniform)
