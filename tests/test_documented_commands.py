@@ -74,6 +74,11 @@ SKIPPED = {
     '--candidate "photo_prob 0.4:photo_prob=0.4" --candidate "rotate_prob 0:rotate_prob=0" --no-parallel-check': (
         "six whole trials (about 20 minutes on these cores); its --quick mode runs in tests/test_benchmarks.py"
     ),
+    '.venv/bin/python benchmarks/frontier.py --only current "real photos 0.2" '
+    '--candidate "real photos 0.1:real_photo_share=0.1" --candidate "real photos 0.3:real_photo_share=0.3" '
+    "--no-parallel-check": (
+        "four whole trials (about 13 minutes on these cores); its --quick mode runs in tests/test_benchmarks.py"
+    ),
     '.venv/bin/python benchmarks/frontier.py --only current --candidate "label_smoothing 0.05:label_smoothing=0.05" '
     '--candidate "label_smoothing 0.1:label_smoothing=0.1" --no-parallel-check': (
         "three whole trials (about 10 minutes on these cores); its --quick mode runs in tests/test_benchmarks.py"
