@@ -32,16 +32,20 @@ def photo_training_set(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]
     """(images (M, 28, 28) uint8, right (M, 10) bool: the taught classes, the exact one where it exists, none for a
     garment without a class) of the photos, normalised as uploads are; photos whose upload normalises to nothing (no
     garment found) are left out, as the service marks them unsure whatever the model says."""
-    labelled = list(photos)
     with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
-        prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_PHOTO_PIXELS), labelled))
-    kept = [(q.pixels, p) for q, p in zip(prepared, labelled, strict=True) if not q.empty]
+        prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_PHOTO_PIXELS), photos))
+    kept = [(q.pixels, p) for q, p in zip(prepared, photos, strict=True) if not q.empty]
     images = np.zeros((len(kept), 28, 28), dtype=np.uint8)
     right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)
     for i, (pixels, photo) in enumerate(kept):
         images[i] = pixels
         right[i, list(photo.taught_classes)] = True
-    log.info("%d real photographs to train on (%d without a garment found)", len(kept), len(labelled) - len(kept))
+    log.info(
+        "%d real photographs to train on, %d of them without a class (%d without a garment found)",
+        len(kept),
+        int((~right.any(axis=1)).sum()),
+        len(photos) - len(kept),
+    )
     return images, right
 
 
