@@ -6,7 +6,6 @@ its confidence can be believed, when it says "unsure", and where it came from. `
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -17,7 +16,6 @@ from fmnist.core.config import EvaluationConfig
 from fmnist.core.data import CLASS_NAMES, NUM_CLASSES
 from fmnist.core.inference import features_and_logits
 from fmnist.core.real_photos import RealPhoto, fit_parts, load_real_photos, sample_per_folder
-from fmnist.core.runtime import available_cores
 from fmnist.evaluation.answers import LeaveOut, service_answers
 from fmnist.evaluation.leave_out import REAL as REAL_CONDITION
 from fmnist.evaluation.leave_out import PhotoFit, leave_one_condition_out
@@ -33,9 +31,9 @@ from fmnist.evaluation.report_schema import EvaluationReport
 from fmnist.evaluation.robustness import robustness_table
 from fmnist.evaluation.wild_photos import REPORT_STREAM as WILD_REPORT_STREAM
 from fmnist.evaluation.wild_photos import wild_robustness, worst_conditions
-from fmnist.images.normalise import prepare_upload
-from fmnist.release.classifier import MAX_UPLOAD_PIXELS, Classifier
+from fmnist.release.classifier import Classifier
 from fmnist.release.model_record import ModelRecord
+from fmnist.training.photo_batches import real_photo_inputs
 from fmnist.trust.abstention import AbstentionPolicy
 from fmnist.trust.abstention_fit import fit_abstention, risk_coverage_curve, selective_summary
 from fmnist.trust.calibration import calibration_summary, fit_temperature, softmax
@@ -173,16 +171,10 @@ def fit_on_validation(
 
 
 def _real_inputs(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
-    """Real photos through the service's normalisation: (model inputs (m, 28, 28) uint8, right classes (m, C) bool),
-    the uploads it finds empty left out (they are unsure whatever the scores)."""
-    with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
-        prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_UPLOAD_PIXELS), photos))
-    kept = [(q.pixels, p) for q, p in zip(prepared, photos, strict=True) if not q.empty]
-    right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)
-    for i, (_, photo) in enumerate(kept):
-        right[i, list(photo.right_classes)] = True
-    pixels = np.stack([pixels for pixels, _ in kept]) if kept else np.zeros((0, 28, 28), dtype=np.uint8)
-    return pixels, right
+    """Real photos through the service's normalisation: (model inputs (m, 28, 28) uint8, right classes (m, C) bool:
+    every class right for a family answer), the uploads it finds empty left out (they are unsure whatever the
+    scores)."""
+    return real_photo_inputs(photos, lambda photo: photo.right_classes)
 
 
 def _density_photos(

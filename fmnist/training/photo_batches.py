@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -21,30 +22,37 @@ from fmnist.core.data import NUM_CLASSES
 from fmnist.core.real_photos import RealPhoto
 from fmnist.core.runtime import available_cores
 from fmnist.images.normalise import prepare_upload
+from fmnist.release.classifier import MAX_UPLOAD_PIXELS
 
 log = logging.getLogger(__name__)
 
-# The pixel limit photos are decoded under: the service's default (a phone photo is far below it).
-MAX_PHOTO_PIXELS = 40_000_000
 
-
-def photo_training_set(photos: list[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
-    """(images (M, 28, 28) uint8, right (M, 10) bool: the taught classes, the exact one where it exists, none for a
-    garment without a class) of the photos, normalised as uploads are; photos whose upload normalises to nothing (no
-    garment found) are left out, as the service marks them unsure whatever the model says."""
+def real_photo_inputs(
+    photos: Sequence[RealPhoto], classes: Callable[[RealPhoto], tuple[int, ...]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images (m, 28, 28) uint8, right (m, 10) bool: `classes(photo)` marked) of `photos` through the service's
+    normalisation, under its pixel limit; photos whose upload normalises to nothing (no garment found) are left out,
+    as the service marks them unsure whatever the model says."""
     with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
-        prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_PHOTO_PIXELS), photos))
+        prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_UPLOAD_PIXELS), photos))
     kept = [(q.pixels, p) for q, p in zip(prepared, photos, strict=True) if not q.empty]
     images = np.zeros((len(kept), 28, 28), dtype=np.uint8)
     right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)
     for i, (pixels, photo) in enumerate(kept):
         images[i] = pixels
-        right[i, list(photo.taught_classes)] = True
+        right[i, list(classes(photo))] = True
+    return images, right
+
+
+def photo_training_set(photos: Sequence[RealPhoto]) -> tuple[np.ndarray, np.ndarray]:
+    """(images (M, 28, 28) uint8, right (M, 10) bool: the taught classes, the exact one where it exists, none for a
+    garment without a class) of the photos, as `real_photo_inputs` prepares them."""
+    images, right = real_photo_inputs(photos, lambda photo: photo.taught_classes)
     log.info(
         "%d real photographs to train on, %d of them without a class (%d without a garment found)",
-        len(kept),
+        len(right),
         int((~right.any(axis=1)).sum()),
-        len(photos) - len(kept),
+        len(photos) - len(right),
     )
     return images, right
 
