@@ -14,8 +14,9 @@ service's own path (normalisation, network, temperature, abstention). Printed: p
 clean, share answered confidently, accuracy of those answers and, for the in-the-wild family, how far the model's input
 moved from the same garment's plain photo; then the development non-garment sets (synthetic, photographs, faces, digits:
 other seeds and other photographs than the report's), with the share caught by the `empty` rule and by the model's
-scores alone; then the real phone photographs' validation split (`fmnist.core.real_photos`: the fit split joins the
-policy's fit, the report split is the evaluate step's) per folder.
+scores alone, and the share unsure under the run's own policy (the refit can differ from it); then the real phone
+photographs' validation split (`fmnist.core.real_photos`: the fit split joins the policy's fit, the report split is the
+evaluate step's) per folder.
 """
 
 from __future__ import annotations
@@ -173,6 +174,9 @@ def main() -> None:
         one_view = replace(record, model_args=replace(record.model_args, flip_tta=False))
         classifier = Classifier(one_view, classifier.device, classifier.runtime)
     started = time.perf_counter()
+    # The development non-garments under the run's own policy too (fitted on the whole validation split by its evaluate
+    # step), before the refit below replaces it: the two can differ, and a user meets the run's own.
+    own_nongarments = nongarment_detection(served.classifier, args.nongarments, args.seed, part="dev")
     leave_out = refit(
         classifier,
         images[fitting],
@@ -278,6 +282,7 @@ def main() -> None:
         print(
             f"non-garments {name}: {found['count']} images, unsure {found['unsure']:.1%}, empty rule"
             f" {found['empty_rule']:.1%}, unsure by the model's scores alone {found['model_scores']:.1%}"
+            f" (with the run's own policy: unsure {own_nongarments['sets'][name]['unsure']:.1%})"
         )
     if real is not None:
         print(f"real photographs, validation split ({real['count']}):")
@@ -293,6 +298,7 @@ def main() -> None:
                     "studio": [asdict(r) for r in studio],
                     "wild": [asdict(w) for w in wild],
                     "nongarments": nongarments,
+                    "nongarments_own_policy": own_nongarments,
                     "real_photos": real,
                     "seconds": seconds,
                 },

@@ -102,6 +102,11 @@ class HParams(_Strict):
     # photographs and faces unsure 93.3% -> 98.3% and 93.0% -> 94.0%; real garments' exact class 77.1% -> 76.1%,
     # sure of the family 60.8% -> 59.3% (99.0% -> 97.9% right).
     real_photo_no_class: bool = False
+    # Pen strokes on black (`fmnist.training.strokes`: curves and arcs, drawn, not handwriting from any data set) mixed
+    # into every batch at this share beside the scans, taught towards the uniform answer like the garments without a
+    # class: a handwritten note or a drawing has the very form of a Fashion-MNIST image, and nothing else teaches the
+    # network that strokes are not clothes. 0 leaves them out.
+    stroke_share: float = Field(0.0, ge=0.0, le=0.5)
     # Exponential moving average of the weights, evaluated instead of the raw weights; 0 turns it off.
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
 

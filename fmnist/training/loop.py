@@ -21,16 +21,20 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fmnist.core.config import HParams
-from fmnist.core.data import PIXEL_MEAN, PIXEL_STD, Splits
+from fmnist.core.data import NUM_CLASSES, PIXEL_MEAN, PIXEL_STD, Splits
 from fmnist.core.inference import predict_logits
 from fmnist.core.model import ModelArgs, build_model, count_parameters, normalize
 from fmnist.core.runtime import autocast, seed_everything
 from fmnist.training.checkpoint import CheckpointStore, TrainingState, capture_rng, restore_rng, trial_identity
 from fmnist.training.photo_batches import set_likelihood_loss
+from fmnist.training.strokes import stroke_images
 
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[dict[str, float]], None]
+# Pen-stroke images a trial with `stroke_share` draws from: an 18-epoch default run at a share of 0.05 draws each
+# about a dozen times, too few to learn any one by heart.
+STROKE_IMAGES = 4096
 
 
 def model_args(hp: HParams) -> ModelArgs:
@@ -200,7 +204,12 @@ def train_model(
     train_y = torch.from_numpy(splits.train_labels.astype(np.int64)).to(device)  # (N,)
     augment = BatchAugmenter(train_x, hp.crop_pad, hp.flip, generator)
     photometric = PhotometricAugmenter(hp, generator)
-    photos = _photo_batches(hp, splits, device, generator)
+    # Images trained on beside the scans, each batch's share of them: real photos, pen strokes.
+    extras = [
+        m
+        for m in (_photo_batches(hp, splits, device, generator), _stroke_batches(hp, seed, device, generator))
+        if m is not None
+    ]
     n = len(train_y)
     # Drop a last batch that would be too small for batch norm statistics.
     steps_per_epoch = max(1, n // hp.batch_size if n % hp.batch_size < 2 else math.ceil(n / hp.batch_size))
@@ -251,9 +260,10 @@ def train_model(
         for step in range(steps_per_epoch):
             idx = order[step * hp.batch_size : (step + 1) * hp.batch_size]  # (B,)
             pixels = augment(idx)  # (B, 28, 28) uint8
-            if photos is not None:
-                photo_pixels, photo_right = photos.draw(len(idx))  # (P, 28, 28) uint8, (P, 10) bool
-                pixels = torch.cat([pixels, photo_pixels])  # (B + P, 28, 28)
+            if extras:
+                drawn = [m.draw(len(idx)) for m in extras]  # each (P_i, 28, 28) uint8, (P_i, 10) bool
+                pixels = torch.cat([pixels, *(d[0] for d in drawn)])  # (B + P, 28, 28)
+                extra_right = torch.cat([d[1] for d in drawn])  # (P, 10)
             if photometric.active:
                 pixels = photometric(pixels)  # (B + P, 28, 28) float, 0-255
             x = normalize(pixels, PIXEL_MEAN, PIXEL_STD).contiguous(memory_format=torch.channels_last)
@@ -262,10 +272,10 @@ def train_model(
                 all_logits = model(x)  # (B + P, 10)
                 logits = all_logits[: len(idx)]  # (B, 10): the scans'
                 loss = loss_fn(logits.float(), y)
-                if photos is not None:
-                    # Every image weighs the same: the photos' mean loss in proportion to their share of the batch.
-                    photo_loss = set_likelihood_loss(all_logits[len(idx) :].float(), photo_right).mean()
-                    loss = (loss * len(idx) + photo_loss * len(photo_right)) / (len(idx) + len(photo_right))
+                if extras:
+                    # Every image weighs the same: the extras' mean loss in proportion to their share of the batch.
+                    extra_loss = set_likelihood_loss(all_logits[len(idx) :].float(), extra_right).mean()
+                    loss = (loss * len(idx) + extra_loss * len(extra_right)) / (len(idx) + len(extra_right))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -317,23 +327,33 @@ def train_model(
     return result
 
 
-class PhotoBatches:
-    """Draws the real photographs of a batch: `share` of its images, with replacement, shifted and flipped as the
-    scans are."""
+class MixedBatches:
+    """Draws images that join each batch beside its scans: `share` of the whole batch, with replacement, shifted and
+    flipped as the scans are, each with the classes it is taught (none: towards the uniform answer)."""
 
-    def __init__(self, images: torch.Tensor, right: torch.Tensor, hp: HParams, generator: torch.Generator) -> None:
+    def __init__(
+        self, images: torch.Tensor, right: torch.Tensor, share: float, hp: HParams, generator: torch.Generator
+    ) -> None:
         # images: (M, 28, 28) uint8, right: (M, 10) bool, both on the training device.
-        if not hp.real_photo_no_class:  # garments without a class (no right class) are not trained on
-            taught = right.any(1)  # (M,)
-            images, right = images[taught], right[taught]
-        self.right, self.share, self.generator = right, hp.real_photo_share, generator
+        self.right, self.share, self.generator = right, share, generator
         self.augment = BatchAugmenter(images, hp.crop_pad, hp.flip, generator)
 
     def draw(self, scans: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The photos beside `scans` scans, so that they are `share` of the whole batch: (P, 28, 28) uint8, (P, 10)."""
+        """The images beside `scans` scans, so that they are `share` of scans and them: (P, 28, 28) uint8, (P, 10)."""
         count = max(1, round(scans * self.share / (1 - self.share)))
         idx = torch.randint(0, len(self.right), (count,), device=self.right.device, generator=self.generator)
         return self.augment(idx), self.right[idx]
+
+
+class PhotoBatches(MixedBatches):
+    """The real photographs of a batch, `real_photo_share` of it; garments without a class only with
+    `real_photo_no_class`."""
+
+    def __init__(self, images: torch.Tensor, right: torch.Tensor, hp: HParams, generator: torch.Generator) -> None:
+        if not hp.real_photo_no_class:  # garments without a class (no right class) are not trained on
+            taught = right.any(1)  # (M,)
+            images, right = images[taught], right[taught]
+        super().__init__(images, right, hp.real_photo_share, hp, generator)
 
 
 def _photo_batches(
@@ -347,6 +367,21 @@ def _photo_batches(
     images = torch.from_numpy(np.ascontiguousarray(splits.photo_images)).to(device)
     right = torch.from_numpy(np.ascontiguousarray(splits.photo_right)).to(device)
     return PhotoBatches(images, right, hp, generator)
+
+
+def _stroke_batches(hp: HParams, seed: int, device: torch.device, generator: torch.Generator) -> MixedBatches | None:
+    """The pen strokes' sampler, when the trial trains on them (`stroke_share` > 0): `STROKE_IMAGES` drawn from the
+    trial's seed, none with a right class."""
+    if hp.stroke_share == 0:
+        return None
+    images = torch.from_numpy(stroke_images(STROKE_IMAGES, seed)).to(device)  # (S, 28, 28) uint8
+    right = torch.zeros(len(images), NUM_CLASSES, dtype=torch.bool, device=device)  # (S, 10): no garment
+    log.info(
+        "%d pen-stroke images, %.0f%% of each batch, taught towards the uniform answer",
+        len(images),
+        100 * hp.stroke_share,
+    )
+    return MixedBatches(images, right, hp.stroke_share, hp, generator)
 
 
 def training_state(
