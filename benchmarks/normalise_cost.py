@@ -25,12 +25,13 @@ import json, sys, time
 import torch
 torch.set_num_threads(1)
 from fmnist.images.normalise import prepare_upload
+from fmnist.images.uploads import DEFAULT_MAX_PIXELS
 paths = json.loads(sys.stdin.read())
 times = []
 for p in paths:
     data = open(p, "rb").read()
     start = time.perf_counter()
-    prepare_upload(data, 40_000_000)
+    prepare_upload(data, DEFAULT_MAX_PIXELS)
     times.append(time.perf_counter() - start)
 print(json.dumps(times))
 """

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fmnist.images.uploads import DEFAULT_MAX_PIXELS
+
 
 class Settings(BaseSettings):
     """Which model to serve, where to listen, and the limits that keep malformed requests cheap.
@@ -68,7 +70,7 @@ class Settings(BaseSettings):
     # Limits. An upload of a full-resolution phone photo is a few MB; 10 MB leaves room without inviting abuse.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     max_image_pixels: int = Field(
-        default=40_000_000,
+        default=DEFAULT_MAX_PIXELS,
         ge=784,
         description="Largest decoded image (width x height) accepted: the decompression-bomb guard.",
     )

@@ -36,6 +36,11 @@ class DecodeTooSlow(ImageError):
     """Decoding ran past its time limit (`time_limit`): an image whose cost no header check foresaw."""
 
 
+# The largest decoded image (width x height) accepted by default: the decompression-bomb guard. A full-resolution phone
+# photo is 12-50 megapixels before its JPEG is drafted down; 40 million refuses a crafted claim of gigapixels long
+# before any allocation. The service's setting (`FASHIONFLOW_MAX_IMAGE_PIXELS`), ScoreFlow's profile and training's
+# real photos all start from this one value.
+DEFAULT_MAX_PIXELS = 40_000_000
 # JPEGs are decoded by the decoder itself at 1/2 to 1/8 scale (`Image.draft`) as long as both sides stay at least
 # this long: far faster, and the same result once resized to 28x28.
 JPEG_DRAFT_SIDE = 256

@@ -42,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fmnist.core.config import CONFIG_DIR, BatchConfig, KubernetesConfig, check_one_engine
+from fmnist.images.uploads import DEFAULT_MAX_PIXELS
 from fmnist.trust.drift import DriftReference, DriftThresholds, DriftWindow, image_statistics, js_divergence
 
 # torch, scipy and Pillow are imported where a shard scores, not here: Metaflow imports the flow file, and with it
@@ -115,7 +116,7 @@ class ScoreProfile(_Strict):
     # The service's limits (`FASHIONFLOW_MAX_BODY_BYTES`, `FASHIONFLOW_MAX_IMAGE_PIXELS` defaults): a file the
     # service would refuse is an error row here too.
     max_file_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(40_000_000, ge=784)
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=784)
     compute: ScoreCompute = ScoreCompute()
 
 
@@ -282,7 +283,7 @@ def score_shard(
     read: Reader,
     *,
     batch_size: int = 256,
-    max_pixels: int = 40_000_000,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     threads: int | None = None,
     done: Iterable[dict[str, Any]] = (),
     on_rows: Callable[[list[dict[str, Any]]], None] | None = None,

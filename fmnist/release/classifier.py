@@ -18,6 +18,7 @@ import torch
 from fmnist.core.data import FAMILY_OF
 from fmnist.core.runtime import available_cores
 from fmnist.images.normalise import prepare_upload
+from fmnist.images.uploads import DEFAULT_MAX_PIXELS
 from fmnist.release.model_record import ModelRecord
 from fmnist.release.scoring_graph import OnnxScorer, ScoringGraph
 from fmnist.trust.abstention import LOW_CONFIDENCE, UNLIKE_TRAINING, AbstentionPolicy
@@ -30,7 +31,7 @@ CHUNK = 256
 # Threads normalising a list of uploads at once: one per core the process may use.
 WORKERS = available_cores()
 # Uploads larger than this are refused by decoding; the evaluate step's renderings are far below it.
-MAX_UPLOAD_PIXELS = 40_000_000
+MAX_UPLOAD_PIXELS = DEFAULT_MAX_PIXELS
 
 # What runs the network: eager torch (any device) or the exported graph in ONNX Runtime (CPU;
 # `fmnist.release.scoring_graph`).
