@@ -70,12 +70,11 @@ def encode(pixels: np.ndarray) -> bytes:
 
 
 def model_run(requested: str | None) -> str:
-    from metaflow import Flow, namespace
+    from registry.runs import latest_successful
 
-    namespace(None)
     if requested:
         return requested
-    latest = Flow("FashionFlow").latest_successful_run
+    latest = latest_successful("FashionFlow")
     if latest is None:
         raise SystemExit("no successful FashionFlow run: train one, or pass --run")
     return latest.pathspec

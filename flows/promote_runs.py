@@ -15,7 +15,7 @@ from metaflow import Flow, Run, namespace
 
 from fmnist.promotion import RunFacts
 from registry.artifacts import CONFIG, LEGACY_PROFILE, MODEL_FLOW, REPORT
-from registry.runs import artifact, newest_tagged, pathspec
+from registry.runs import artifact, latest_successful, newest_tagged, pathspec
 
 log = logging.getLogger("promotion")
 
@@ -43,7 +43,7 @@ def find_candidate(requested: str, trigger: Any) -> Any:
     elif trigger is not None and getattr(trigger, "run", None) is not None:
         run = trigger.run
     else:
-        latest = Flow(CANDIDATE_FLOW).latest_successful_run
+        latest = latest_successful(CANDIDATE_FLOW)
         if latest is None:
             raise PromotionError(f"{CANDIDATE_FLOW} has no successful run to promote")
         run = latest

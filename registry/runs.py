@@ -47,7 +47,7 @@ def find_run(run: str | None = None, tag: str | None = None, flow: str = MODEL_F
             if tagged is None:
                 raise NoRunError(f"no successful {flow} run is tagged {tag!r} ({describe_metadata()})")
             return tagged
-        latest = Flow(flow).latest_successful_run
+        latest = latest_successful(flow)
         if latest is None:
             raise NoRunError(f"flow {flow} has no successful run yet ({describe_metadata()})")
         return latest
@@ -58,6 +58,20 @@ def find_run(run: str | None = None, tag: str | None = None, flow: str = MODEL_F
     except MetaflowException as err:
         what = run or (f"tag {tag!r}" if tag else f"latest successful {flow}")
         raise RunLookupError(f"cannot find {what} in Metaflow ({describe_metadata()}): {err}") from None
+
+
+def latest_successful(flow: str = MODEL_FLOW) -> Any | None:
+    """The successful run of `flow` started last, or None: by run id where every id is a number (the local metadata
+    provider's start timestamps, the metadata service's sequence), else by when the run finished.
+
+    Not `Flow.latest_successful_run`: it goes by the runs' creation time, which the local metadata provider rewrites
+    whenever a run's tags change, so tagging an old run would make it "the latest". Where the ids are numbers only the
+    runs newer than the latest successful one are read beyond their listing."""
+    namespace(None)
+    runs = list(Flow(flow))
+    if all(run.id.isdigit() for run in runs):
+        return next((run for run in sorted(runs, key=lambda run: int(run.id), reverse=True) if run.successful), None)
+    return max((run for run in runs if run.successful), key=lambda run: run.finished_at or run.created_at, default=None)
 
 
 def newest_tagged(tag: str, flow: str = MODEL_FLOW) -> Any | None:

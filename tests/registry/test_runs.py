@@ -11,6 +11,7 @@ from registry.runs import (
     NoRunError,
     RunLookupError,
     find_run,
+    latest_successful,
     model_record_bytes,
     newest_tagged,
     pathspec,
@@ -73,3 +74,13 @@ def test_errors_name_what_is_missing(store):
         find_run("FashionFlow/999999")
     with pytest.raises(RunLookupError, match=f"has no '{MODEL}' artifact"):
         model_record_bytes(find_run(runs["bare"]))
+
+
+def test_tagging_an_older_run_does_not_make_it_the_latest(store):
+    """The local metadata provider rewrites a run's creation time when its tags change, and `Flow.latest_successful_run`
+    goes by that time: tagging an old run must not make it the run served without a name or tag."""
+    _, runs = store
+    metaflow.namespace(None)
+    metaflow.Run(runs["first"]).add_tag("tagged-later")
+    assert find_run().pathspec == runs["bare"]
+    assert latest_successful().pathspec == runs["bare"]

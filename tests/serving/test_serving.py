@@ -118,10 +118,9 @@ def test_service_does_not_start_when_the_model_cannot_be_loaded(selector, messag
 
 
 def test_default_is_the_latest_successful_run_and_a_tag_selects_a_run(smoke_run):
-    from metaflow import Flow, namespace
+    from registry.runs import latest_successful
 
-    namespace(None)
-    latest = Flow("FashionFlow").latest_successful_run.pathspec
+    latest = latest_successful("FashionFlow").pathspec
     with TestClient(create_app(Settings(device="cpu"))) as client:
         assert client.get("/model").json()["run"] == latest
     smoke_run.add_tag(TAG)
