@@ -1,8 +1,9 @@
 """Pen strokes on black: images in Fashion-MNIST's form that are no garment, taught towards the uniform answer.
 
 A drawing, a signature or a handwritten note has the very form of a Fashion-MNIST image (light strokes on black,
-centred, about 20 pixels across), and nothing in the scans tells the network that strokes are not clothes: it reads a
-blurred "0" as a bag, a "3" as a T-shirt, as sure of itself as on a garment. Outlier exposure (Hendrycks et al. 2019)
+centred, about 20 pixels across), and nothing in the scans tells the network that strokes are not clothes: trained on
+scans and real photos alone, it read blurred handwritten digits as T-shirts, as sure of itself as on a garment
+(docs/benchmarks.md#pen-strokes-taught-as-no-garment). Outlier exposure (Hendrycks et al. 2019)
 teaches it the difference: a share of each batch is such strokes, each with the loss KL(uniform || p), so the network
 spreads its belief over the classes on them, which the abstention reads as unsure.
 
@@ -34,7 +35,7 @@ ARC_SHARE = 0.35
 
 
 def _smooth(points: np.ndarray, rounds: int = 3) -> np.ndarray:
-    """(K, 2) control points -> the corner-cut curve through them (Chaikin's algorithm), ends kept."""
+    """(K, 2) control points -> the smooth curve they outline, by cutting corners (Chaikin's algorithm), ends kept."""
     for _ in range(rounds):
         a, b = points[:-1], points[1:]
         cut = np.empty((2 * len(a), 2))
