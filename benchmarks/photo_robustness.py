@@ -166,6 +166,8 @@ def main() -> None:
 
     namespace(None)
     data = Run(served.run_pathspec).data
+    if data is None:
+        raise SystemExit(f"{served.run_pathspec} has no artifacts to read its validation split from")
     images, labels = np.asarray(data.val_images), np.asarray(data.val_labels)
     fitting, held_out = split_halves(len(labels))
     classifier = served.classifier
@@ -267,7 +269,8 @@ def main() -> None:
         f" right when confident {worst['confident_accuracy'].condition}"
         f" {worst['confident_accuracy'].confident_accuracy:.1%}"
     )
-    pooled = [(r.confident_share, r.confident_accuracy) for r in [*studio, *wild] if r.realistic]
+    pooled = [(r.confident_share, r.confident_accuracy) for r in studio if r.realistic]
+    pooled += [(w.confident_share, w.confident_accuracy) for w in wild if w.realistic]
     shares = np.array([c for c, _ in pooled])
     right = np.array([a if not math.isnan(a) else 0.0 for _, a in pooled])
     print(
