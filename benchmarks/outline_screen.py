@@ -25,13 +25,13 @@ from fmnist.core.data import load_dataset
 from fmnist.core.real_photos import load_real_photos
 from fmnist.evaluation.photos import PHOTO_CONDITIONS, photo_rng, render_photo
 from fmnist.evaluation.wild_photos import DEV_STREAM, WILD_CONDITIONS, render_wild, wild_rng
-from fmnist.release.classifier import MAX_UPLOAD_PIXELS
+from fmnist.images.uploads import DEFAULT_MAX_PIXELS
 
 
 def inputs(uploads: list[bytes]) -> tuple[np.ndarray, float]:
     """(n, 28, 28) model inputs of `uploads` and the mean seconds per upload."""
     start = time.perf_counter()
-    pixels = np.stack([normalise.prepare_upload(data, MAX_UPLOAD_PIXELS).pixels for data in uploads])
+    pixels = np.stack([normalise.prepare_upload(data, DEFAULT_MAX_PIXELS).pixels for data in uploads])
     return pixels, (time.perf_counter() - start) / len(uploads)
 
 

@@ -30,8 +30,6 @@ LEGACY_CONFIDENCE = 0.9
 CHUNK = 256
 # Threads normalising a list of uploads at once: one per core the process may use.
 WORKERS = available_cores()
-# Uploads larger than this are refused by decoding; the evaluate step's renderings are far below it.
-MAX_UPLOAD_PIXELS = DEFAULT_MAX_PIXELS
 
 # What runs the network: eager torch (any device) or the exported graph in ONNX Runtime (CPU;
 # `fmnist.release.scoring_graph`).
@@ -116,13 +114,13 @@ class Classifier:
         probabilities, ood, distance = self.graph(x)
         return probabilities.cpu().numpy(), ood.cpu().numpy(), distance.cpu().numpy()
 
-    def classify_uploads(self, uploads: Sequence[bytes], max_pixels: int = MAX_UPLOAD_PIXELS) -> list[Scored]:
+    def classify_uploads(self, uploads: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Scored]:
         """Encoded images -> `Scored`, each through the service's normalisation
         (`fmnist.images.normalise.prepare_upload`)."""
         return self.classify_with_inputs(uploads, max_pixels)[0]
 
     def classify_with_inputs(
-        self, uploads: Sequence[bytes], max_pixels: int = MAX_UPLOAD_PIXELS
+        self, uploads: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS
     ) -> tuple[list[Scored], np.ndarray, np.ndarray, np.ndarray]:
         """(scored, (N, 28, 28) uint8 model inputs, (N,) bool empty flags, (N,) bool photo flags) of uploads: what
         `classify_uploads` answers, with what the model saw (the photo suites report both)."""

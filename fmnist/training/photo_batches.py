@@ -22,7 +22,7 @@ from fmnist.core.data import NUM_CLASSES
 from fmnist.core.real_photos import RealPhoto
 from fmnist.core.runtime import available_cores
 from fmnist.images.normalise import prepare_upload
-from fmnist.release.classifier import MAX_UPLOAD_PIXELS
+from fmnist.images.uploads import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def real_photo_inputs(
     normalisation, under its pixel limit; photos whose upload normalises to nothing (no garment found) are left out,
     as the service marks them unsure whatever the model says."""
     with ThreadPoolExecutor(max_workers=available_cores()) as pool:  # decoding releases the GIL
-        prepared = list(pool.map(lambda photo: prepare_upload(photo.data, MAX_UPLOAD_PIXELS), photos))
+        prepared = list(pool.map(lambda photo: prepare_upload(photo.data, DEFAULT_MAX_PIXELS), photos))
     kept = [(q.pixels, p) for q, p in zip(prepared, photos, strict=True) if not q.empty]
     images = np.zeros((len(kept), 28, 28), dtype=np.uint8)
     right = np.zeros((len(kept), NUM_CLASSES), dtype=bool)

@@ -12,7 +12,7 @@ from fmnist.core.config import HParams
 from fmnist.core.data import Splits, load_dataset, make_splits
 from fmnist.core.real_photos import fit_parts, load_real_photos, sample_per_folder
 from fmnist.images.normalise import prepare_upload
-from fmnist.release.classifier import MAX_UPLOAD_PIXELS
+from fmnist.images.uploads import DEFAULT_MAX_PIXELS
 from fmnist.training.loop import PhotoBatches, train_model
 from fmnist.training.photo_batches import photo_training_set, set_likelihood_loss
 
@@ -32,9 +32,9 @@ def photo_set(photos):
 
 def test_the_photos_are_the_service_inputs_with_their_taught_classes(photos, photo_set):
     images, right = photo_set
-    kept = [p for p in photos if not prepare_upload(p.data, MAX_UPLOAD_PIXELS).empty]
+    kept = [p for p in photos if not prepare_upload(p.data, DEFAULT_MAX_PIXELS).empty]
     assert images.shape == (len(kept), 28, 28) and images.dtype == np.uint8 and right.shape == (len(kept), 10)
-    np.testing.assert_array_equal(images[0], prepare_upload(kept[0].data, MAX_UPLOAD_PIXELS).pixels)
+    np.testing.assert_array_equal(images[0], prepare_upload(kept[0].data, DEFAULT_MAX_PIXELS).pixels)
     assert [tuple(np.flatnonzero(row)) for row in right] == [p.taught_classes for p in kept]
     # A T-shirt is taught as T-shirt/top alone (not as any top: that lets the network call it a shirt for free), a
     # longsleeve as any top, a hat as no class at all.
