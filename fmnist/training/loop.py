@@ -328,8 +328,8 @@ def train_model(
 
 
 class MixedBatches:
-    """Draws images that join each batch beside its scans: `share` of the whole batch, with replacement, shifted and
-    flipped as the scans are, each with the classes it is taught (none: towards the uniform answer)."""
+    """Draws images that join each batch beside its scans: `share` of the scans and them together, with replacement,
+    shifted and flipped as the scans are, each with the classes it is taught (none: towards the uniform answer)."""
 
     def __init__(
         self, images: torch.Tensor, right: torch.Tensor, share: float, hp: HParams, generator: torch.Generator
