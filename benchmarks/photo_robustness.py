@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,9 @@ import numpy as np
 from fmnist.core.config import EvaluationConfig
 from fmnist.core.inference import features_and_logits
 from fmnist.core.real_photos import load_real_photos, sample_per_folder
-from fmnist.evaluation.answers import LeaveOut, service_answers
+from fmnist.evaluation.answers import Answers, LeaveOut, service_answers
 from fmnist.evaluation.leave_out import leave_one_condition_out
-from fmnist.evaluation.photos import photo_robustness
+from fmnist.evaluation.photos import photo_robustness, sample_indices
 from fmnist.evaluation.real_photo_suite import format_table, real_photo_table
 from fmnist.evaluation.report import fit_on_validation, nongarment_detection
 from fmnist.evaluation.wild_photos import DEV_STREAM, wild_robustness, worst_conditions
@@ -49,6 +50,7 @@ from fmnist.trust.abstention import (
     DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
     DEFAULT_PHOTO_OOD_QUANTILE,
     OOD_SCORES,
+    SAME_FAMILY,
 )
 from fmnist.trust.abstention_fit import selective_summary
 from serving.model_loading import ModelLoadError, load_model
@@ -95,6 +97,30 @@ def refit(
         classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed, **policy_options
     )[3]
     return None if photo_fit is None else leave_one_condition_out(classifier, photo_fit, photo_ood_quantile)
+
+
+def keeping(classify: Callable[[Sequence[bytes]], Answers], kept: list[Answers]) -> Callable[[list[bytes]], Answers]:
+    """`classify`, also appending each list of uploads' answers to `kept` (the suites call it once per row)."""
+
+    def classify_and_keep(uploads: list[bytes]) -> Answers:
+        answers = classify(uploads)
+        kept.append(answers)
+        return answers
+
+    return classify_and_keep
+
+
+def family_level(rows: Sequence[Answers], truth: np.ndarray) -> tuple[float, float, float]:
+    """Pooled over rows of answers to the same sample (truth (n,) class indices): the share answered confidently
+    (`Answers.sure`, the service's `confident`: of the class or of its family alone), and of those the share of the
+    right class and of the right family."""
+    sure = np.concatenate([a.sure for a in rows])  # (R * n,)
+    labels = np.concatenate([a.labels for a in rows])
+    truths = np.tile(truth, len(rows))
+    family_right = SAME_FAMILY[labels, truths]
+    if not sure.any():
+        return 0.0, math.nan, math.nan
+    return float(sure.mean()), float((labels == truths)[sure].mean()), float(family_right[sure].mean())
 
 
 def _pct(x: float) -> str:
@@ -199,8 +225,11 @@ def main() -> None:
         classifier.network, images[held_out], classifier.device, mean=record.mean, std=record.std
     )
     clean = selective_summary(policy, logits, features, labels[held_out], record.temperature)
+    # Every row's answers, in row order, to judge the service's `confident` (of the family at least) on them too.
+    studio_answers: list[Answers] = []
+    wild_answers: list[Answers] = []
     studio = photo_robustness(
-        service_answers(classifier),
+        keeping(service_answers(classifier), studio_answers),
         images[held_out],
         labels[held_out],
         seed=args.seed,
@@ -209,7 +238,7 @@ def main() -> None:
         leave_out=leave_out,
     )
     wild = wild_robustness(
-        service_answers(classifier),
+        keeping(service_answers(classifier), wild_answers),
         images[held_out],
         labels[held_out],
         seed=args.seed,
@@ -239,11 +268,12 @@ def main() -> None:
         f" (OOD score <= {policy.ood_threshold:.4g}, photos <= {policy.photo_ood_threshold:.4g},"
         f" or <= {policy.photo_component_threshold:.4g} from the nearest of"
         f" {0 if policy.photo_means is None else len(policy.photo_means)} real-photo family components);"
-        f" photos sure of the family alone at a family probability >= {policy.family_threshold:.4f};"
+        f" photos confident of the family alone at a family probability >= {policy.family_threshold:.4f};"
         f" held-out clean images: {clean['coverage']:.1%} confident, {clean['accuracy'] or 0:.2%} of those right"
     )
-    header = f"{'family':<7} {'condition':<20} {'severity':>8}  {'accuracy':>8} {'x clean':>7} {'confident':>9}"
-    print(header + f" {'conf. acc':>9} {'input change':>12}  fit without it: confident, right")
+    # The suites' "confident" is of the class (`class_confident`), judged by the exact class.
+    header = f"{'family':<7} {'condition':<20} {'severity':>8}  {'accuracy':>8} {'x clean':>7} {'cls conf':>9}"
+    print(header + f" {'right':>9} {'input change':>12}  fit without it: class-confident, right")
     for r in studio:
         print(
             f"{'studio':<7} {r.condition:<20} {r.severity:>8g}{'*' if r.realistic else ' '} {r.accuracy:>8.1%}"
@@ -274,8 +304,16 @@ def main() -> None:
     shares = np.array([c for c, _ in pooled])
     right = np.array([a if not math.isnan(a) else 0.0 for _, a in pooled])
     print(
-        f"photos at realistic severities, both families: {shares.mean():.1%} answered confidently,"
+        f"photos at realistic severities, both families: {shares.mean():.1%} confident of the class,"
         f" {(shares * right).sum() / max(shares.sum(), 1e-12):.2%} of those right"
+    )
+    truth = labels[held_out][sample_indices(labels[held_out], args.per_class, args.seed)]
+    realistic_rows = [r.realistic for r in studio] + [w.realistic for w in wild]
+    kept = [a for r, a in zip(realistic_rows, [*studio_answers, *wild_answers], strict=True) if r]
+    sure, class_right, family_right = family_level(kept, truth)
+    print(
+        f"photos at realistic severities, both families: {sure:.1%} answered `confident` (of the family at least),"
+        f" {class_right:.2%} of those the right class, {family_right:.2%} the right family"
     )
     print(f"right when confident below {CONFIDENT_TARGET:.0%}: {', '.join(short) or 'none'}")
     unseen = [w.condition for w in realistic if w.unseen_confident_accuracy < CONFIDENT_TARGET]

@@ -33,7 +33,9 @@ def _unseen(share: float | None, accuracy: float | None) -> str:
 
 
 UNSEEN_NOTE = (
-    " *Fit without it*: the share answered confidently and how often rightly when the photo thresholds are fitted"
+    " *Confident of the class* is the service's `class_confident`, judged by the exact class (a photo can also be"
+    " `confident` of its garment family alone: see Real photographs)."
+    " *Fit without it*: the share confident of the class and how often rightly when the photo thresholds are fitted"
     " without this condition's photos (leave-one-condition-out, `fmnist.evaluation.leave_out`): what a kind of photo"
     " the fit never saw gets; the columns before it are judged by the thresholds fitted on every condition."
 )
@@ -223,9 +225,9 @@ def report_card(report: EvaluationReport) -> Components:
 
 
 def real_photo_components(real: RealPhotoSuite) -> Components:
-    """Real phone photographs (the report split): per folder, accuracy, confident share and accuracy of the
-    confident answers, and the same for answers sure of the family; garments without a class and how often they are
-    marked unsure; the worst answers."""
+    """Real phone photographs (the report split): per folder, accuracy, the share confident of the class and their
+    accuracy, and the same for the confident answers (of the class, or of the family alone); garments without a class
+    and how often they are marked unsure; the worst answers."""
     components: Components = [
         Markdown(
             "## Real photographs\n"
@@ -234,9 +236,10 @@ def real_photo_components(real: RealPhotoSuite) -> Components:
             " Fashion-MNIST has it, the garment family otherwise (longsleeves: the tops; shoes: footwear); hats,"
             " shorts and skirts have no class, and the honest answer is unsure. Garments with a class: family"
             f" accuracy {_pct(real.family_accuracy or 0)}, exact class {_pct(real.exact_accuracy or 0)};"
-            f" {_pct(real.confident or 0)} answered confidently, {_pct(real.confident_family_accuracy or 0)} of those"
-            f" right; sure of the family (confident, or sure of the family alone, the exact class unsure)"
-            f" {_pct(real.family_sure or 0)}, {_pct(real.family_sure_accuracy or 0)} of those the right family."
+            f" answered confidently (the service's `confident`: of the class, or of the garment family alone)"
+            f" {_pct(real.family_sure or 0)}, {_pct(real.family_sure_accuracy or 0)} of those the right family;"
+            f" confident of the class too (`class_confident`) {_pct(real.confident or 0)},"
+            f" {_pct(real.confident_family_accuracy or 0)} of those right."
             f" Without a class: {_pct(real.no_class_unsure or 0)} marked unsure (sure of neither class nor family)."
         ),
         Table(
@@ -260,10 +263,10 @@ def real_photo_components(real: RealPhotoSuite) -> Components:
                 "photos",
                 "judged by",
                 "accuracy",
+                "confident of the class",
+                "right when class-confident",
                 "confident",
-                "right when confident",
-                "sure of the family",
-                "right family when sure",
+                "right family when confident",
                 "unsure",
                 "unlike the training images",
             ],
@@ -307,9 +310,9 @@ def photo_components(photos: PhotoSuite) -> Components:
                 "severity (★ realistic)",
                 "accuracy",
                 "x clean",
-                "confident",
-                "right when confident",
-                "fit without it: confident, right",
+                "confident of the class",
+                "right when class-confident",
+                "fit without it: class-confident, right",
                 "what",
             ],
         ),
@@ -327,9 +330,9 @@ def wild_photo_components(wild: WildSuite) -> Components:
             "normaliser knows nothing of (`fmnist.evaluation.wild_photos`: cast shadows, shadow edges, textured and "
             "coloured backdrops, hangers, tags, props, a second garment, perspective, phone noise, cut-off garments; "
             "albumentations for the camera). Worst at realistic severity: accuracy "
-            f"**{worst['accuracy'].condition}** {_pct(worst['accuracy'].accuracy)}; share answered confidently "
+            f"**{worst['accuracy'].condition}** {_pct(worst['accuracy'].accuracy)}; share confident of the class "
             f"**{worst['confident_share'].condition}** {_pct(worst['confident_share'].confident_share)}; right when "
-            f"confident **{worst['confident_accuracy'].condition}** "
+            f"class-confident **{worst['confident_accuracy'].condition}** "
             f"{_pct(worst['confident_accuracy'].confident_accuracy)}. Input change: mean grey-level difference of "
             "the model's input from the same garment's plain photo." + UNSEEN_NOTE
         ),
@@ -352,9 +355,9 @@ def wild_photo_components(wild: WildSuite) -> Components:
                 "severity (★ realistic)",
                 "accuracy",
                 "x clean",
-                "confident",
-                "right when confident",
-                "fit without it: confident, right",
+                "confident of the class",
+                "right when class-confident",
+                "fit without it: class-confident, right",
                 "input change",
             ],
         ),

@@ -83,17 +83,17 @@ def catalogue_card(
 
 def _unsure(summary: dict[str, Any]) -> Components:
     reasons = summary["unsure_reasons"]
-    if not reasons:
-        return [Markdown("## Unsure answers\nNone.")]
-    rows = [[reason, count, _pct(count / summary["scored"])] for reason, count in sorted(reasons.items())]
-    components: Components = [
-        Markdown("## Unsure answers, by reason"),
-        Table(rows, headers=["reason", "images", "share"]),
-    ]
+    components: Components = [Markdown("## Unsure answers\nNone.")]
+    if reasons:
+        rows = [[reason, count, _pct(count / summary["scored"])] for reason, count in sorted(reasons.items())]
+        components = [Markdown("## Unsure answers, by reason"), Table(rows, headers=["reason", "images", "share"])]
     families = summary["family_only"]
-    if families:  # unsure of the class, sure of the family: the table's `family` column holds it
+    if families:  # confident of the family, not of the class: the table's `family` column holds it
         components += [
-            Markdown("Of the unsure answers, these are still sure of the garment family (the `family` column):"),
+            Markdown(
+                "## Confident of the garment family alone\nThe exact class unsure (`confident` true, `class_confident`"
+                " false; the `family` column):"
+            ),
             Table(
                 [[family, count, _pct(count / summary["scored"])] for family, count in sorted(families.items())],
                 headers=["family", "images", "share"],

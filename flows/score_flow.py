@@ -192,7 +192,8 @@ class ScoreFlow(FlowSpec):
         s = self.summary
         family = sum(s["family_only"].values())
         print(
-            f"{s['images']} images: {s['scored']} scored ({s['unsure']} unsure, {family} of them sure of the family),"
+            f"{s['images']} images: {s['scored']} scored ({s['unsure']} unsure,"
+            f" {family} confident of the family alone),"
             f" {s['unreadable']} unreadable"
         )
         print(f"model {self.model_pathspec}; {self.throughput['images_per_second']:.0f} images/s")

@@ -77,6 +77,7 @@ class Predictor:
             "class_name": names[best],
             "probability": probs[best],
             "confident": scored.confident,
+            "class_confident": scored.class_confident,
             "unsure_reason": scored.unsure_reason,
             "family": scored.family,
             "top_k": [ClassProbability(class_index=i, class_name=names[i], probability=probs[i]) for i in order],

@@ -86,9 +86,12 @@ def line(answer: dict) -> str:
     """One answer as a line of text: `file: class (probability, confident or unsure and why)`."""
     if "error" in answer:
         return f"{answer['file']}: error: {answer['error']}"
-    trust = "confident" if answer["confident"] else f"unsure: {answer['unsure_reason']}"
-    if not answer["confident"] and answer.get("family"):
-        trust += f"; sure it is {answer['family']}"
+    if not answer["confident"]:
+        trust = f"unsure: {answer['unsure_reason']}"
+    elif answer["class_confident"]:
+        trust = "confident"
+    else:
+        trust = f"confident it is {answer['family']}, not of the class"
     return f"{answer['file']}: {answer['class_name']} ({answer['probability']:.3f}, {trust})"
 
 

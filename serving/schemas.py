@@ -104,18 +104,23 @@ class Prediction(BaseModel):
         description="Calibrated probabilities of every class, in class-index order: softmax(logits / temperature)."
     )
     confident: bool = Field(
-        description="Whether the answer can be relied on: false when the model's calibrated confidence is below the"
-        " threshold fitted for at most the target error rate among confident answers, or when the image looks unlike"
-        " any training garment (including an upload with nothing but background)."
+        description="Whether the answer can be relied on, at least for its garment family (`family`): for its class"
+        " when `class_confident`; for a photo whose exact class is unsure but whose family is sure (a top, footwear),"
+        " for that family. False when the model's calibrated confidence is below the thresholds fitted for at most"
+        " the target error rate among confident answers, or when the image looks unlike any training garment"
+        " (including an upload with nothing but background)."
+    )
+    class_confident: bool = Field(
+        description="Whether the class itself can be relied on (implies `confident`). Always equal to `confident` for"
+        " a scan in Fashion-MNIST's own form; a photo can be confident of its family alone."
     )
     unsure_reason: Literal["low_confidence", "unlike_training_images"] | None = Field(
         None, description="Why the answer is not confident; null when it is."
     )
     family: Literal["tops", "trousers", "dress", "footwear", "bag"] | None = Field(
         None,
-        description="The garment family the answer can be relied on for: the class's family when `confident`; for a"
-        " photo whose exact class is unsure but whose family is sure (a top, footwear), that family with `confident`"
-        " false; null when not even the family is sure.",
+        description="The garment family the answer can be relied on for when `confident`: the class's family, or,"
+        " for a photo confident of its family alone, that family; null when not confident.",
     )
     inverted: bool | None = Field(
         None,

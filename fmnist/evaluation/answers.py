@@ -23,12 +23,14 @@ class Answers:
     """One answer per upload, in upload order."""
 
     labels: np.ndarray  # (n,) int64 predicted class
-    confident: np.ndarray  # (n,) bool: answered without "unsure"
+    # (n,) bool: confident of the class (`Scored.class_confident`; the service's `class_confident`), what the suites'
+    # "right when confident" is judged on
+    confident: np.ndarray
     inputs: np.ndarray | None = None  # (n, 28, 28) uint8: what the model saw, where the classifier tells
     empty: np.ndarray | None = None  # (n,) bool: the normalisation found nothing but background
     photo: np.ndarray | None = None  # (n,) bool: the normalisation had to transform it (`normalise.Normalized.photo`)
-    # (n,) bool: sure of the garment family (confident of the class, or of its family alone: `Decision.family`);
-    # None: the same as `confident` (a classifier without family answers)
+    # (n,) bool: sure of the garment family at least (`Scored.confident`, the service's `confident`: of the class, or
+    # of its family alone); None: the same as `confident` (a classifier without family answers)
     family_sure: np.ndarray | None = None
     # (n,) bool: declined as unlike the training images (an empty upload too), before any confidence is looked at;
     # None: not told (a classifier without an OOD check)
@@ -53,11 +55,11 @@ class Answers:
         flags (n,)."""
         return cls(
             labels=np.array([s.label for s in scored], dtype=np.int64),
-            confident=np.array([s.confident for s in scored], dtype=bool),
+            confident=np.array([s.class_confident for s in scored], dtype=bool),
             inputs=inputs,
             empty=empty,
             photo=photo,
-            family_sure=np.array([s.family is not None for s in scored], dtype=bool),
+            family_sure=np.array([s.confident for s in scored], dtype=bool),
             unlike=np.array([s.unsure_reason == UNLIKE_TRAINING for s in scored], dtype=bool),
         )
 

@@ -1,8 +1,9 @@
 """The real-photograph suite: labelled phone photos (`fmnist.core.real_photos`) through the service's own path.
 
 Per upstream folder: accuracy (the exact class where Fashion-MNIST has it, the garment family otherwise), the share
-answered confidently and the accuracy of those answers (by family, the question a shopper asks first), and the same
-for the answers sure of the family (confident of the class, or of the family alone: `Decision.family`); for the
+confident of the class (`Decision.class_confident`) and the accuracy of those answers (by family, the question a
+shopper asks first), and the same for the confident answers, sure of the family at least (`Decision.confident`: of
+the class, or of the family alone; the `family_sure` figures); for the
 garments without a class (hats, shorts, skirts), the share marked unsure (sure of neither), the only honest answer;
 and for every folder the share declined as unlike the training images (the OOD check, before any confidence).
 Totals over the garments with a class are pooled over photos.
@@ -86,18 +87,19 @@ def format_table(table: dict[str, Any]) -> list[str]:
     def pct(x: float | None) -> str:
         return "   -  " if x is None else f"{100 * x:5.1f}%"
 
-    head = f"{'folder':<11} {'n':>4}  {'judged by':<16} {'acc':>6} {'family':>6} {'conf':>6} {'conf ok':>7}"
-    lines = [head + f" {'fam sure':>8} {'fam ok':>6} {'unsure':>6} {'unlike':>6}"]
+    head = f"{'folder':<11} {'n':>4}  {'judged by':<16} {'acc':>6} {'family':>6} {'class':>6} {'cls ok':>7}"
+    lines = [head + f" {'confident':>9} {'fam ok':>6} {'unsure':>6} {'unlike':>6}"]
     for r in table["rows"]:
         lines.append(
             f"{r['folder']:<11} {r['count']:>4}  {r['judged_by']:<16} {pct(r['accuracy'])} {pct(r['family_accuracy'])} "
-            f"{pct(r['confident'])} {pct(r['confident_family_accuracy']):>7} {pct(r['family_sure']):>8} "
+            f"{pct(r['confident'])} {pct(r['confident_family_accuracy']):>7} {pct(r['family_sure']):>9} "
             f"{pct(r['family_sure_accuracy'])} {pct(r['unsure'])} {pct(r.get('unlike'))}"
         )
     lines.append(
         f"garments with a class: exact {pct(table['exact_accuracy'])}, family {pct(table['family_accuracy'])}, "
-        f"confident {pct(table['confident'])}, right when confident {pct(table['confident_family_accuracy'])}, "
-        f"sure of the family {pct(table['family_sure'])}, right family when sure {pct(table['family_sure_accuracy'])}, "
+        f"confident of the class {pct(table['confident'])}, right {pct(table['confident_family_accuracy'])}, "
+        f"confident (of the family at least) {pct(table['family_sure'])}, right family "
+        f"{pct(table['family_sure_accuracy'])}, "
         f"unlike the training images {pct(table.get('unlike'))}; "
         f"without a class: unsure {pct(table['no_class_unsure'])}"
     )

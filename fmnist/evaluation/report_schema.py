@@ -220,9 +220,9 @@ class RealPhotoRow(_Record):
     judged_by: str  # "exact", "family:<name>" or "unsure" (a garment without a Fashion-MNIST class)
     accuracy: float | None  # exact class where there is one, else the family; None for garments without a class
     family_accuracy: float | None
-    confident: float | None
+    confident: float | None  # confident of the class (`abstention.Decision.class_confident`)
     confident_family_accuracy: float | None
-    # Sure of the family: confident of the class, or of the garment family alone (`abstention.Decision.family`).
+    # Confident, sure of the family at least: of the class, or of the garment family alone (`Decision.confident`).
     family_sure: float | None = None
     family_sure_accuracy: float | None = None
     unsure: float | None  # sure of neither
@@ -324,10 +324,11 @@ class EvaluationReport(_Record):
             right = real.confident_family_accuracy
             lines.append(
                 f"real photographs ({real.count}): family {real.family_accuracy or 0:.1%}, exact class"
-                f" {real.exact_accuracy or 0:.1%}; {real.confident or 0:.1%} answered confidently"
+                f" {real.exact_accuracy or 0:.1%}; {real.confident or 0:.1%} confident of the class"
                 + (f", {right:.1%} of those right" if right is not None else "")
                 + (
-                    f"; sure of the family {real.family_sure:.1%}, {real.family_sure_accuracy or 0:.1%} of those right"
+                    f"; confident (of the family at least) {real.family_sure:.1%}, {real.family_sure_accuracy or 0:.1%}"
+                    " of those the right family"
                     if real.family_sure is not None
                     else ""
                 )

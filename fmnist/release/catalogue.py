@@ -63,6 +63,7 @@ BASE_COLUMNS = (
     "class_name",
     "probability",
     "confident",
+    "class_confident",
     "unsure_reason",
     "family",
     "inverted",
@@ -366,6 +367,7 @@ def _score_batch(
             "class_name": names[best],
             "probability": probabilities[best],
             "confident": answer.confident,
+            "class_confident": answer.class_confident,
             "unsure_reason": answer.unsure_reason,
             "family": answer.family,
             "inverted": ready[j].inverted,
@@ -421,6 +423,7 @@ def rows_frame(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> An
     columns = [*BASE_COLUMNS, *(probability_column(n) for n in class_names)]
     frame = pd.DataFrame.from_records(list(rows), columns=columns)
     types = {"path": "string", "class_index": "Int64", "class_name": "string", "confident": "boolean"}
+    types["class_confident"] = "boolean"
     types.update({"unsure_reason": "string", "family": "string", "inverted": "boolean", "error": "string"})
     types.update(
         {c: "Float64" for c in columns if c.startswith("p_") or c in ("probability", "mean_pixel", "foreground")}
@@ -447,15 +450,16 @@ def read_table(data: bytes) -> Any:
 # ------------------------------------------------------------------------------------------------------ summary
 def summarize(frame: Any, record: ModelRecord) -> dict[str, Any]:
     """What a reader of the card wants to know about a scored table, as plain data: counts, classes against the
-    training prior, unsure answers by reason and those still sure of the garment family (a photo whose exact class
-    is unsure but whose family is not: `family` set, `confident` false), unreadable files, and the service's drift
-    signals over the whole catalogue against the model's reference."""
+    training prior, unsure answers by reason, the confident answers sure of the garment family alone (a photo whose
+    exact class is unsure but whose family is not: `confident` true, `class_confident` false), unreadable files, and
+    the service's drift signals over the whole catalogue against the model's reference."""
     names = list(record.class_names)
     reference = _reference(record)
     scored = frame[frame["error"].isna()]
     counts = np.bincount(scored["class_index"].to_numpy(dtype=np.int64), minlength=len(names))
     n = len(scored)
     unsure = scored[~scored["confident"].astype(bool)]
+    family_only = scored[scored["confident"].astype(bool) & ~scored["class_confident"].astype(bool)]
     prior = np.asarray(reference.class_prior, dtype=float)
     return {
         "images": len(frame),
@@ -469,7 +473,7 @@ def summarize(frame: Any, record: ModelRecord) -> dict[str, Any]:
         "unsure": len(unsure),
         "unsure_share": len(unsure) / n if n else None,
         "unsure_reasons": {str(k): int(v) for k, v in unsure["unsure_reason"].value_counts().items()},
-        "family_only": {str(k): int(v) for k, v in unsure["family"].dropna().value_counts().items()},
+        "family_only": {str(k): int(v) for k, v in family_only["family"].dropna().value_counts().items()},
         "errors": [
             {"path": p, "error": e}
             for p, e in frame.loc[frame["error"].notna(), ["path", "error"]].itertuples(index=False)

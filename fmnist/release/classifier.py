@@ -41,9 +41,11 @@ class Scored:
     """The model's view of one image: calibrated probabilities and whether to trust the top one."""
 
     probabilities: np.ndarray  # (num_classes,) float32
+    # The answer can be relied on: its class, or for a photo at least its garment family (`abstention.Decision`).
     confident: bool
+    class_confident: bool  # the class itself can be relied on (implies `confident`)
     unsure_reason: str | None  # "low_confidence" or "unlike_training_images"; None when confident
-    family: str | None = None  # the garment family the answer can be relied on for (`abstention.Decision.family`)
+    family: str | None = None  # the garment family the answer can be relied on for; None when not confident
 
     @property
     def label(self) -> int:
@@ -93,16 +95,18 @@ class Classifier:
             marks = None if photo is None else np.asarray(photo, dtype=bool)
             # A photo may also pass as close to the real photos of a garment family (`AbstentionPolicy.photo_scores`).
             ood = self.policy.marked_scores(scan_ood, distance, marks)  # (B,)
-            verdicts = [(d.confident, d.reason, d.family) for d in self.policy.decisions(probs64, ood, marks)]
+            verdicts = [
+                (d.confident, d.class_confident, d.reason, d.family) for d in self.policy.decisions(probs64, ood, marks)
+            ]
         else:
             verdicts = [
-                (sure, None if sure else LOW_CONFIDENCE, FAMILY_OF[label] if sure else None)
+                (sure, sure, None if sure else LOW_CONFIDENCE, FAMILY_OF[label] if sure else None)
                 for sure, label in zip(confidence >= LEGACY_CONFIDENCE, probs64.argmax(1).tolist(), strict=True)
             ]
         blank = list(empty) if empty is not None else [False] * len(probs)
         return [
-            Scored(p, False, UNLIKE_TRAINING) if nothing else Scored(p, bool(sure), reason, family)
-            for p, (sure, reason, family), nothing in zip(probs, verdicts, blank, strict=True)
+            Scored(p, False, False, UNLIKE_TRAINING) if nothing else Scored(p, bool(sure), bool(exact), reason, family)
+            for p, (sure, exact, reason, family), nothing in zip(probs, verdicts, blank, strict=True)
         ]
 
     @torch.inference_mode()

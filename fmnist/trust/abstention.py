@@ -13,10 +13,13 @@ A prediction is declined for one of two reasons, checked in this order:
 
 A photo whose class is unsure can still be sure of its garment family (`fmnist.core.data.FAMILIES`: tops,
 trousers, dress, footwear, bag): a T-shirt and a shirt, a sneaker and a sandal are often told apart by detail a 28x28
-view of a phone photo no longer has, where the family is plain. Such an answer keeps `confident: false` (the class is
-not to be relied on) and names the family (`Decision.family`) when the calibrated probability summed over the top
-class's family reaches `family_threshold`, fitted like the photo threshold with a risk bound (the family wrong at most
-`target_risk` of the time among those answers). Hierarchical selective classification, after Goren et al. (2024).
+view of a phone photo no longer has, where the family is plain. Such an answer is confident of its family
+(`Decision.confident`, with `Decision.family` naming it) but not of its class (`Decision.class_confident` false) when
+the calibrated probability summed over the top class's family reaches `family_threshold`, fitted like the photo
+threshold with a risk bound (the family wrong at most `target_risk` of the time among those family-only answers,
+bounded on their own so that they are as trustworthy as the class-confident ones). Hierarchical selective
+classification, after Goren et al. (2024): the answer says how far it can be relied on, its class or its family, where
+a flat rule would decline it. A scan is confident of its class or of nothing.
 
 Two OOD scores are implemented; higher always means "less like the training images":
 
@@ -178,13 +181,23 @@ def squared_distances(features: torch.Tensor, terms: tuple[torch.Tensor, ...]) -
 class Decision:
     """Whether to trust one prediction, and if not, why."""
 
+    # The answer can be relied on: for its class (`class_confident`) or, a photo, at least for its garment family.
     confident: bool
-    reason: str | None  # None, "unlike_training_images" or "low_confidence"
+    reason: str | None  # None when confident, else "unlike_training_images" or "low_confidence"
     confidence: float  # maximum calibrated probability
     ood_score: float  # higher: less like the training images
-    # The garment family the answer can be relied on for: its class's when confident; for a photo whose class is unsure
-    # but whose family is sure (`AbstentionPolicy.family_threshold`), that family; None otherwise.
+    # The garment family the answer can be relied on for: its class's when the class is confident; for a photo whose
+    # class is unsure but whose family is sure (`AbstentionPolicy.family_threshold`), that family; None when not
+    # confident.
     family: str | None = None
+    # The class itself can be relied on: the selective rule at the (photo) confidence threshold. Implies `confident`.
+    class_confident: bool = False
+
+    def __post_init__(self) -> None:
+        if self.class_confident and not self.confident:
+            raise ValueError("an answer confident of its class is confident")
+        if self.confident != (self.family is not None) or self.confident != (self.reason is None):
+            raise ValueError(f"a confident answer names its family and no reason: {self}")
 
 
 @dataclass(kw_only=True)
@@ -422,7 +435,14 @@ class AbstentionPolicy:
         families = self.family_answers(probabilities, codes, photo)
         reasons = (None, UNLIKE_TRAINING, LOW_CONFIDENCE)
         return [
-            Decision(confident=c == 0, reason=reasons[c], confidence=p, ood_score=s, family=f)
+            Decision(
+                confident=f is not None,
+                reason=None if f is not None else reasons[c],
+                confidence=p,
+                ood_score=s,
+                family=f,
+                class_confident=c == 0,
+            )
             for c, p, s, f in zip(codes.tolist(), confidence.tolist(), ood.tolist(), families, strict=True)
         ]
 

@@ -360,7 +360,7 @@ def fit_photo_thresholds(
     policy.family_threshold = _fit_family_threshold(policy, scored, ood, target_risk)
 
     decisions = policy.decisions(scored.probabilities, ood, scored.marks)
-    photo_kept = np.array([d.confident for d in decisions], dtype=bool)  # (M,)
+    photo_kept = np.array([d.class_confident for d in decisions], dtype=bool)  # (M,)
     photo_correct = scored.correct
     policy.val_photo_coverage = float(photo_kept.mean())
     policy.val_photo_risk = float((~photo_correct[photo_kept]).mean()) if photo_kept.any() else 0.0

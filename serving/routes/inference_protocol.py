@@ -11,10 +11,11 @@ The model's version is the id of the run it comes from; a versioned path naming 
 (one per request): `pixels`, UINT8 [B, 28, 28], taken as Fashion-MNIST scans (as `/predict/pixels`); `images`, BYTES
 [B], encoded image files, through the same format allow-list, pixel budgets, decode pool and normalisation as
 `/predict/batch`. Outputs: `class_index` INT64 [B], `class_name` BYTES [B], `probabilities` FP32 [B, 10] (calibrated),
-`confident` BOOL [B], `unsure_reason` BYTES [B] ("" when confident), `family` BYTES [B] (the garment family the answer
-can be relied on for, "" when none; see `/predict`), and with `parameters.return_input` `model_input`
-UINT8 [B, 28, 28]. Errors are `{"error": "..."}` with the same 4xx/503 meanings as the other routes. JSON bodies and
-the binary tensor extension both work (`serving/open_inference.py`).
+`confident` BOOL [B] (the answer can be relied on, at least for its family), `class_confident` BOOL [B] (for its
+class too), `unsure_reason` BYTES [B] ("" when confident), `family` BYTES [B] (the garment family the answer can be
+relied on for, "" when none; see `/predict`), and with `parameters.return_input` `model_input` UINT8 [B, 28, 28].
+Errors are `{"error": "..."}` with the same 4xx/503 meanings as the other routes. JSON bodies and the binary tensor
+extension both work (`serving/open_inference.py`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def _metadata(predictor: Predictor, served: str) -> dict[str, Any]:
             {"name": "class_name", "datatype": "BYTES", "shape": [-1]},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]},
             {"name": "confident", "datatype": "BOOL", "shape": [-1]},
+            {"name": "class_confident", "datatype": "BOOL", "shape": [-1]},
             {"name": "unsure_reason", "datatype": "BYTES", "shape": [-1]},
             {"name": "family", "datatype": "BYTES", "shape": [-1]},
             {"name": "model_input", "datatype": "UINT8", "shape": [-1, 28, 28]},
@@ -235,6 +237,7 @@ async def _infer(request: Request, model_name: str, model_version: str | None) -
         OutputTensor("class_name", "BYTES", np.array([p.class_name for p in predictions], dtype=object)),
         OutputTensor("probabilities", "FP32", np.stack([s.probabilities for s in scored]).astype(np.float32)),
         OutputTensor("confident", "BOOL", np.array([p.confident for p in predictions], dtype=np.bool_)),
+        OutputTensor("class_confident", "BOOL", np.array([p.class_confident for p in predictions], dtype=np.bool_)),
         OutputTensor("unsure_reason", "BYTES", np.array([p.unsure_reason or "" for p in predictions], dtype=object)),
         OutputTensor("family", "BYTES", np.array([p.family or "" for p in predictions], dtype=object)),
     ]

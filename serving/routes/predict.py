@@ -1,11 +1,12 @@
 """Classify images: one upload, several uploads, or raw 28x28 pixel values sent as JSON.
 
 Every upload goes through `fmnist.images.normalise.prepare_upload`, the normalisation the evaluate step measured on
-rendered photos; every answer says whether the model is sure (`confident`) and, when not, why (`unsure_reason`), and
-names the run whose model produced it (`run`). A request takes the served model once (`Serving.predictor`) and is
-answered by it to the end, even while the service switches to a newly tagged model. Each prediction also enters the
-drift window. With `return_input` an answer also carries the 28x28 image the network received (`model_input`), so a user
-can tell a bad crop from a bad model; without it the answers are exactly as they were, at no extra cost.
+rendered photos; every answer says whether the model is sure (`confident`; of the class too, `class_confident`) and,
+when not, why (`unsure_reason`), and names the run whose model produced it (`run`). A request takes the served model
+once (`Serving.predictor`) and is answered by it to the end, even while the service switches to a newly tagged model.
+Each prediction also enters the drift window. With `return_input` an answer also carries the 28x28 image the network
+received (`model_input`), so a user can tell a bad crop from a bad model; without it the answers are exactly as they
+were, at no extra cost.
 
 Answers are serialised by pydantic-core straight to JSON bytes (`_json`); FastAPI's own path validates the returned
 model again and encodes it in Python, a tenth of a request's time at full load. The response models still document
@@ -166,7 +167,8 @@ async def predict(
     top_k: TopK = None,
 ) -> Response:
     """Classify one uploaded image; probabilities are calibrated (softmax of logits / temperature), and
-    `confident: false` with an `unsure_reason` marks an answer not to be relied on. `run` names the model's run.
+    `confident: false` with an `unsure_reason` marks an answer not to be relied on; a photo can be confident of its
+    garment family alone (`family`, with `class_confident: false`). `run` names the model's run.
     With `return_input=true` the answer also carries `model_input`, the 28x28 image the model saw."""
     return_input = _return_input(request)
     model, settings = serving.predictor, serving.settings

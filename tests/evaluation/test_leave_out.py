@@ -65,7 +65,7 @@ def test_the_leave_out_judges_a_condition_by_the_policy_fitted_without_it(setup)
     scored = classifier.score(pixels, photo=[True] * 40)
     answers = Answers(
         labels=np.array([s.label for s in scored]),
-        confident=np.array([s.confident for s in scored]),
+        confident=np.array([s.class_confident for s in scored]),
         inputs=pixels,
         empty=np.zeros(40, dtype=bool),
         photo=np.ones(40, dtype=bool),
@@ -74,7 +74,8 @@ def test_the_leave_out_judges_a_condition_by_the_policy_fitted_without_it(setup)
     assert judged is not None and (judged.labels == answers.labels).all()
     without = policy_without(record.abstention, fit, "treacherous", 1.0, 0.9)
     expected = Classifier(replace(record, abstention=without), CPU).score(pixels, photo=[True] * 40)
-    assert judged.confident.tolist() == [s.confident for s in expected]
+    assert judged.confident.tolist() == [s.class_confident for s in expected]
+    assert judged.family_sure is not None and judged.family_sure.tolist() == [s.confident for s in expected]
     assert judged.confident.sum() > answers.confident.sum()  # the lower bar answers more
     assert judge(REAL, answers) is None and judge("not in the fit", answers) is None
     assert classifier.policy.photo_threshold == before  # the served policy is not changed

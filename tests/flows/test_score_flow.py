@@ -103,6 +103,7 @@ def test_answers_equal_the_services_for_the_same_bytes(scored, catalogue, smoke_
         assert row["class_index"] == prediction["class_index"], name
         np.testing.assert_allclose(row[names].to_numpy(float), prediction["probabilities"], rtol=0, atol=1e-6)
         assert bool(row["confident"]) == prediction["confident"]
+        assert bool(row["class_confident"]) == prediction["class_confident"]
         assert (None if pd.isna(row["unsure_reason"]) else row["unsure_reason"]) == prediction["unsure_reason"]
         assert (None if pd.isna(row["family"]) else row["family"]) == prediction["family"]
         assert bool(row["inverted"]) == prediction["inverted"]

@@ -151,8 +151,9 @@ def test_a_shard_answers_as_the_service_does(record, catalogue):
         assert row["class_index"] == want.label and row["class_name"] == record.class_names[want.label]
         probabilities = [row[probability_column(name)] for name in record.class_names]
         np.testing.assert_allclose(probabilities, want.probabilities, rtol=0, atol=1e-6)
-        assert (row["confident"], row["unsure_reason"], row["family"], row["inverted"]) == (
+        assert (row["confident"], row["class_confident"], row["unsure_reason"], row["family"], row["inverted"]) == (
             want.confident,
+            want.class_confident,
             want.unsure_reason,
             want.family,
             prep.inverted,
@@ -179,18 +180,19 @@ def test_bad_files_are_rows_with_the_reason(record, catalogue):
     assert (summary["images"], summary["scored"], summary["unreadable"]) == (len(files), len(scored), len(BAD_FILES))
     assert sum(c["count"] for c in summary["classes"]) == len(scored)
     assert summary["unsure"] == sum(not row["confident"] for row in scored)
-    assert summary["family_only"] == dict(Counter(r["family"] for r in scored if not r["confident"] and r["family"]))
+    family_only = Counter(r["family"] for r in scored if r["confident"] and not r["class_confident"])
+    assert summary["family_only"] == dict(family_only)
     assert {e["path"] for e in summary["errors"]} == {str(folder / n) for n in BAD_FILES}
 
-    # A photo unsure of its class but sure of its family counts as unsure, and among the family-only answers.
+    # A photo confident of its family alone counts as confident, and among the family-only answers.
     unsure = [i for i, row in enumerate(outcome.rows) if row["error"] is None and not row["confident"]]
     confident = [i for i, row in enumerate(outcome.rows) if row["error"] is None and row["confident"]]
-    photos = [{**row, "family": row["family"] if row["confident"] else None} for row in outcome.rows]
+    photos = [{**row, "class_confident": row["confident"]} for row in outcome.rows]
     for i, family in zip(unsure[:2] + confident[:1], ["tops", "tops", "footwear"], strict=True):
-        photos[i].update(confident=False, family=family, unsure_reason=photos[i]["unsure_reason"] or "low_confidence")
-    unsure_photos = summarize(rows_frame(photos, record.class_names), record)
-    assert unsure_photos["unsure"] == summary["unsure"] + 1
-    assert unsure_photos["family_only"] == {"tops": 2, "footwear": 1}
+        photos[i].update(confident=True, class_confident=False, family=family, unsure_reason=None)
+    family_photos = summarize(rows_frame(photos, record.class_names), record)
+    assert family_photos["unsure"] == summary["unsure"] - 2
+    assert family_photos["family_only"] == {"tops": 2, "footwear": 1}
 
 
 def test_a_resumed_shard_keeps_its_rows_and_scores_only_the_rest(record, catalogue):

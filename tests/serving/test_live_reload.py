@@ -83,7 +83,7 @@ def test_the_micro_batcher_scores_each_request_with_the_model_it_started_with():
             self.value = value
 
         def score(self, pixels, empty, photo=None):
-            return [Scored(np.full(10, self.value, dtype=np.float32), True, None) for _ in pixels]
+            return [Scored(np.full(10, self.value, dtype=np.float32), True, True, None, "tops") for _ in pixels]
 
     old, new = Model(0.1), Model(0.2)
 

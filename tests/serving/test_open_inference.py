@@ -16,7 +16,7 @@ from fmnist.core.data import CLASS_NAMES
 from fmnist.evaluation.photos import PHOTO_CONDITIONS, photo_rng, render_photo
 from tests.support.images import encode, real_test_images
 
-OUTPUTS = ("class_index", "class_name", "probabilities", "confident", "unsure_reason", "family")
+OUTPUTS = ("class_index", "class_name", "probabilities", "confident", "class_confident", "unsure_reason", "family")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,7 @@ def expected(answers: list[dict]) -> dict[str, np.ndarray]:
         "class_name": np.array([a["class_name"] for a in answers], dtype=object),
         "probabilities": np.array([a["probabilities"] for a in answers], dtype=np.float32),
         "confident": np.array([a["confident"] for a in answers], dtype=bool),
+        "class_confident": np.array([a["class_confident"] for a in answers], dtype=bool),
         "unsure_reason": np.array([a["unsure_reason"] or "" for a in answers], dtype=object),
         "family": np.array([a["family"] or "" for a in answers], dtype=object),
     }
@@ -99,6 +100,7 @@ def test_encoded_images_through_tritonclient_get_the_answers_of_predict_batch(cl
     assert result.as_numpy("class_index").tolist() == want["class_index"].tolist()
     assert as_text(result.as_numpy("class_name")).tolist() == want["class_name"].tolist()
     assert result.as_numpy("confident").tolist() == want["confident"].tolist()
+    assert result.as_numpy("class_confident").tolist() == want["class_confident"].tolist()
     assert as_text(result.as_numpy("unsure_reason")).tolist() == want["unsure_reason"].tolist()
     assert as_text(result.as_numpy("family")).tolist() == want["family"].tolist()
     assert sum(a["inverted"] is True for a in own) == 2  # the two product photos went the normaliser's photo way

@@ -38,6 +38,10 @@ def fmnist(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     return subprocess.run([str(FMNIST), *args], input=stdin, capture_output=True, text=True, env=env, timeout=300)
 
 
+# What a JSON line shares with the service's answer to the same file.
+FIELDS = ("class_index", "class_name", "probabilities", "confident", "class_confident", "unsure_reason", "top_k")
+
+
 def test_a_folder_gets_the_services_answers_as_json_lines(folder, smoke_run):
     result = fmnist("predict", str(folder), "--run", smoke_run.pathspec, "--json")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -47,7 +51,7 @@ def test_a_folder_gets_the_services_answers_as_json_lines(folder, smoke_run):
     with TestClient(create_app(Settings(run=smoke_run.pathspec, device="cpu"))) as client:
         for answer, path in zip(answers, files, strict=True):
             served = client.post("/predict", files={"file": (path.name, path.read_bytes())}).json()
-            for field in ("class_index", "class_name", "probabilities", "confident", "unsure_reason", "top_k"):
+            for field in FIELDS:
                 assert answer[field] == served[field], (path, field)
 
 
@@ -58,8 +62,9 @@ def test_bad_files_are_named_with_the_reason_and_fail_the_exit_status(folder, sm
     result = fmnist("predict", "-", str(tmp_path / "empty.png"), "--run", smoke_run.id, stdin=listed)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
+    trust = r"(confident|confident it is \w+, not of the class|unsure: \w+)"
     assert len(lines) == 1 and re.fullmatch(
-        rf"{re.escape(str(folder / '0.png'))}: (\S.*) \((0|1)\.\d{{3}}, (confident|unsure: \w+)\)", lines[0]
+        rf"{re.escape(str(folder / '0.png'))}: (\S.*) \((0|1)\.\d{{3}}, {trust}\)", lines[0]
     ), lines
     errors = result.stderr
     assert f"{tmp_path / 'notes.txt'}: error: " in errors and "not an image" in errors.lower()

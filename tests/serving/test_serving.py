@@ -167,7 +167,8 @@ def test_every_prediction_says_whether_it_is_confident(client, record):
     for body in bodies:
         assert isinstance(body["confident"], bool)
         assert (body["unsure_reason"] is None) == body["confident"]
-        # A scan's family is sure exactly when its class is: family-only answers are for photos.
+        # A scan is confident of its class or of nothing: family-only answers are for photos.
+        assert body["class_confident"] == body["confident"]
         assert body["family"] == (FAMILY_OF[body["class_index"]] if body["confident"] else None)
         if body["confident"]:
             assert body["probability"] >= policy.confidence_threshold
@@ -205,14 +206,14 @@ def test_the_service_and_the_report_see_the_same_model_input(client, record):
         body = upload(client, photo, name="photo.jpg").json()
         assert body["probabilities"] == [float(p) for p in scored.probabilities]
         assert body["confident"] == scored.confident and body["unsure_reason"] == scored.unsure_reason
-        assert body["family"] == scored.family
+        assert body["class_confident"] == scored.class_confident and body["family"] == scored.family
 
 
 def test_photos_are_held_to_the_photo_threshold_and_scans_to_their_own(client):
     """An upload the normaliser had to transform is a photo: its confidence must clear the policy's photo threshold.
     The same 28x28 input sent as raw pixels is a scan, held to the scans' threshold."""
     policy = client.app.state.predictor.classifier.record.abstention
-    saved = policy.photo_threshold
+    saved = policy.photo_threshold, policy.family_threshold
     photos = [product_photo(i) for i in range(8)]  # the fixture's batch limit
     seen = [prepare_upload(p, 40_000_000).pixels for p in photos]
     answer = client.post("/predict/pixels", json={"images": [s.tolist() for s in seen]})
@@ -220,14 +221,21 @@ def test_photos_are_held_to_the_photo_threshold_and_scans_to_their_own(client):
     scans = answer.json()["predictions"]
     chosen = next(i for i, scan in enumerate(scans) if scan["confident"])  # a scan this model is sure of
     try:
-        policy.photo_threshold = 1.01  # no photo can be this sure
+        policy.photo_threshold = 1.01  # no photo can be this sure of its class
         body = upload(client, photos[chosen], name="photo.jpg").json()
         assert body["probabilities"] == pytest.approx(scans[chosen]["probabilities"], abs=1e-6)
-        assert body["confident"] is False and body["unsure_reason"] == "low_confidence"
+        assert body["class_confident"] is False
+        # Its family: summed over the family, the probability clears the family threshold or it does not.
+        family_sure = body["confident"]
+        assert family_sure == (body["family"] is not None) and family_sure == (body["unsure_reason"] is None)
+        policy.family_threshold = 1.01  # nor of its family
+        body = upload(client, photos[chosen], name="photo.jpg").json()
+        assert body["confident"] is False and body["unsure_reason"] == "low_confidence" and body["family"] is None
         policy.photo_threshold = policy.confidence_threshold  # the same bar as scans: the same verdict
-        assert upload(client, photos[chosen], name="photo.jpg").json()["confident"] is True
+        body = upload(client, photos[chosen], name="photo.jpg").json()
+        assert body["confident"] is True and body["class_confident"] is True
     finally:
-        policy.photo_threshold = saved
+        policy.photo_threshold, policy.family_threshold = saved
 
 
 def test_pixels_can_opt_in_to_the_upload_normalisation(client):

@@ -407,20 +407,22 @@ def test_family_answers_hold_their_risk_on_photos_they_were_not_fitted_on(val_se
 
     z, f, y = family_photos(3000, seed=6)  # other draws
     decisions = policy.decide(z, f, 1.0, photo=np.ones(len(y), dtype=bool))
-    sure = np.array([d.family is not None for d in decisions])
-    confident = np.array([d.confident for d in decisions])
+    sure = np.array([d.confident for d in decisions])
+    confident = np.array([d.class_confident for d in decisions])
+    assert (sure == np.array([d.family is not None for d in decisions])).all()
     top = z.argmax(1).numpy()
     family_right = SAME_FAMILY[top, y.astype(np.int64)]
     risk = float((~family_right[sure]).mean())
     assert risk <= target + 0.03, risk
-    # Sure of the family on clearly more photos than of the class, and where sure, the family named is the top
-    # class's: a threshold that did nothing would leave `sure` equal to `confident`.
+    # Confident (of the family at least) on clearly more photos than of the class, and where sure, the family named is
+    # the top class's: a threshold that did nothing would leave `sure` equal to `confident`.
     assert sure.sum() > 1.5 * confident.sum() and (sure >= confident).all()
     assert all(d.family == FAMILY_OF[t] for d, t in zip(decisions, top, strict=True) if d.family is not None)
     # Unsure of the family: the same answers with a threshold above every probability.
     policy.family_threshold = 1.01
-    strict = np.array([d.family is not None for d in policy.decide(z, f, 1.0, photo=np.ones(len(y), dtype=bool))])
-    assert (strict == confident).all()
+    strict = policy.decide(z, f, 1.0, photo=np.ones(len(y), dtype=bool))
+    assert (np.array([d.confident for d in strict]) == confident).all()
+    assert all(d.confident == d.class_confident for d in strict)
 
 
 def test_family_answers_only_for_photos_that_look_like_garments(val_set):
@@ -429,10 +431,16 @@ def test_family_answers_only_for_photos_that_look_like_garments(val_set):
     z, f, _ = family_photos(400, seed=8)
     marks = np.arange(len(z)) % 2 == 0
     decisions = policy.decide(z, f, 1.0, photo=marks)
+    family_only = [d for d in decisions if d.confident and not d.class_confident]
+    assert family_only  # confident of the family, not of the class: a photo the class threshold would decline
     for d, photo in zip(decisions, marks, strict=True):
-        if d.family is not None and not d.confident:
-            assert photo and d.reason == LOW_CONFIDENCE  # never a scan, never an input unlike the training images
-    assert any(d.family is not None and not d.confident for d in decisions)
+        if d.confident and not d.class_confident:
+            # Never a scan, and never an input unlike the training images.
+            assert photo and d.reason is None and d.family is not None and d.confidence < policy.photo_threshold
+    # Where the class is confident, so is the answer, and it names the class's family; a scan is confident of its
+    # class or of nothing.
+    assert all(d.confident for d in decisions if d.class_confident)
+    assert all(d.confident == d.class_confident for d, photo in zip(decisions, marks, strict=True) if not photo)
     # An input far from every class is sure of nothing, whatever its logits.
     far = policy.decide(z[:1] * 0 + torch.eye(NUM_CLASSES)[:1] * 50, f[:1] * 0 + 1e3, 1.0, photo=np.ones(1, bool))[0]
     assert far.reason == UNLIKE_TRAINING and far.family is None
@@ -562,3 +570,13 @@ def test_photo_components_of_a_family_with_two_looks_leave_the_middle_out():
         fit_photo_components(features, right, 0.5, 2)
     with pytest.raises(ValueError, match="components per family"):
         fit_photo_components(features, right, 0.5, -1)
+
+
+def test_a_decision_is_confident_exactly_when_it_names_a_family_and_no_reason():
+    assert Decision(True, None, 0.9, 1.0, family="tops", class_confident=False).confident  # a family-only answer
+    with pytest.raises(ValueError, match="confident of its class is confident"):
+        Decision(False, LOW_CONFIDENCE, 0.9, 1.0, class_confident=True)
+    with pytest.raises(ValueError, match="names its family and no reason"):
+        Decision(True, None, 0.9, 1.0)  # confident of nothing it names
+    with pytest.raises(ValueError, match="names its family and no reason"):
+        Decision(False, LOW_CONFIDENCE, 0.5, 1.0, family="tops")  # a family without the confidence
