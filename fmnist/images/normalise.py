@@ -26,7 +26,9 @@ their studio's perfect white background:
    frames the garment; where they agree, the contrast's box, sharper than an outline found at 56 px, stays.
 
 An image that is already 28x28 on a clean black background is Fashion-MNIST's own form and passes unchanged.
-An image with no foreground at all (a blank frame, pure noise) comes out black and is marked `empty`.
+An image with no foreground at all (a blank frame, pure noise) comes out black and is marked `empty`; so is, keeping
+its pixels, a photo whose 28x28 has no garment's shape (`garment_shaped`: a failed crop to a seam, a line of a
+striped frame, a speck), which the model would otherwise read as some garment.
 """
 
 from __future__ import annotations
@@ -113,6 +115,12 @@ MIN_PEAK = 12.0
 TARGET_PEAK = 250.0
 # A 28x28 image whose background fit stays within this of 0 is already in Fashion-MNIST's form.
 CLEAN_BACKGROUND = 2.0
+# The least of a garment's shape at 28x28, where it is lit above SHAPE_LEVEL: all but about 0.01% of Fashion-MNIST's
+# 60,000 training images are at least 6 px wide and 5 px tall and light up at least 3.8% of the frame (their
+# 0.01% quantiles; `tests/images/test_normalise.py` measures them on the real files). A photo's 28x28 short of any is
+# no garment the model knows (`garment_shaped`). Of the real photographs' fit split, 18 of 1,509 fall short.
+SHAPE_LEVEL = 40
+MIN_SHAPE_WIDTH, MIN_SHAPE_HEIGHT, MIN_SHAPE_LIT = 6, 5, 0.038
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,9 @@ class Normalized:
     background: float  # mean backdrop level of the input, 0-255
     noise: float  # estimated noise standard deviation of the input, grey levels
     contrast: float  # the garment's peak contrast against its backdrop, grey levels (before stretching)
-    empty: bool  # nothing stood out from the background: the output is black
+    # No garment found: nothing stood out from the background (the output is black), or what did has no garment's
+    # shape (`garment_shaped`; the output kept).
+    empty: bool
     # Anything but Fashion-MNIST's own form (a 28x28 frame on a clean black background, passed through unchanged):
     # the normaliser had to find the garment, so the model is held to the abstention policy's photo threshold.
     photo: bool = True
@@ -225,7 +235,18 @@ def normalize_photo(gray: np.ndarray, colour: np.ndarray | None = None) -> Norma
     if top <= 0:
         return Normalized(np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8), inverted, background, noise, contrast, True)
     pixels = np.clip(small * (TARGET_PEAK / top), 0, 255).round().astype(np.uint8)
-    return Normalized(pixels, inverted, background, noise, contrast, empty=False, box=box)
+    # No garment's shape: empty like a blank frame, its pixels kept so that a user sees what was found.
+    return Normalized(pixels, inverted, background, noise, contrast, empty=not garment_shaped(pixels), box=box)
+
+
+def garment_shaped(pixels: np.ndarray) -> bool:
+    """Whether a (28, 28) uint8 model input has at least a Fashion-MNIST garment's width, height and lit share where
+    it is brighter than SHAPE_LEVEL (see MIN_SHAPE_WIDTH)."""
+    lit = np.asarray(pixels) > SHAPE_LEVEL  # (28, 28)
+    if lit.mean() < MIN_SHAPE_LIT:
+        return False
+    rows, cols = np.flatnonzero(lit.any(1)), np.flatnonzero(lit.any(0))
+    return bool(cols[-1] - cols[0] + 1 >= MIN_SHAPE_WIDTH and rows[-1] - rows[0] + 1 >= MIN_SHAPE_HEIGHT)
 
 
 # RGB -> two opponent-colour channels (red-green, yellow-blue), orthonormal and orthogonal to grey: linear, so the
