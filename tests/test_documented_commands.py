@@ -83,6 +83,10 @@ SKIPPED = {
     '--candidate "label_smoothing 0.1:label_smoothing=0.1" --no-parallel-check': (
         "three whole trials (about 10 minutes on these cores); its --quick mode runs in tests/test_benchmarks.py"
     ),
+    '.venv/bin/python benchmarks/frontier.py --only current --candidate "ema 0.998:ema_decay=0.998" '
+    '--candidate "ema 0.999:ema_decay=0.999" --candidate "ema 0.9995:ema_decay=0.9995" --no-parallel-check': (
+        "four whole trials (about 11 minutes on these cores); its --quick mode runs in tests/test_benchmarks.py"
+    ),
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --render-only": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --json e2e.json": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/serve_faults.py --service-root /tmp/before --run FashionFlow/<id>": "needs a second "
