@@ -114,8 +114,8 @@ class HParams(_Strict):
     stroke_share: float = Field(0.0, ge=0.0, le=0.5)
     # Exponential moving average of the weights, evaluated instead of the raw weights; 0 turns it off.
     # Off in the default profile: on validation (docs/benchmarks.md#averaged-weights) 0.998 scored as without it
-    # (flip-averaged scans 93.26% against 93.30%) and longer averages lower (0.999: 93.10%), as the one-cycle
-    # schedule already ends at a learning rate near zero.
+    # (flip-averaged scans 93.26% against 93.30%) and longer averages lower (0.999: 93.10%); likely because the
+    # one-cycle schedule already ends at a learning rate near zero (not measured).
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
 
 
