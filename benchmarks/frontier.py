@@ -166,9 +166,13 @@ def measure_frontier(
     data: dict[str, Any],
     epochs: int | None,
     workers: int,
+    seeds: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every candidate trained once, `workers` at a time on one core each; longest (estimated) first."""
+    """Every candidate trained once per run seed (`seeds`, default the profile's own), seeded as a run with that seed
+    seeds its trial 0, `workers` at a time on one core each; longest (estimated) first. Rows in candidate order within
+    each seed, each with its `seed`."""
     profile = load_profile(profile_path)
+    seeds = seeds or [profile.seed]
     jobs = {}
     for name, changes in candidates.items():
         hp, amp = resolve(profile, changes, epochs)
@@ -178,17 +182,67 @@ def measure_frontier(
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = {
-            name: pool.submit(train_candidate, str(profile_path), data, hp.model_dump(), amp, 1, trial_seed(profile, 0))
+            (name, seed): pool.submit(
+                train_candidate,
+                str(profile_path),
+                data,
+                hp.model_dump(),
+                amp,
+                1,
+                trial_seed(profile.model_copy(update={"seed": seed}), 0),
+            )
             for name in order
+            for seed in seeds
             for hp, amp in [jobs[name]]
         }
         done = {}
         for future in as_completed(futures.values()):  # logged as they finish: a long run shows its progress
-            name = next(n for n, f in futures.items() if f is future)
-            done[name] = {"config": name, "hparams": jobs[name][0].model_dump(), "amp_setting": jobs[name][1]}
-            done[name].update(future.result())
-            log.info("%s: %s", name, {k: done[name][k] for k in ("wall_seconds", "val_accuracy", "parameters")})
-    return [done[name] for name in candidates]
+            key = next(k for k, f in futures.items() if f is future)
+            name, seed = key
+            done[key] = {
+                "config": name,
+                "seed": seed,
+                "hparams": jobs[name][0].model_dump(),
+                "amp_setting": jobs[name][1],
+            }
+            done[key].update(future.result())
+            log.info(
+                "%s, seed %d: %s", name, seed, {k: done[key][k] for k in ("wall_seconds", "val_accuracy", "parameters")}
+            )
+    return [done[name, seed] for seed in seeds for name in candidates]
+
+
+def seed_means(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per candidate, in first-seen order: its scores averaged over the seeds it was trained with, and their range."""
+    keys = ("val_accuracy_flip_tta", "real_photo_accuracy", "real_photo_family_accuracy", "val_ece_after")
+    names = list(dict.fromkeys(r["config"] for r in rows))
+    means = []
+    for name in names:
+        mine = [r for r in rows if r["config"] == name]
+        entry: dict[str, Any] = {"config": name, "seeds": [r["seed"] for r in mine]}
+        for key in keys:
+            values = [r[key] for r in mine]
+            entry[key] = sum(values) / len(values)
+            entry[f"{key}_range"] = (min(values), max(values))
+        means.append(entry)
+    return means
+
+
+def print_seed_means(means: list[dict[str, Any]], yardstick: str) -> None:
+    base = next((m for m in means if m["config"] == yardstick), means[0])
+    print(
+        f"\n{'mean over seeds':20}{'seeds':>7}{'+flip':>8}{'range':>16}{'d +flip':>9}{'photos':>8}{'d photos':>9}"
+        f"{'family':>8}{'ECE T':>7}"
+    )
+    for m in means:
+        low, high = m["val_accuracy_flip_tta_range"]
+        print(
+            f"{m['config']:20}{len(m['seeds']):>7}{m['val_accuracy_flip_tta']:>8.4f}{f'{low:.4f}-{high:.4f}':>16}"
+            f"{m['val_accuracy_flip_tta'] - base['val_accuracy_flip_tta']:>+9.4f}{m['real_photo_accuracy']:>8.4f}"
+            f"{m['real_photo_accuracy'] - base['real_photo_accuracy']:>+9.4f}{m['real_photo_family_accuracy']:>8.4f}"
+            f"{m['val_ece_after']:>7.2%}"
+        )
+    print(f"(the mean of each seed's row above; d columns against {base['config']!r})")
 
 
 def measure_parallelism(profile_path: Path, data: dict[str, Any], epochs: int | None, cores: int) -> dict[str, float]:
@@ -273,6 +327,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="trials at once, one core each (default 2)")
     parser.add_argument("--no-parallel-check", action="store_true", help="skip side-by-side vs in-turn timing")
     parser.add_argument("--parallel-epochs", type=int, default=1, help="epochs per trial in that check (default 1)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="run seeds to train every candidate with (default: the profile's)"
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -292,15 +349,26 @@ def main() -> None:
     if args.val_size:
         data["val_size"] = args.val_size
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; torch {torch.__version__}")
-    rows = measure_frontier(profile_path, candidates, data, epochs, args.workers)
+    rows = measure_frontier(profile_path, candidates, data, epochs, args.workers, args.seeds)
     parallelism = None
     if not args.no_parallel_check:
         parallelism = measure_parallelism(profile_path, data, 1 if args.quick else args.parallel_epochs, args.workers)
-    print_table(rows, parallelism, args.yardstick)
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    for seed in seeds:
+        if len(seeds) > 1:
+            print(f"\nseed {seed}")
+        print_table([r for r in rows if r["seed"] == seed], parallelism if seed == seeds[-1] else None, args.yardstick)
+    means = seed_means(rows) if len(seeds) > 1 else None
+    if means:
+        print_seed_means(means, args.yardstick)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"profile": args.profile, "rows": rows, "parallelism": parallelism}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"profile": args.profile, "rows": rows, "seed_means": means, "parallelism": parallelism}, indent=2
+            )
+        )
         print(f"wrote {args.json}")
 
 

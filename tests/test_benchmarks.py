@@ -61,6 +61,36 @@ def test_frontier_quick_scores_candidates_on_validation_against_the_current_prof
     assert parallel["sequential_all_cores_seconds"] > 0
 
 
+def test_frontier_trains_each_candidate_with_every_seed_asked_and_averages_them(tmp_path):
+    out = tmp_path / "seeds.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "frontier.py"), "--train-subset", "3000", "--epochs", "1"]
+    command += [
+        "--val-size",
+        "500",
+        "--only",
+        "current",
+        "--seeds",
+        "0",
+        "1",
+        "--no-parallel-check",
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "seed 1" in proc.stdout and "mean over seeds" in proc.stdout
+    report = json.loads(out.read_text())
+    first, second = report["rows"]
+    assert (first["config"], first["seed"]) == ("current", 0) and (second["config"], second["seed"]) == ("current", 1)
+    # Two seeds, two different networks: not the same trial scored twice.
+    assert first["real_no_class_top_probability"] != second["real_no_class_top_probability"]
+    (mean,) = report["seed_means"]
+    assert mean["seeds"] == [0, 1]
+    for key in ("val_accuracy_flip_tta", "real_photo_accuracy"):
+        assert mean[key] == pytest.approx((first[key] + second[key]) / 2)
+        assert mean[f"{key}_range"] == [min(first[key], second[key]), max(first[key], second[key])]
+
+
 def test_photo_robustness_benchmark_reports_every_condition_on_validation_only(smoke_run, tmp_path):
     out = tmp_path / "photos.json"
     proc = subprocess.run(

@@ -87,6 +87,17 @@ SKIPPED = {
     '--candidate "ema 0.999:ema_decay=0.999" --candidate "ema 0.9995:ema_decay=0.9995" --no-parallel-check': (
         "four whole trials (about 11 minutes on these cores); its --quick mode runs in tests/test_benchmarks.py"
     ),
+    '.venv/bin/python benchmarks/frontier.py --only current "no real photos" '
+    '--candidate "bn refit:bn_refit_scans=true" --seeds 0 1 --no-parallel-check': (
+        "six whole trials (about 10 minutes on these cores); tests/test_benchmarks.py runs --seeds on a small subset"
+    ),
+    '.venv/bin/python benchmarks/frontier.py --only current "no real photos" --seeds 2 3 --no-parallel-check': (
+        "four whole trials (about 6 minutes on these cores); tests/test_benchmarks.py runs --seeds on a small subset"
+    ),
+    ".venv/bin/python benchmarks/frontier.py --only current "
+    '--candidate "as filed:real_photo_share=0,stroke_share=0" --seeds 0 1 2 3 --no-parallel-check': (
+        "eight whole trials (about 12 minutes on these cores); tests/test_benchmarks.py runs --seeds on a small subset"
+    ),
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --render-only": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --json e2e.json": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/serve_faults.py --service-root /tmp/before --run FashionFlow/<id>": "needs a second "

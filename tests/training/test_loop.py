@@ -6,12 +6,15 @@ import pytest
 import torch
 
 from fmnist.core.config import HParams
-from fmnist.core.data import load_dataset, make_splits
+from fmnist.core.data import PIXEL_MEAN, PIXEL_STD, load_dataset, make_splits
+from fmnist.core.model import ModelArgs, build_model, normalize
 from fmnist.training.loop import (
     BatchAugmenter,
     PhotometricAugmenter,
     one_cycle,
+    refit_batch_norm,
     train_model,
+    validate,
 )
 
 CPU = torch.device("cpu")
@@ -131,3 +134,36 @@ def test_the_gpu_profile_path_runs_on_a_cpu(small_splits):
     assert result.val_accuracy > 0.3  # learns (chance is 0.1) under bf16 autocast, through the weight average
     assert any(k.startswith("features.1.body") for k in result.state_dict)  # a residual block was trained
     assert all(v.dtype != torch.bfloat16 for v in result.state_dict.values())  # weights stay fp32
+
+
+def test_batch_norm_refit_averages_the_given_scans_and_leaves_the_weights_alone(small_splits):
+    model = build_model(ModelArgs(width=4))
+    model.train()
+    model(torch.randn(64, 1, 28, 28) * 3 + 2)  # running statistics of something else entirely
+    model.eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    scans = torch.from_numpy(small_splits.train_images[:600])  # (600, 28, 28) uint8
+    refit_batch_norm(model, scans, 200, CPU, None)
+    assert not model.training  # back in the mode it was in
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    # The first batch norm's mean is the plain mean of its convolution's output over the scans, whatever the batching.
+    conv, norm = model.features[0][0], model.features[0][1]
+    with torch.no_grad():
+        expected = conv(normalize(scans, PIXEL_MEAN, PIXEL_STD)).mean(dim=(0, 2, 3))  # (4,)
+    torch.testing.assert_close(norm.running_mean, expected, rtol=1e-4, atol=1e-5)
+    again = build_model(ModelArgs(width=4))
+    again.load_state_dict(model.state_dict())
+    refit_batch_norm(again, scans, 600, CPU, None)
+    torch.testing.assert_close(again.features[0][1].running_mean, norm.running_mean)
+
+
+def test_training_with_a_batch_norm_refit_reports_the_refitted_model(small_splits):
+    hp = HParams(width=4, epochs=1, batch_size=256, bn_refit_scans=True)
+    result = train_model(hp, small_splits, CPU, seed=3)
+    plain = train_model(hp.model_copy(update={"bn_refit_scans": False}), small_splits, CPU, seed=3)
+    changed = [k for k in plain.state_dict if not torch.equal(plain.state_dict[k], result.state_dict[k])]
+    assert changed and all("running" in k or "num_batches" in k for k in changed)  # only the statistics differ
+    model = build_model(result.model_args)
+    model.load_state_dict(result.state_dict)
+    _, accuracy = validate(model, small_splits, CPU, None)
+    assert result.val_accuracy == pytest.approx(accuracy)
