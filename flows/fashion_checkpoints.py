@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +30,12 @@ from metaflow import current
 from fmnist.training.checkpoint import FILE_NAME, FILE_NAMES, CheckpointStore
 
 log = logging.getLogger(__name__)
+
+# A task's local checkpoint folder is named with this prefix and holds the id of the process it belongs to: a task
+# killed outright (SIGKILL, the kernel's out-of-memory killer) never runs its atexit clean-up, so the next task on the
+# machine removes the folders whose process is gone.
+FOLDER_PREFIX = "fashionflow-checkpoint-"
+OWNER_FILE = "owner.pid"
 
 
 def checkpoint_key(flow_name: str, run_id: str, step_name: str, task_id: str, name: str = FILE_NAME) -> str:
@@ -45,7 +52,10 @@ def datastore_checkpoints(flow: Any, every: int, on_resume: Any = None) -> Check
         checkpoint_key(current.flow_name, current.run_id, current.step_name, current.task_id, name): name
         for name in FILE_NAMES
     }
-    directory = Path(tempfile.mkdtemp(prefix="fashionflow-checkpoint-"))
+    root = Path(tempfile.gettempdir())
+    remove_abandoned_folders(root)
+    directory = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=root))
+    (directory / OWNER_FILE).write_text(str(os.getpid()))
     # The datastore holds the copy that counts; the local one goes with the task process.
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     if current.retry_count > 0:
@@ -65,3 +75,30 @@ def datastore_checkpoints(flow: Any, every: int, on_resume: Any = None) -> Check
         log.info("checkpoint after epoch %d saved to the datastore (%s)", epoch, next(iter(keys)))
 
     return CheckpointStore(directory, every=every, on_save=upload, on_resume=on_resume)
+
+
+def remove_abandoned_folders(root: Path) -> list[Path]:
+    """Remove the local checkpoint folders under `root` whose task process has died without cleaning up; the ones
+    removed. A folder without a readable owner (being created, or left by an older version) is left alone."""
+    removed = []
+    for folder in root.glob(FOLDER_PREFIX + "*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _process_alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+            log.info("removed %s, left by task process %d, which is gone", folder, owner)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
