@@ -98,6 +98,10 @@ SKIPPED = {
     '--candidate "as filed:real_photo_share=0,stroke_share=0" --seeds 0 1 2 3 --no-parallel-check': (
         "eight whole trials (about 12 minutes on these cores); tests/test_benchmarks.py runs --seeds on a small subset"
     ),
+    '.venv/bin/python benchmarks/frontier.py --candidate "16 epochs:epochs=16" --candidate "17 epochs:epochs=17" '
+    "--seeds 0 1 2 3 --no-parallel-check": (
+        "eight whole trials (about 11 minutes on these cores); tests/test_benchmarks.py runs --seeds on a small subset"
+    ),
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --render-only": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/score_throughput.py --end-to-end 100000 --folder ~/catalogue-100k --json e2e.json": LONG_BENCHMARK,  # noqa: E501 - a documented command, verbatim
     ".venv/bin/python benchmarks/serve_faults.py --service-root /tmp/before --run FashionFlow/<id>": "needs a second "

@@ -32,8 +32,8 @@ from fmnist.training.strokes import stroke_images
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[dict[str, float]], None]
-# Pen-stroke images a trial with `stroke_share` draws from: an 18-epoch default run at a share of 0.05 draws each
-# about a dozen times, too few to learn any one by heart.
+# Pen-stroke images a trial with `stroke_share` draws from: a 16-epoch default run at a share of 0.05 draws each
+# about eleven times, too few to learn any one by heart.
 STROKE_IMAGES = 4096
 
 
