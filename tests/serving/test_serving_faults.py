@@ -322,8 +322,8 @@ def test_fmnist_serve_with_a_tag_no_run_carries_says_so_in_one_line(smoke_run):
 
 def test_health_keeps_answering_quickly_while_clients_post_huge_images(smoke_run, tmp_path):
     """Four clients post small PNGs that decode to 36 megapixels (and a 16-bit one) as fast as they are answered;
-    /health and a normal upload keep answering quickly (a generous bound: benchmarks/serve_faults.py measures), and
-    every hostile request is answered or refused with 413/422/503, never another 5xx."""
+    /health and a normal upload keep answering quickly (generous bounds, one hiccup allowed: benchmarks/serve_faults.py
+    measures), and every hostile request is answered or refused with 413/422/503, never another 5xx."""
     hostile = [hostile_png(), encode(Image.new("I;16", (6000, 6000), 3000))]
     normal = encode(real_test_images()[0][0])
     stop = threading.Event()
@@ -352,8 +352,12 @@ def test_health_keeps_answering_quickly_while_clients_post_huge_images(smoke_run
                 time.sleep(0.1)
             stop.set()
     assert statuses and set(statuses) <= {200, 413, 422, 503}, sorted(set(statuses))
-    assert max(health) < 0.5, sorted(health)[-3:]
-    assert max(uploads) < 1.0, sorted(uploads)[-3:]
+    # Starvation shows in every request, a scheduler's hiccup on a shared 2-core machine in one (a single /health
+    # took 0.71 s among 20 of about 12 ms in one CI run): all but the slowest within the bound, none far beyond it.
+    health.sort()
+    uploads.sort()
+    assert health[-2] < 0.5 and health[-1] < 2.0, health[-3:]
+    assert uploads[-2] < 1.0 and uploads[-1] < 4.0, uploads[-3:]
 
 
 def test_reduced_decoding_of_a_hostile_image_stays_small():
