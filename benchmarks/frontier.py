@@ -46,7 +46,7 @@ from fmnist.core.inference import predict_logits
 from fmnist.core.model import build_model
 from fmnist.core.real_photos import load_real_photos
 from fmnist.core.runtime import amp_dtype
-from fmnist.pipeline import prepare_data
+from fmnist.pipeline import prepare_data, trial_seed
 from fmnist.training.loop import train_model
 from fmnist.training.photo_batches import photo_training_set
 from fmnist.trust.calibration import expected_calibration_error, fit_temperature, softmax
@@ -73,11 +73,6 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "real photos 0.2": {"real_photo_share": 0.2},
 }
 QUICK = ("current", "w16 bf16 15ep")
-
-
-def trial_seed(profile: Profile, index: int) -> int:
-    """The seed a run gives its trial `index` (`fmnist.pipeline.train_trial`), so a candidate seeds as trial 0 does."""
-    return profile.seed * 1000 + index
 
 
 def parse_candidate(text: str) -> tuple[str, dict[str, Any]]:
@@ -193,7 +188,7 @@ def measure_frontier(
                 hp.model_dump(),
                 amp,
                 1,
-                trial_seed(profile.model_copy(update={"seed": seed}), 0),
+                trial_seed(seed, 0),
             )
             for name in order
             for seed in seeds
@@ -259,7 +254,7 @@ def measure_parallelism(profile_path: Path, data: dict[str, Any], epochs: int | 
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=len(points), mp_context=ctx) as pool:
         futures = [
-            pool.submit(train_candidate, str(profile_path), data, hp.model_dump(), amp, 1, trial_seed(profile, i))
+            pool.submit(train_candidate, str(profile_path), data, hp.model_dump(), amp, 1, trial_seed(profile.seed, i))
             for i, hp in enumerate(points)
         ]
         side_by_side = [f.result()["val_accuracy"] for f in futures]
@@ -267,7 +262,9 @@ def measure_parallelism(profile_path: Path, data: dict[str, Any], epochs: int | 
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         futures = [
-            pool.submit(train_candidate, str(profile_path), data, hp.model_dump(), amp, cores, trial_seed(profile, i))
+            pool.submit(
+                train_candidate, str(profile_path), data, hp.model_dump(), amp, cores, trial_seed(profile.seed, i)
+            )
             for i, hp in enumerate(points)
         ]
         in_turn = [f.result()["val_accuracy"] for f in futures]

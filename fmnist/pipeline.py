@@ -138,6 +138,12 @@ class TrialOutcome:
     history: list[dict[str, float]]
 
 
+def trial_seed(run_seed: int, index: int) -> int:
+    """The seed of a run's trial `index`, from the run's seed: a rerun or resumed trial reproduces, and a benchmark
+    that seeds a candidate as trial 0 of a run trains the very same network."""
+    return run_seed * 1000 + index
+
+
 def train_trial(
     profile: Profile,
     hparams: dict[str, Any],
@@ -176,12 +182,11 @@ def train_trial(
             on_epoch(stats)
 
     with tracker, deterministic_kernels(profile.compute.deterministic):
-        # The trial's seed derives from the run's seed and the trial index: a rerun or resumed trial reproduces.
         result = train_model(
             hp,
             splits,
             device,
-            seed=profile.seed * 1000 + index,
+            seed=trial_seed(profile.seed, index),
             amp=amp,
             on_epoch=epoch_done if kill_after is None else _killing(epoch_done, kill_after),
             checkpoints=checkpoints,
