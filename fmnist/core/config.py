@@ -251,7 +251,8 @@ class EvaluationConfig(_Strict):
     # most this. 2% means a user who acts only on confident answers is wrong about once in fifty.
     target_risk: float = Field(0.02, gt=0.0, lt=0.5)
     # Share of validation images allowed to score as "unlike the training images": the OOD threshold is this
-    # quantile of their scores. 0.995 costs 0.5% of coverage and catches the far-away inputs (noise, patterns).
+    # quantile of their scores, each image scored by a density fitted without it (`held_out_ood_scores`), so that new
+    # scans are flagged as often. 0.995 costs 0.5% of coverage and catches the far-away inputs (noise, patterns).
     ood_quantile: float = Field(0.995, gt=0.5, le=1.0)
     # Photo suite: test images per class rendered as photos under every condition and severity (10 classes x 20 =
     # 200 photos per row, a 95% interval of about +-4 points per row; 31 rows take about half a minute on one core).
