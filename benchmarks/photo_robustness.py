@@ -51,6 +51,7 @@ from fmnist.trust.abstention import (
     DEFAULT_PHOTO_OOD_QUANTILE,
     OOD_SCORES,
     SAME_FAMILY,
+    UNLIKE_TRAINING,
 )
 from fmnist.trust.abstention_fit import selective_summary
 from serving.model_loading import ModelLoadError, load_model
@@ -225,6 +226,13 @@ def main() -> None:
         classifier.network, images[held_out], classifier.device, mean=record.mean, std=record.std
     )
     clean = selective_summary(policy, logits, features, labels[held_out], record.temperature)
+    # The OOD threshold is a quantile of held-out scores (`held_out_ood_scores`); the same quantile of the fitting
+    # images' own, in-sample scores is what it replaced: the share of held-out scans each flags.
+    fit_features, fit_logits = features_and_logits(
+        classifier.network, images[fitting], classifier.device, mean=record.mean, std=record.std
+    )
+    in_sample = float(np.quantile(policy.ood_scores(fit_logits, fit_features).numpy(), policy.ood_quantile))
+    clean["ood_flagged_in_sample_quantile"] = float((policy.ood_scores(logits, features).numpy() > in_sample).mean())
     # Every row's answers, in row order, to judge the service's `confident` (of the family at least) on them too.
     studio_answers: list[Answers] = []
     wild_answers: list[Answers] = []
@@ -270,6 +278,11 @@ def main() -> None:
         f" {0 if policy.photo_means is None else len(policy.photo_means)} real-photo family components);"
         f" photos confident of the family alone at a family probability >= {policy.family_threshold:.4f};"
         f" held-out clean images: {clean['coverage']:.1%} confident, {clean['accuracy'] or 0:.2%} of those right"
+    )
+    print(
+        f"held-out clean images unlike the training images: {clean['flagged'][UNLIKE_TRAINING]:.2%} (asked"
+        f" {1 - policy.ood_quantile:.2%}; at the same quantile of the fitting images' own scores:"
+        f" {clean['ood_flagged_in_sample_quantile']:.2%})"
     )
     # The suites' "confident" is of the class (`class_confident`), judged by the exact class.
     header = f"{'family':<7} {'condition':<20} {'severity':>8}  {'accuracy':>8} {'x clean':>7} {'cls conf':>9}"

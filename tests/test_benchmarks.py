@@ -125,6 +125,9 @@ def test_photo_robustness_benchmark_reports_every_condition_on_validation_only(s
     val_size = smoke_run.data.data_summary["val_size"]
     assert report["policy"]["num_fit_examples"] == val_size // 2 and report["policy"]["num_fit_photos"] > 0
     assert report["held_out_clean"]["num_examples"] == val_size - val_size // 2
+    # The OOD threshold's share of held-out scans, beside the share a quantile of in-sample scores would flag.
+    assert 0.0 <= report["held_out_clean"]["ood_flagged_in_sample_quantile"] <= 1.0
+    assert "held-out clean images unlike the training images:" in proc.stdout
     studio = {r["condition"] for r in report["studio"]}
     wild = {r["condition"] for r in report["wild"]}
     assert {"grey_backdrop", "underexposed", "uneven_light", "noise_jpeg", "rotation"} <= studio

@@ -61,6 +61,8 @@ SKIPPED = {
     ".venv/bin/python benchmarks/serve_wrk.py [--run FashionFlow/<id>]": QUICK_SERVING,
     ".venv/bin/python benchmarks/photo_robustness.py [--run FashionFlow/<id>] [--per-class 20] [--one-view] "
     "[--json PATH]": "tests/test_benchmarks.py runs it on the smoke run with a small sample",
+    ".venv/bin/python benchmarks/photo_robustness.py --run FashionFlow/1796485873631808": "a default run's id;"
+    " tests/test_benchmarks.py runs the benchmark on the smoke run with a small sample",
     ".venv/bin/python benchmarks/serve_decode.py [--rounds 2]": BY_HAND,
     ".venv/bin/python benchmarks/normalise_cost.py [--rounds 3] [--compare-tree DIR]": BY_HAND,
     ".venv/bin/python benchmarks/outline_screen.py [--garments 30]": BY_HAND,

@@ -44,10 +44,10 @@ PHOTO_RISK_DELTA = 0.05
 RISK_CANDIDATES = 20
 # The scans' OOD threshold is a quantile of validation scores that the density did not see: each of OOD_FOLDS parts
 # scored by the density fitted on the others (`held_out_ood_scores`). Scored by the density they were fitted on, the
-# 240-dimensional features sit closer to their class means than a new image's do: at the 99.5% quantile of such
-# in-sample scores, 2.0% of other validation images were flagged rather than 0.5% (the density and quantile fitted
-# on one half of the validation split, flagged share measured on the other, ten splits; `FashionFlow/1796476231855152`),
-# held out 0.29% with halves. Five folds fit each density on four fifths, nearly the whole split's own.
+# 240-dimensional descriptors sit closer to their class means than a new image's do: with the density and the 99.5%
+# quantile of such in-sample scores fitted on one half of the validation split, 2.16% of the other half was flagged
+# rather than 0.5%; with the held-out quantile, 0.28% (`benchmarks/photo_robustness.py --run
+# FashionFlow/1796485873631808` prints both). Five folds fit each density on four fifths, nearly the whole split's own.
 OOD_FOLDS = 5
 
 
@@ -184,8 +184,8 @@ def fit_abstention(
        `feature_power` (fitted whichever `ood_score` is chosen, so a record can switch scores). Held-out features
        are what a new upload's features are compared with; the network has seen its training images, whose
        features sit a little closer to their class means.
-    2. The OOD threshold: the `ood_quantile` quantile of the validation images' OOD scores, so about
-       1 - ood_quantile of in-distribution images are flagged.
+    2. The OOD threshold: the `ood_quantile` quantile of the validation images' OOD scores, each by a density fitted
+       without it (`held_out_ood_scores`), so about 1 - ood_quantile of new in-distribution images are flagged.
     3. The confidence threshold: among validation images that pass the OOD check, the lowest threshold whose
        selective risk is at most `target_risk`, so the policy as a whole reaches the target on validation. If no
        threshold does, the highest confidence seen (only the most confident tie group is kept), with a warning.
