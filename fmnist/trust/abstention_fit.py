@@ -271,7 +271,8 @@ def held_out_ood_scores(
     if policy.ood_score != "mahalanobis" or len(labels) < 2 * OOD_FOLDS:
         return policy.ood_scores(logits, features).numpy()
     transformed = power_transform(features, policy.feature_power)  # (N, D)
-    # (N,): interleaved, so that each fold holds about a fifth of every class in any order of the images.
+    # (N,): interleaved by position; the validation split keeps the training file's order, in which the classes are
+    # mixed, so each fold holds about a fifth of every class.
     fold = np.arange(len(labels)) % OOD_FOLDS
     scores = np.empty(len(labels), dtype=np.float64)
     for k in range(OOD_FOLDS):
