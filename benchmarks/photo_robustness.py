@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fmnist.core.config import EvaluationConfig
 from fmnist.core.inference import features_and_logits
@@ -82,10 +83,11 @@ def refit(
     photo_component_quantile: float = DEFAULT_PHOTO_COMPONENT_QUANTILE,
     photo_components_per_family: int = DEFAULT_PHOTO_COMPONENTS_PER_FAMILY,
     **policy_options: Any,
-) -> LeaveOut | None:
+) -> tuple[torch.Tensor, torch.Tensor, LeaveOut | None]:
     """Fit the classifier's temperature and abstention policy on (images, labels) exactly as the evaluate step does
     (`fmnist.evaluation.report.fit_on_validation`), with the default evaluation settings but these; returns the
-    leave-one-condition-out judge of that fit (`fmnist.evaluation.leave_out`; None without photos in the fit)."""
+    images' features and logits the fit read, and the leave-one-condition-out judge of that fit
+    (`fmnist.evaluation.leave_out`; None without photos in the fit)."""
     evaluation = EvaluationConfig(
         fit_photo_per_class=fit_per_class,
         photo_ood_quantile=photo_ood_quantile,
@@ -94,10 +96,11 @@ def refit(
         photo_component_quantile=photo_component_quantile,
         photo_components_per_family=photo_components_per_family,
     )
-    photo_fit = fit_on_validation(
+    features, logits, _, photo_fit = fit_on_validation(
         classifier.record, classifier.network, images, labels, classifier.device, evaluation, seed, **policy_options
-    )[3]
-    return None if photo_fit is None else leave_one_condition_out(classifier, photo_fit, photo_ood_quantile)
+    )
+    leave_out = None if photo_fit is None else leave_one_condition_out(classifier, photo_fit, photo_ood_quantile)
+    return features, logits, leave_out
 
 
 def keeping(classify: Callable[[Sequence[bytes]], Answers], kept: list[Answers]) -> Callable[[list[bytes]], Answers]:
@@ -206,7 +209,7 @@ def main() -> None:
     # The development non-garments under the run's own policy too (fitted on the whole validation split by its evaluate
     # step), before the refit below replaces it: the two can differ, and a user meets the run's own.
     own_nongarments = nongarment_detection(served.classifier, args.nongarments, args.seed, part="dev")
-    leave_out = refit(
+    fit_features, fit_logits, leave_out = refit(
         classifier,
         images[fitting],
         labels[fitting],
@@ -228,9 +231,6 @@ def main() -> None:
     clean = selective_summary(policy, logits, features, labels[held_out], record.temperature)
     # The OOD threshold is a quantile of held-out scores (`held_out_ood_scores`); the same quantile of the fitting
     # images' own, in-sample scores is what it replaced: the share of held-out scans each flags.
-    fit_features, fit_logits = features_and_logits(
-        classifier.network, images[fitting], classifier.device, mean=record.mean, std=record.std
-    )
     in_sample = float(np.quantile(policy.ood_scores(fit_logits, fit_features).numpy(), policy.ood_quantile))
     clean["ood_flagged_in_sample_quantile"] = float((policy.ood_scores(logits, features).numpy() > in_sample).mean())
     # Every row's answers, in row order, to judge the service's `confident` (of the family at least) on them too.
